@@ -1,0 +1,1032 @@
+//! The conversation state machine: one door in (`Session::handle`), outputs out.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::compile::{CompiledFlow, EffectSpec, Inner, Interactive, Kind, MessageSpec, Node, SetValue, Wait};
+use crate::datetime::{Local, WEEKDAYS};
+use crate::template::Template;
+use crate::value::Scope;
+use crate::{
+    Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, Message,
+    NodeId, Output, Timestamp, Turn,
+};
+
+/// The stored-state schema version this release writes and reads.
+pub const STATE_VERSION: u32 = 1;
+/// The most bytes of recent node ids a session keeps ([`Session::path`]); the oldest ids
+/// drop out first, so the stored state stays bounded however long the conversation runs.
+pub const PATH_MAX_BYTES: usize = 96;
+/// Separates node ids in the stored path.
+const PATH_SEPARATOR: char = '>';
+const DEFAULT_MAX_STEPS: u32 = 100;
+const DEFAULT_TTL_MILLIS: u64 = 24 * 60 * 60 * 1000;
+/// How many of a turn's last steps are kept to name a loop when the step budget runs out.
+const LOOP_WINDOW: usize = 64;
+const RETRIES_EXHAUSTED_TEXT: &str =
+    "Não consegui entender suas respostas. Vamos encerrar por aqui; envie uma nova mensagem para recomeçar.";
+const CHOICE_ERROR_TEXT: &str = "Por favor, escolha uma das opções.";
+
+/// How a new [`Session`] starts.
+///
+/// ```
+/// use flowcore::SessionOptions;
+/// let options = SessionOptions { seed: 7, ..SessionOptions::default() };
+/// assert_eq!(options.max_steps, 100);
+/// assert_eq!(options.ttl_millis, 24 * 60 * 60 * 1000);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionOptions {
+    /// Seeds the session's random generator (`random` nodes). Same seed, same choices.
+    pub seed: u64,
+    /// Variables the session starts with (and starts with again after an end).
+    pub variables: Map<String, Value>,
+    /// How many nodes one input may run before the session ends with
+    /// [`EndReason::StepBudgetExceeded`] (a loop that never waits). Default 100.
+    pub max_steps: u32,
+    /// How long a session may sit idle before it expires. Default 24 hours.
+    pub ttl_millis: u64,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { seed: 0, variables: Map::new(), max_steps: DEFAULT_MAX_STEPS, ttl_millis: DEFAULT_TTL_MILLIS }
+    }
+}
+
+/// Where a session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SessionStatus {
+    /// No input yet: the first inbound message starts the flow.
+    #[serde(rename = "new")]
+    NotStarted,
+    /// Waiting for the contact's answer (a question or an interactive message).
+    #[serde(rename = "input")]
+    WaitingForInput,
+    /// Waiting for [`Input::EffectResult`] for [`Session::pending_effect`].
+    #[serde(rename = "effect")]
+    WaitingForEffect,
+    /// In a `delay`: waiting for an [`Input::Tick`] at or after [`Session::wake_at`].
+    #[serde(rename = "sleep")]
+    Sleeping,
+    /// Handed off to a person: the session ignores inputs until the host closes it.
+    #[serde(rename = "human")]
+    HandedOff,
+    /// The flow ended; the next inbound message starts it afresh.
+    #[serde(rename = "end")]
+    Ended,
+}
+
+/// Why [`Session::handle`] (or loading a state) refused an input. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The session was started on another flow.
+    #[error("the session belongs to flow {session:?}, not {flow:?}")]
+    WrongFlow {
+        /// The session's flow id.
+        session: String,
+        /// The id of the flow it was given.
+        flow: String,
+    },
+    /// The session waits at a node the flow does not have (the flow changed).
+    #[error("the session waits at node {node:?}, which the flow does not have")]
+    MissingNode {
+        /// The node id stored in the session.
+        node: String,
+    },
+    /// The session waits at a node that no longer waits that way (the flow changed).
+    #[error("the session waits at node {node:?} for {waiting}, but that node is now a {found} node")]
+    NodeChanged {
+        /// The node id stored in the session.
+        node: String,
+        /// What the session waits for (`"input"`, `"an effect"`, `"a delay"`).
+        waiting: &'static str,
+        /// The node's type in the given flow.
+        found: &'static str,
+    },
+    /// An effect result for an id this session never issued.
+    #[error("no effect with id {id} was requested")]
+    UnknownEffect {
+        /// The id in the input.
+        id: EffectId,
+    },
+    /// An effect result for an id that was already answered (or never awaited).
+    #[error("effect {id} is not awaited (already answered, or fire-and-forget)")]
+    EffectNotAwaited {
+        /// The id in the input.
+        id: EffectId,
+    },
+    /// A message arrived while the session waits for an effect's result; feed the result
+    /// first, then the message.
+    #[error("the session is waiting for the result of effect {id}")]
+    AwaitingEffect {
+        /// The effect the session waits for.
+        id: EffectId,
+    },
+    /// A stored state from a release this one cannot read.
+    #[error("unsupported session state version {found} (this flowcore reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the stored state.
+        found: u32,
+        /// The version this release reads ([`STATE_VERSION`]).
+        supported: u32,
+    },
+    /// A stored state that is not a session.
+    #[error("invalid session state: {message}")]
+    InvalidState {
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// One conversation's state: where it is in the flow, its variables, what it waits for.
+///
+/// A `Session` is plain data (serde, `Clone`, `PartialEq`): the host stores it between
+/// inputs — as JSON it is a small object with short field names. It never does I/O and
+/// never reads a clock; everything comes in through [`Session::handle`].
+///
+/// # Driving a session
+///
+/// 1. Create it with [`Session::new`]; the first inbound message starts the flow at its
+///    start node (that message is not an answer) and runs until input is needed.
+/// 2. Feed every event to [`handle`](Session::handle) with the current time; do what the
+///    returned [`Turn`] says, in order: send [`Output::Send`] messages, perform
+///    [`Output::Effect`]s, pass [`Output::Handoff`] to a person, note [`Output::End`].
+/// 3. An effect that [`expects_result`](EffectRequest::expects_result) must be answered
+///    with [`Input::EffectResult`] carrying its id before any other message is fed
+///    (other messages get [`SessionError::AwaitingEffect`]; keep them and feed them after).
+/// 4. When [`Turn::wake_at`] is `Some(t)`, feed [`Input::Tick`] once `now >= t`
+///    (a `delay`, or a question's `timeoutSeconds`). Early ticks do nothing.
+/// 5. Persist the session after every call. The same flow, state, input and `now`
+///    always give the same outputs and the same new state.
+///
+/// ```
+/// use flowcore::{Flow, Input, Message, Output, Session, SessionOptions, SessionStatus, Timestamp};
+/// let flow = Flow::from_json(include_str!("../../../shared/samples/flows/lead.json"))?.compile().unwrap();
+/// let now = Timestamp::from_unix_seconds(1_700_000_000);
+/// let mut session = Session::new(&flow, SessionOptions::default());
+/// let turn = session.handle(&flow, Input::text("oi"), now).unwrap();
+/// let texts: Vec<&str> = turn.outputs.iter().filter_map(|o| match o {
+///     Output::Send { message: Message::Text { text }, .. } => Some(text.as_str()),
+///     _ => None,
+/// }).collect();
+/// assert_eq!(texts, ["Olá! Aqui é a Acme.", "Qual é o seu nome?"]);
+/// assert_eq!(session.status(), SessionStatus::WaitingForInput);
+/// session.handle(&flow, Input::text("Maria"), now).unwrap();
+/// assert_eq!(session.variable("name"), Some(&serde_json::json!("Maria")));
+///
+/// // Store it and carry on later.
+/// let stored = serde_json::to_string(&session).unwrap();
+/// let mut session: Session = Session::from_json(&stored).unwrap();
+/// session.handle(&flow, Input::text("30"), now).unwrap();
+/// assert_eq!(session.current_node(), Some("ask_email"));
+/// # Ok::<(), flowcore::FlowError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    #[serde(rename = "v", default = "default_version", deserialize_with = "de_version")]
+    version: u32,
+    #[serde(rename = "f")]
+    flow: String,
+    #[serde(rename = "s")]
+    status: SessionStatus,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    node: Option<NodeId>,
+    #[serde(rename = "d", default, skip_serializing_if = "Map::is_empty")]
+    vars: Map<String, Value>,
+    #[serde(rename = "i", default, skip_serializing_if = "Map::is_empty")]
+    initial: Map<String, Value>,
+    #[serde(rename = "r", default, skip_serializing_if = "is_zero_u32")]
+    retries: u32,
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pending: Option<EffectId>,
+    #[serde(rename = "k", default, skip_serializing_if = "is_zero_u64")]
+    effects_issued: u64,
+    #[serde(rename = "g", default)]
+    rng: u64,
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    wake_at: Option<Timestamp>,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    last_active: Option<Timestamp>,
+    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
+    path: String,
+    #[serde(rename = "m", default = "default_max_steps", skip_serializing_if = "is_default_max_steps")]
+    max_steps: u32,
+    #[serde(rename = "x", default = "default_ttl", skip_serializing_if = "is_default_ttl")]
+    ttl_millis: u64,
+}
+
+fn default_version() -> u32 {
+    STATE_VERSION
+}
+fn default_max_steps() -> u32 {
+    DEFAULT_MAX_STEPS
+}
+fn default_ttl() -> u64 {
+    DEFAULT_TTL_MILLIS
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_default_max_steps(v: &u32) -> bool {
+    *v == DEFAULT_MAX_STEPS
+}
+fn is_default_ttl(v: &u64) -> bool {
+    *v == DEFAULT_TTL_MILLIS
+}
+
+fn de_version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v == STATE_VERSION {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "unsupported session state version {v} (this flowcore reads version {STATE_VERSION})"
+        )))
+    }
+}
+
+impl Session {
+    /// A new session on `flow`, not started yet: the first inbound message starts it.
+    pub fn new(flow: &CompiledFlow, options: SessionOptions) -> Session {
+        Session {
+            version: STATE_VERSION,
+            flow: flow.id().to_string(),
+            status: SessionStatus::NotStarted,
+            node: None,
+            vars: options.variables.clone(),
+            initial: options.variables,
+            retries: 0,
+            pending: None,
+            effects_issued: 0,
+            rng: options.seed,
+            wake_at: None,
+            last_active: None,
+            path: String::new(),
+            max_steps: options.max_steps,
+            ttl_millis: options.ttl_millis,
+        }
+    }
+
+    /// Loads a stored session, with a typed error for a state version this release cannot
+    /// read ([`SessionError::UnsupportedVersion`]).
+    ///
+    /// ```
+    /// use flowcore::{Session, SessionError};
+    /// let err = Session::from_json(r#"{"v":9,"f":"lead","s":"new","shape":"of the future"}"#).unwrap_err();
+    /// assert_eq!(err, SessionError::UnsupportedVersion { found: 9, supported: 1 });
+    /// ```
+    pub fn from_json(text: &str) -> Result<Session, SessionError> {
+        serde_json::from_str(text).map_err(|e| {
+            #[derive(Deserialize)]
+            struct Peek {
+                v: Option<u32>,
+            }
+            match serde_json::from_str::<Peek>(text) {
+                Ok(Peek { v: Some(found) }) if found != STATE_VERSION => {
+                    SessionError::UnsupportedVersion { found, supported: STATE_VERSION }
+                }
+                _ => SessionError::InvalidState { message: e.to_string() },
+            }
+        })
+    }
+
+    /// The state as compact JSON (what [`Session::from_json`] reads).
+    pub fn to_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The stored-state schema version of this session.
+    pub fn state_version(&self) -> u32 {
+        self.version
+    }
+
+    /// Where the session stands.
+    pub fn status(&self) -> SessionStatus {
+        self.status
+    }
+
+    /// When the session wants an [`Input::Tick`], if ever.
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        self.wake_at
+    }
+
+    /// The node the session waits at (or ended at).
+    pub fn current_node(&self) -> Option<&str> {
+        self.node.as_ref().map(NodeId::as_str)
+    }
+
+    /// A variable of the session (not the flow's declared defaults).
+    pub fn variable(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name)
+    }
+
+    /// The session's variables, by name.
+    pub fn variables(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Sets a variable from outside the flow (a contact's profile name, say).
+    pub fn set_variable(&mut self, name: impl Into<String>, value: Value) {
+        self.vars.insert(name.into(), value);
+    }
+
+    /// The id of the flow this session runs.
+    pub fn flow_id(&self) -> &str {
+        &self.flow
+    }
+
+    /// The effect the session waits for, if any.
+    pub fn pending_effect(&self) -> Option<EffectId> {
+        self.pending
+    }
+
+    /// The last visited node ids, oldest first: as many of the most recent as fit in
+    /// [`PATH_MAX_BYTES`] (at least the last one). Diagnostic information: stored as one
+    /// string joined by `>`, so an id that itself contains `>` reads as two.
+    pub fn path(&self) -> impl Iterator<Item = &str> {
+        self.path.split(PATH_SEPARATOR).filter(|s| !s.is_empty())
+    }
+
+    /// The `now` of the last input that did something.
+    pub fn last_active(&self) -> Option<Timestamp> {
+        self.last_active
+    }
+
+    /// When an active session (waiting, sleeping or handed off) expires: its TTL after the
+    /// last activity, or after its wake-up time if that is later.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        if matches!(self.status, SessionStatus::NotStarted | SessionStatus::Ended) {
+            return None;
+        }
+        let base = match (self.last_active, self.wake_at) {
+            (Some(a), Some(w)) => a.max(w),
+            (a, w) => a.or(w)?,
+        };
+        Some(base.saturating_add_millis(self.ttl_millis))
+    }
+
+    /// Whether the session has been idle past its TTL at `now`. An expired session ends
+    /// with [`EndReason::Expired`] on its next message, which then starts the flow afresh.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at().is_some_and(|t| now > t)
+    }
+
+    /// Ends the session from outside (a person closed a handed-off conversation, say).
+    /// The next inbound message starts the flow afresh. Produces no output.
+    pub fn close(&mut self) {
+        self.status = SessionStatus::Ended;
+        self.pending = None;
+        self.wake_at = None;
+        self.retries = 0;
+    }
+
+    /// Checks that this session can run on `flow`: same flow id, and the node it waits at
+    /// exists and still waits the same way. Hosts call it when a flow's version changed.
+    pub fn check_flow(&self, flow: &CompiledFlow) -> Result<(), SessionError> {
+        self.resolve(&flow.inner).map(|_| ())
+    }
+
+    /// Feeds one input: the one door in. Returns what to do, and when to tick next.
+    ///
+    /// Errors are for inputs that do not fit the state (see [`SessionError`]); on an
+    /// error the session is unchanged.
+    pub fn handle(&mut self, flow: &CompiledFlow, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
+        let f = &*flow.inner;
+        let current = self.resolve(f)?;
+        let mut out = Vec::new();
+        match input {
+            Input::EffectResult { id, result } => {
+                let cur = match current {
+                    Some(cur) if self.status == SessionStatus::WaitingForEffect && self.pending == Some(id) => cur,
+                    _ if id.0 >= 1 && id.0 <= self.effects_issued => return Err(SessionError::EffectNotAwaited { id }),
+                    _ => return Err(SessionError::UnknownEffect { id }),
+                };
+                self.pending = None;
+                self.last_active = Some(now);
+                self.effect_result(f, cur, result, now, &mut out);
+            }
+            Input::Tick => self.tick(f, current, now, &mut out),
+            Input::Unsupported { .. } => {}
+            message => {
+                if self.status == SessionStatus::WaitingForEffect {
+                    return Err(SessionError::AwaitingEffect { id: self.pending.unwrap_or(EffectId(0)) });
+                }
+                let mut current = current;
+                if self.is_expired(now) {
+                    let node = current.map(|c| f.node(c));
+                    self.finish(node, EndReason::Expired, &mut out);
+                    current = None;
+                }
+                match (self.status, current) {
+                    (SessionStatus::NotStarted | SessionStatus::Ended, _) => {
+                        self.restart();
+                        self.last_active = Some(now);
+                        self.run(f, f.start, now, &mut out);
+                    }
+                    (SessionStatus::WaitingForInput, Some(cur)) => {
+                        self.last_active = Some(now);
+                        self.answer(f, cur, &message, now, &mut out);
+                    }
+                    // Sleeping (a delay) and handed-off sessions ignore messages.
+                    _ => {}
+                }
+            }
+        }
+        Ok(Turn { outputs: out, wake_at: self.wake_at })
+    }
+
+    /// Checks the flow id and finds the node an active session waits at.
+    fn resolve(&self, f: &Inner) -> Result<Option<u32>, SessionError> {
+        if *self.flow != *f.id {
+            return Err(SessionError::WrongFlow { session: self.flow.clone(), flow: f.id.to_string() });
+        }
+        let waiting = match self.status {
+            SessionStatus::WaitingForInput => "input",
+            SessionStatus::WaitingForEffect => "an effect",
+            SessionStatus::Sleeping => "a delay",
+            _ => return Ok(None),
+        };
+        let Some(id) = &self.node else {
+            return Err(SessionError::InvalidState { message: format!("the session waits for {waiting} at no node") });
+        };
+        let index = f.lookup(id.as_str()).ok_or_else(|| SessionError::MissingNode { node: id.to_string() })?;
+        let node = f.node(index);
+        let fits = match self.status {
+            SessionStatus::WaitingForInput => matches!(node.kind, Kind::Question(_) | Kind::Interactive(_)),
+            SessionStatus::WaitingForEffect => matches!(node.kind, Kind::Effect(_)),
+            _ => matches!(node.kind, Kind::Delay { .. }),
+        };
+        if !fits {
+            return Err(SessionError::NodeChanged { node: id.to_string(), waiting, found: node.type_name });
+        }
+        Ok(Some(index))
+    }
+
+    fn restart(&mut self) {
+        self.vars.clone_from(&self.initial);
+        self.retries = 0;
+        self.pending = None;
+        self.wake_at = None;
+        self.node = None;
+        self.path.clear();
+    }
+
+    fn scope<'a>(&'a self, f: &'a Inner) -> Scope<'a> {
+        Scope { vars: &self.vars, defaults: &f.defaults }
+    }
+
+    fn set_var(&mut self, name: &str, value: Value) {
+        match self.vars.get_mut(name) {
+            Some(slot) => *slot = value,
+            None => {
+                self.vars.insert(name.to_string(), value);
+            }
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    #[cfg(test)]
+    fn record(&mut self, node: &Node) {
+        let mut start = 0;
+        self.record_from(node.id.as_str(), &mut start);
+        self.path.drain(..start);
+    }
+
+    /// Appends `id` to the path, whose current value is `self.path[*start..]`: dropping
+    /// ids from the front only moves `start`, so a turn's steps cost an append each and
+    /// the caller removes the dropped prefix once (see [`Session::run`]).
+    fn record_from(&mut self, id: &str, start: &mut usize) {
+        if self.path.len() > *start {
+            self.path.push(PATH_SEPARATOR);
+        }
+        let id_at = self.path.len();
+        self.path.push_str(id);
+        let len = self.path.len() - *start;
+        if len > PATH_MAX_BYTES {
+            let from = *start + (len - PATH_MAX_BYTES);
+            // Drop whole ids from the front; keep at least the newest one.
+            // (Plain byte loops: the strings are short, and `>` is ASCII.)
+            let sep = PATH_SEPARATOR as u8;
+            let cut = self.path.get(from..).and_then(|rest| rest.bytes().position(|b| b == sep)).map(|i| from + i + 1);
+            // The last separator: inside the new id, else the one just before it (when
+            // there was none, `id_at == *start`: nothing before the id to drop).
+            let last = id.bytes().rposition(|b| b == sep).map_or(id_at, |i| id_at + i + 1);
+            *start = cut.unwrap_or(last).min(last);
+            if *start > 4 * PATH_MAX_BYTES {
+                self.path.drain(..*start);
+                *start = 0;
+            }
+        }
+    }
+
+    fn finish(&mut self, node: Option<&Node>, reason: EndReason, out: &mut Vec<Output>) {
+        out.push(Output::End { node: node.map(|n| n.id.clone()), reason });
+        self.status = SessionStatus::Ended;
+        if let Some(n) = node {
+            self.node = Some(n.id.clone());
+        }
+        self.pending = None;
+        self.wake_at = None;
+        self.retries = 0;
+    }
+
+    fn send(out: &mut Vec<Output>, node: &Node, message: Message) {
+        out.push(Output::Send { node: node.id.clone(), message });
+    }
+
+    fn send_text(&self, f: &Inner, out: &mut Vec<Output>, node: &Node, t: &Template) {
+        Session::send(out, node, Message::Text { text: t.render(&self.scope(f)) });
+    }
+
+    /// Goes on from `node` to `next`, or ends there when there is no way on.
+    fn go(&mut self, f: &Inner, node: u32, next: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
+        match next {
+            Some(n) => self.run(f, n, now, out),
+            None => self.finish(Some(f.node(node)), EndReason::Completed, out),
+        }
+    }
+
+    fn tick(&mut self, f: &Inner, current: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
+        let (Some(wake), Some(cur)) = (self.wake_at, current) else { return };
+        if now < wake {
+            return;
+        }
+        self.wake_at = None;
+        self.last_active = Some(now);
+        let node = f.node(cur);
+        match (&node.kind, self.status) {
+            (Kind::Delay { .. }, SessionStatus::Sleeping) => self.go(f, cur, node.next, now, out),
+            (Kind::Question(q), SessionStatus::WaitingForInput) => self.timed_out(f, cur, &q.wait, now, out),
+            (Kind::Interactive(i), SessionStatus::WaitingForInput) => self.timed_out(f, cur, &i.wait, now, out),
+            _ => {}
+        }
+    }
+
+    fn timed_out(&mut self, f: &Inner, cur: u32, wait: &Wait, now: Timestamp, out: &mut Vec<Output>) {
+        self.retries = 0;
+        match wait.timeout.as_ref().and_then(|t| t.target) {
+            Some(target) => self.run(f, target, now, out),
+            None => self.finish(Some(f.node(cur)), EndReason::IdleTimeout, out),
+        }
+    }
+
+    fn answer(&mut self, f: &Inner, cur: u32, input: &Input, now: Timestamp, out: &mut Vec<Output>) {
+        let node = f.node(cur);
+        match &node.kind {
+            Kind::Question(q) => match answer_text(input).and_then(|t| q.validation.check(t)) {
+                Some(value) => {
+                    self.set_var(&q.wait.var, value);
+                    self.retries = 0;
+                    self.wake_at = None;
+                    self.go(f, cur, node.next, now, out);
+                }
+                None => {
+                    let default = || q.validation.default_error();
+                    self.invalid(f, cur, &q.wait, default, now, out);
+                }
+            },
+            Kind::Interactive(i) => match pick_option(i, input) {
+                Some(opt) => {
+                    self.set_var(&i.wait.var, Value::String(opt.id.to_string()));
+                    self.retries = 0;
+                    self.wake_at = None;
+                    self.go(f, cur, opt.target.or(node.next), now, out);
+                }
+                None => self.invalid(f, cur, &i.wait, || CHOICE_ERROR_TEXT.to_string(), now, out),
+            },
+            // `resolve` checked that the node waits for input.
+            _ => {}
+        }
+    }
+
+    fn invalid(
+        &mut self,
+        f: &Inner,
+        cur: u32,
+        wait: &Wait,
+        default_error: impl FnOnce() -> String,
+        now: Timestamp,
+        out: &mut Vec<Output>,
+    ) {
+        let node = f.node(cur);
+        self.retries = self.retries.saturating_add(1);
+        if self.retries >= wait.max_retries {
+            self.retries = 0;
+            self.wake_at = None;
+            match wait.invalid {
+                Some(target) => self.run(f, target, now, out),
+                None => {
+                    Session::send(out, node, Message::Text { text: RETRIES_EXHAUSTED_TEXT.to_string() });
+                    self.finish(Some(node), EndReason::RetriesExhausted, out);
+                }
+            }
+            return;
+        }
+        let text = match &wait.error {
+            Some(t) => t.render(&self.scope(f)),
+            None => default_error(),
+        };
+        Session::send(out, node, Message::Text { text });
+        self.wake_at = wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
+    }
+
+    fn effect_result(&mut self, f: &Inner, cur: u32, result: EffectOutcome, now: Timestamp, out: &mut Vec<Output>) {
+        let node = f.node(cur);
+        let Kind::Effect(e) = &node.kind else { return };
+        match result {
+            EffectOutcome::Success(value) => {
+                if let Some(var) = &e.var {
+                    self.set_var(var, value);
+                }
+                self.go(f, cur, e.success, now, out);
+            }
+            EffectOutcome::Failure(error) => match e.failure {
+                Some(target) => {
+                    self.set_var("last_error", Value::String(error));
+                    self.run(f, target, now, out);
+                }
+                None => self.finish(Some(node), EndReason::EffectFailed { error }, out),
+            },
+        }
+    }
+
+    fn new_effect_id(&mut self) -> EffectId {
+        self.effects_issued = self.effects_issued.saturating_add(1);
+        EffectId(self.effects_issued)
+    }
+
+    fn wait_here(&mut self, node: &Node, status: SessionStatus, wake_at: Option<Timestamp>) {
+        self.status = status;
+        self.node = Some(node.id.clone());
+        self.wake_at = wake_at;
+        self.retries = 0;
+    }
+
+    /// Runs from node `at` until the session must wait or ends.
+    fn run(&mut self, f: &Inner, at: u32, now: Timestamp, out: &mut Vec<Output>) {
+        let mut path_start = 0;
+        self.run_steps(f, at, now, out, &mut path_start);
+        if path_start > 0 {
+            self.path.drain(..path_start);
+        }
+    }
+
+    fn run_steps(&mut self, f: &Inner, mut at: u32, now: Timestamp, out: &mut Vec<Output>, path_start: &mut usize) {
+        let mut window = [0u32; LOOP_WINDOW];
+        let mut steps: u32 = 0;
+        loop {
+            if steps >= self.max_steps {
+                let nodes = loop_nodes(f, &window, steps, at);
+                self.finish(Some(f.node(at)), EndReason::StepBudgetExceeded { nodes }, out);
+                return;
+            }
+            window[steps as usize % LOOP_WINDOW] = at;
+            steps += 1;
+            let node = f.node(at);
+            self.record_from(node.id.as_str(), path_start);
+            match &node.kind {
+                Kind::Start { content } => {
+                    if let Some(t) = content {
+                        self.send_text(f, out, node, t);
+                    }
+                }
+                Kind::Message(spec) => {
+                    let scope = self.scope(f);
+                    let message = match spec {
+                        MessageSpec::Text(t) => Message::Text { text: t.render(&scope) },
+                        MessageSpec::Media { kind, link, caption, filename } => Message::Media {
+                            kind: *kind,
+                            link: link.render(&scope),
+                            caption: caption.as_ref().map(|t| t.render(&scope)),
+                            filename: filename.as_ref().map(|t| t.render(&scope)),
+                        },
+                    };
+                    Session::send(out, node, message);
+                }
+                Kind::Question(q) => {
+                    if let Some(p) = &q.prompt {
+                        self.send_text(f, out, node, p);
+                    }
+                    let wake = q.wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
+                    self.wait_here(node, SessionStatus::WaitingForInput, wake);
+                    return;
+                }
+                Kind::Interactive(i) => {
+                    let message = interactive_message(i, &self.scope(f));
+                    Session::send(out, node, message);
+                    let wake = i.wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
+                    self.wait_here(node, SessionStatus::WaitingForInput, wake);
+                    return;
+                }
+                Kind::End { content } => {
+                    if let Some(t) = content {
+                        self.send_text(f, out, node, t);
+                    }
+                    self.finish(Some(node), EndReason::Completed, out);
+                    return;
+                }
+                Kind::Condition { cond, yes, no } => {
+                    at = if cond.eval(&self.scope(f)) { *yes } else { *no };
+                    continue;
+                }
+                Kind::Jump { target } => {
+                    at = *target;
+                    continue;
+                }
+                Kind::Random { branches, total } => {
+                    let mut roll = self.next_random() % (*total).max(1);
+                    let mut chosen = None;
+                    for (weight, target) in branches.iter() {
+                        if roll < *weight {
+                            chosen = Some(*target);
+                            break;
+                        }
+                        roll -= weight;
+                    }
+                    match chosen.or_else(|| branches.last().map(|b| b.1)) {
+                        Some(t) => {
+                            at = t;
+                            continue;
+                        }
+                        None => {
+                            self.finish(Some(node), EndReason::Completed, out);
+                            return;
+                        }
+                    }
+                }
+                Kind::SetVariable { var, value } => {
+                    let scope = self.scope(f);
+                    let v = match value {
+                        SetValue::Json(t) => t.render(&scope),
+                        SetValue::Expr(e) => e.eval(&scope),
+                    };
+                    self.set_var(var, v);
+                }
+                Kind::Effect(e) => {
+                    let kind = effect_kind(&e.spec, &self.scope(f));
+                    let id = self.new_effect_id();
+                    out.push(Output::Effect(EffectRequest { id, node: node.id.clone(), kind }));
+                    self.wait_here(node, SessionStatus::WaitingForEffect, None);
+                    self.pending = Some(id);
+                    return;
+                }
+                Kind::Handoff { content, queue } => {
+                    if let Some(t) = content {
+                        self.send_text(f, out, node, t);
+                    }
+                    let queue = queue.as_ref().map(|q| q.render(&self.scope(f))).filter(|q| !q.is_empty());
+                    out.push(Output::Handoff { node: node.id.clone(), queue });
+                    self.wait_here(node, SessionStatus::HandedOff, None);
+                    return;
+                }
+                Kind::Delay { millis } => {
+                    self.wait_here(node, SessionStatus::Sleeping, Some(now.saturating_add_millis(*millis)));
+                    return;
+                }
+                Kind::WhatsappTemplate(t) => {
+                    let scope = self.scope(f);
+                    let message = Message::Template {
+                        name: t.name.render(&scope),
+                        language: t.language.to_string(),
+                        components: t.components.render(&scope),
+                    };
+                    Session::send(out, node, message);
+                }
+                Kind::Analytics { event, properties } => {
+                    let scope = self.scope(f);
+                    let kind =
+                        EffectKind::Analytics { event: event.render(&scope), properties: properties.render(&scope) };
+                    let id = self.new_effect_id();
+                    out.push(Output::Effect(EffectRequest { id, node: node.id.clone(), kind }));
+                }
+                Kind::Datetime(d) => {
+                    let local = Local::at(now, d.offset_minutes);
+                    let (date, time) = (Value::String(local.date()), Value::String(local.time()));
+                    let weekday = Value::String(WEEKDAYS[local.weekday % 7].to_string());
+                    match &d.var {
+                        Some(var) => {
+                            let mut map = Map::new();
+                            map.insert("date".into(), date);
+                            map.insert("time".into(), time);
+                            map.insert("weekday".into(), weekday);
+                            self.set_var(var, Value::Object(map));
+                        }
+                        None => {
+                            self.set_var("date", date);
+                            self.set_var("time", time);
+                            self.set_var("weekday", weekday);
+                        }
+                    }
+                    if let Some(hours) = &d.hours {
+                        let branch = if hours.is_open(local.weekday, local.minute_of_day) { d.open } else { d.closed };
+                        if let Some(t) = branch.or(node.next) {
+                            at = t;
+                            continue;
+                        }
+                    }
+                }
+                // Compile never produces a flow with invalid nodes.
+                Kind::Invalid => {
+                    self.finish(Some(node), EndReason::Completed, out);
+                    return;
+                }
+            }
+            match node.next {
+                Some(n) => at = n,
+                None => {
+                    self.finish(Some(node), EndReason::Completed, out);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The nodes of the loop that ran out the step budget, in the order they ran, starting
+/// where the turn entered the loop.
+fn loop_nodes(f: &Inner, window: &[u32; LOOP_WINDOW], steps: u32, next: u32) -> Vec<NodeId> {
+    let kept = (steps as usize).min(LOOP_WINDOW);
+    let first = steps as usize - kept;
+    let ran: Vec<u32> = (first..steps as usize).map(|s| window[s % LOOP_WINDOW]).collect();
+    let start = ran.iter().rposition(|n| *n == next).unwrap_or(0);
+    let cycle = ran.get(start..).unwrap_or_default();
+    let entry = ran.iter().position(|n| cycle.contains(n)).unwrap_or(start);
+    let end = (entry + cycle.len()).min(ran.len());
+    ran.get(entry..end).unwrap_or_default().iter().map(|i| f.node(*i).id.clone()).collect()
+}
+
+fn answer_text(input: &Input) -> Option<&str> {
+    match input {
+        Input::Text { text } => Some(text),
+        Input::Choice { id, title } => Some(title.as_deref().unwrap_or(id)),
+        Input::Media { caption, .. } => caption.as_deref(),
+        Input::Location { name, address, .. } => name.as_deref().or(address.as_deref()),
+        _ => None,
+    }
+}
+
+fn pick_option<'a>(i: &'a Interactive, input: &Input) -> Option<&'a crate::compile::Opt> {
+    let by_title = |t: &str| {
+        let t = t.trim();
+        i.options
+            .iter()
+            .find(|o| &*o.id == t)
+            .or_else(|| i.options.iter().find(|o| o.title.trim().to_lowercase() == t.to_lowercase()))
+    };
+    match input {
+        Input::Choice { id, title } => i
+            .options
+            .iter()
+            .find(|o| *o.id == **id)
+            .or_else(|| title.as_deref().and_then(by_title))
+            .or_else(|| by_title(id)),
+        Input::Text { text } => by_title(text).or_else(|| {
+            let n: usize = text.trim().parse().ok()?;
+            i.options.get(n.checked_sub(1)?)
+        }),
+        _ => None,
+    }
+}
+
+fn interactive_message(i: &Interactive, scope: &Scope<'_>) -> Message {
+    let header = i.header.as_ref().map(|t| t.render(scope));
+    let footer = i.footer.as_ref().map(|t| t.render(scope));
+    let body = i.body.render(scope);
+    match &i.list {
+        None => Message::Buttons {
+            header,
+            body,
+            footer,
+            buttons: i.options.iter().map(|o| Choice { id: o.id.to_string(), title: o.title.to_string() }).collect(),
+        },
+        Some((button, sections)) => {
+            let mut rows = i.options.iter();
+            let sections = sections
+                .iter()
+                .map(|(title, count)| ListSection {
+                    title: title.as_deref().map(str::to_string),
+                    rows: rows
+                        .by_ref()
+                        .take(*count)
+                        .map(|o| ListRow {
+                            id: o.id.to_string(),
+                            title: o.title.to_string(),
+                            description: o.description.as_deref().map(str::to_string),
+                        })
+                        .collect(),
+                })
+                .collect();
+            Message::List { header, body, footer, button: button.to_string(), sections }
+        }
+    }
+}
+
+fn effect_kind(spec: &EffectSpec, scope: &Scope<'_>) -> EffectKind {
+    match spec {
+        EffectSpec::ApiCall { method, url, headers, body, timeout_ms } => EffectKind::ApiCall {
+            method: method.to_string(),
+            url: url.render(scope),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.render(scope))).collect(),
+            body: body.as_ref().map(|b| match b.render(scope) {
+                Value::String(s) => s,
+                other => other.to_string(),
+            }),
+            timeout_ms: *timeout_ms,
+        },
+        EffectSpec::AiPrompt { prompt, system, model } => EffectKind::AiPrompt {
+            prompt: prompt.render(scope),
+            system: system.as_ref().map(|t| t.render(scope)),
+            model: model.as_deref().map(str::to_string),
+        },
+        EffectSpec::DatabaseQuery { query, params } => {
+            EffectKind::DatabaseQuery { query: query.render(scope), params: params.render(scope) }
+        }
+        EffectSpec::Script { language, code } => {
+            EffectKind::Script { language: language.as_deref().map(str::to_string), code: code.to_string() }
+        }
+        EffectSpec::Action { action, params } => {
+            EffectKind::Action { action: action.render(scope), params: params.render(scope) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_keeps_the_newest_ids_within_its_byte_budget() {
+        let flow =
+            crate::Flow::from_json(r#"{"id":"f","nodes":[{"id":"s","type":"start"}]}"#).unwrap().compile().unwrap();
+        let mut session = Session::new(&flow, SessionOptions::default());
+        let node = |id: &str| Node { id: NodeId::from(id), type_name: "message", kind: Kind::Invalid, next: None };
+        for i in 0..100 {
+            session.record(&node(&format!("node_{i}")));
+        }
+        let path: Vec<&str> = session.path().collect();
+        assert_eq!(path.last(), Some(&"node_99"));
+        assert_eq!(path.first(), Some(&"node_88"));
+        assert!(session.path.len() <= PATH_MAX_BYTES);
+        // An id longer than the budget is kept alone.
+        session.record(&node(&"x".repeat(200)));
+        assert_eq!(session.path().count(), 1);
+        session.record(&node("y"));
+        assert_eq!(session.path().collect::<Vec<_>>(), ["y"]);
+    }
+
+    /// The path recorded with a moving start (one drain per turn) equals the path
+    /// trimmed after every step, for ids with separators, multi-byte text and empty ids.
+    #[test]
+    fn deferred_trimming_matches_trimming_every_step() {
+        fn reference(path: &mut String, id: &str) {
+            if !path.is_empty() {
+                path.push(PATH_SEPARATOR);
+            }
+            path.push_str(id);
+            if path.len() > PATH_MAX_BYTES {
+                let excess = path.len() - PATH_MAX_BYTES;
+                let cut = path.get(excess..).and_then(|rest| rest.find(PATH_SEPARATOR)).map(|i| excess + i + 1);
+                let last = path.rfind(PATH_SEPARATOR).map_or(0, |i| i + 1);
+                path.drain(..cut.unwrap_or(last).min(last));
+            }
+        }
+        let flow =
+            crate::Flow::from_json(r#"{"id":"f","nodes":[{"id":"s","type":"start"}]}"#).unwrap().compile().unwrap();
+        let pieces = ["a", "node_1", "", "x>y", "ação", "é>", ">", "long_node_identifier_number_7", "ü"];
+        let mut rng = 12345u64;
+        for round in 0..300 {
+            let mut session = Session::new(&flow, SessionOptions::default());
+            let mut expected = String::new();
+            for _turn in 0..4 {
+                let mut start = 0;
+                let steps = 1 + round % 60;
+                for _ in 0..steps {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let mut id = pieces[(rng >> 33) as usize % pieces.len()].to_string();
+                    if (rng >> 20) % 7 == 0 {
+                        id = id.repeat(1 + (rng >> 40) as usize % 9);
+                    }
+                    reference(&mut expected, &id);
+                    session.record_from(&id, &mut start);
+                }
+                session.path.drain(..start);
+                assert_eq!(session.path, expected, "round {round}");
+            }
+        }
+    }
+}
