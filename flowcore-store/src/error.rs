@@ -1,0 +1,123 @@
+//! The store's error type.
+
+/// Why a store operation failed.
+///
+/// Every variant is something a caller can act on: a [`Conflict`](StoreError::Conflict) means
+/// "reload and run the turn again", [`LeaseLost`](StoreError::LeaseLost) means "another worker
+/// owns this row now, drop your result", [`CorruptState`](StoreError::CorruptState) and
+/// [`IncompatibleState`](StoreError::IncompatibleState) name the one session that cannot be
+/// resumed (nothing else is affected), [`Closed`](StoreError::Closed) means the store was shut
+/// down. No operation panics on bad stored data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A compare-and-set save found a different version than the caller expected: someone
+    /// else saved this session first (or it was closed or purged). Nothing was written.
+    #[error("version conflict on session {key}: expected version {expected}, found {found:?}")]
+    Conflict {
+        /// The session's key, as `org/business/contact/flow`.
+        key: String,
+        /// The version the caller read (0 = "no active session").
+        expected: i64,
+        /// The version actually stored for the active session, `None` when there is none.
+        found: Option<i64>,
+    },
+    /// The organization was never registered with
+    /// [`Organizations::register_organization`](crate::Organizations::register_organization).
+    #[error("unknown organization {0:?}")]
+    UnknownOrganization(String),
+    /// A row addressed by id does not exist in this organization (it may exist in another
+    /// one: organizations never see each other's rows).
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// The kind of row: `"inbox event"`, `"outbox message"`, `"flow"`, …
+        what: &'static str,
+        /// The id that was looked up.
+        id: String,
+    },
+    /// The claim this call refers to is no longer held: its lease expired and the row was
+    /// claimed again (or finished) by someone else. The caller must drop its result.
+    #[error("lease lost on {what} {id} (attempt {attempt})")]
+    LeaseLost {
+        /// `"inbox event"` or `"outbox message"`.
+        what: &'static str,
+        /// The row id.
+        id: i64,
+        /// The attempt number the caller held.
+        attempt: i64,
+    },
+    /// A stored session state could not be decoded. Only this session is affected.
+    #[error("corrupt state in session {session_id}: {reason}")]
+    CorruptState {
+        /// The session row's id.
+        session_id: i64,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A stored session state was written by a newer, unknown schema version.
+    #[error("session {session_id} has state schema version {found}, this release reads up to {supported}")]
+    UnsupportedStateVersion {
+        /// The session row's id.
+        session_id: i64,
+        /// The schema version found in the row.
+        found: i64,
+        /// The newest schema version this release understands.
+        supported: i64,
+    },
+    /// A stored session cannot run on its flow version any more (for example its current
+    /// node no longer exists). Only this session is affected; close it and start again.
+    #[error("session {session_id} does not fit flow {flow_id} v{flow_version}: {reason}")]
+    IncompatibleState {
+        /// The session row's id.
+        session_id: i64,
+        /// The flow id.
+        flow_id: String,
+        /// The flow version the session runs on.
+        flow_version: i64,
+        /// What the engine said.
+        reason: String,
+    },
+    /// A value could not be encoded for storage, or a caller-supplied value is out of range.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The store (its connection pool) was closed.
+    #[error("store is closed")]
+    Closed,
+    /// Applying the embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The database reported an error (connection lost, disk full, …).
+    #[error("database error: {0}")]
+    Database(String),
+    /// A database URL this crate cannot open (unknown scheme or a backend feature that is
+    /// not compiled in).
+    #[error("unsupported database url {0:?}")]
+    UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// True for [`StoreError::Conflict`]: reload the session and retry the turn.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolClosed => StoreError::Closed,
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migration(e.to_string())
+    }
+}
+
+/// The result type of every store operation.
+pub type StoreResult<T> = Result<T, StoreError>;

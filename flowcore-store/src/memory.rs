@@ -1,0 +1,1116 @@
+//! The in-memory backend: everything behind one mutex, nothing survives the process.
+//!
+//! Good for tests, `flowctl` and single-process development. It follows exactly the same
+//! contract as the SQL backends (the conformance kit runs on it too).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use flowcore::Timestamp;
+
+use crate::error::{StoreError, StoreResult};
+use crate::state::{self, Session};
+use crate::traits::*;
+use crate::types::*;
+
+/// A fast keyed hasher for the store's maps (folded multiply, 8 bytes at a time), seeded
+/// per map from the standard library's random keys so that key layouts cannot be chosen to
+/// collide. SipHash over the string keys was most of a commit's cost.
+#[derive(Clone, Copy, Debug)]
+struct Seeded(u64);
+
+impl Default for Seeded {
+    fn default() -> Self {
+        Seeded(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1)
+    }
+}
+
+impl BuildHasher for Seeded {
+    type Hasher = Fold;
+    fn build_hasher(&self) -> Fold {
+        Fold(self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fold(u64);
+
+const K1: u64 = 0x243f_6a88_85a3_08d3;
+const K2: u64 = 0x1319_8a2e_0370_7344;
+
+#[inline]
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Hasher for Fold {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = folded_mul(h ^ u64::from_le_bytes(w), K1);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = folded_mul(h ^ u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59), K1);
+        }
+        self.0 = h;
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = folded_mul(self.0 ^ i, K1);
+    }
+
+    #[inline]
+    fn write_i64(&mut self, i: i64) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        folded_mul(self.0, K2)
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, Seeded>;
+type HashSet<K> = std::collections::HashSet<K, Seeded>;
+
+/// The in-memory store. Cheap to create; share it as `Arc<MemoryStore>` or `Arc<dyn Store>`.
+///
+/// ```
+/// use flowcore_store::{MemoryStore, Organizations};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// store.register_organization("acme").await?;
+/// assert!(store.organization_exists("acme").await?);
+/// # Ok::<(), flowcore_store::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    closed: bool,
+    orgs: BTreeMap<String, OrgData>,
+    next_session: i64,
+    next_log: i64,
+    next_inbox: i64,
+    next_outbox: i64,
+}
+
+#[derive(Debug, Default)]
+struct OrgData {
+    sessions: HashMap<i64, SessionRow>,
+    active: HashMap<SessionKey, i64>,
+    log: Vec<LogEntry>,
+    inbox: Queue<InboxData>,
+    inbox_by_message: HashMap<String, i64>,
+    outbox: Queue<OutboxData>,
+    outbox_by_wamid: HashMap<String, i64>,
+    flows: BTreeMap<String, Vec<StoredFlow>>,
+}
+
+#[derive(Debug, Clone)]
+struct SessionRow {
+    info: SessionInfo,
+    session: Session,
+}
+
+#[derive(Debug, Clone)]
+struct InboxData {
+    message_id: String,
+    kind: InboxKind,
+    payload: serde_json::Value,
+    received_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct OutboxData {
+    payload: serde_json::Value,
+    inbox_id: Option<i64>,
+    wamid: Option<String>,
+    delivery: Option<DeliveryStatus>,
+    delivery_at: Option<Timestamp>,
+    sent_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct QueueRow<T> {
+    conversation: ConversationKey,
+    due_at: i64,
+    status: QueueStatus,
+    attempts: i64,
+    lease_until: Option<i64>,
+    retry_at: Option<i64>,
+    last_error: Option<String>,
+    finished_at: Option<i64>,
+    data: T,
+}
+
+/// A queue's rows in a vector indexed by id (ids only grow; ids taken by other
+/// organizations' rows leave empty slots). Cheaper than a hash map of large rows: no
+/// hashing, no rehash moves of whole rows.
+#[derive(Debug)]
+struct Rows<T> {
+    base: i64,
+    slots: Vec<Option<QueueRow<T>>>,
+    live: usize,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Rows { base: 0, slots: Vec::new(), live: 0 }
+    }
+}
+
+impl<T> Rows<T> {
+    #[inline]
+    fn slot(&self, id: i64) -> Option<usize> {
+        let i = id.checked_sub(self.base)?;
+        usize::try_from(i).ok().filter(|&i| i < self.slots.len())
+    }
+
+    #[inline]
+    fn get(&self, id: &i64) -> Option<&QueueRow<T>> {
+        self.slot(*id).and_then(|i| self.slots[i].as_ref())
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: &i64) -> Option<&mut QueueRow<T>> {
+        self.slot(*id).and_then(|i| self.slots[i].as_mut())
+    }
+
+    fn contains_key(&self, id: &i64) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Inserts a row whose id is above every id inserted before.
+    fn insert(&mut self, id: i64, row: QueueRow<T>) {
+        if self.slots.is_empty() {
+            self.base = id;
+        }
+        let i = usize::try_from(id - self.base).expect("queue ids only grow");
+        if i >= self.slots.len() {
+            self.slots.resize_with(i, || None);
+            self.slots.push(Some(row));
+            self.live += 1;
+        } else {
+            if self.slots[i].is_none() {
+                self.live += 1;
+            }
+            self.slots[i] = Some(row);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&i64, &QueueRow<T>) -> bool) {
+        let base = self.base;
+        let mut live = 0;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(row) = slot {
+                if keep(&(base + i as i64), row) {
+                    live += 1;
+                } else {
+                    *slot = None;
+                }
+            }
+        }
+        // Drop the empty prefix so purged rows free their slots too.
+        let first = self.slots.iter().position(Option::is_some).unwrap_or(self.slots.len());
+        self.slots.drain(..first);
+        self.base += first as i64;
+        if self.slots.is_empty() {
+            self.base = 0;
+        }
+        self.live = live;
+    }
+}
+
+/// A queue with per-conversation ordering: `open` holds unfinished rows in `(due_at, id)`
+/// order, `by_conversation` the same per conversation.
+#[derive(Debug)]
+struct Queue<T> {
+    rows: Rows<T>,
+    open: BTreeSet<(i64, i64)>,
+    by_conversation: HashMap<ConversationKey, BTreeSet<(i64, i64)>>,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue { rows: Rows::default(), open: BTreeSet::new(), by_conversation: HashMap::default() }
+    }
+}
+
+impl<T> Queue<T> {
+    fn push(&mut self, id: i64, conversation: ConversationKey, due_at: i64, data: T) {
+        self.open.insert((due_at, id));
+        // Only a conversation's first open row pays for a copy of its key.
+        match self.by_conversation.get_mut(&conversation) {
+            Some(set) => {
+                set.insert((due_at, id));
+            }
+            None => {
+                self.by_conversation.insert(conversation.clone(), BTreeSet::from([(due_at, id)]));
+            }
+        }
+        self.rows.insert(
+            id,
+            QueueRow {
+                conversation,
+                due_at,
+                status: QueueStatus::Pending,
+                attempts: 0,
+                lease_until: None,
+                retry_at: None,
+                last_error: None,
+                finished_at: None,
+                data,
+            },
+        );
+    }
+
+    /// Candidate ids to claim, in order, at most `limit`.
+    fn claimable(&self, now: i64, limit: usize) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<&ConversationKey> = HashSet::default();
+        for &(due, id) in self.open.range(..=(now, i64::MAX)) {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(row) = self.rows.get(&id) else { continue };
+            // A row under a live claim is never a candidate, and its conversation's later
+            // rows fail the `blocked` check below: skip it without hashing its key.
+            if row.status == QueueStatus::Claimed && row.lease_until.is_some_and(|l| l >= now) {
+                continue;
+            }
+            if !seen.insert(&row.conversation) {
+                continue;
+            }
+            // The first due row of the conversation is this one (we walk in order); the
+            // conversation is blocked while any of its rows is claimed under a live lease.
+            let blocked = self.by_conversation.get(&row.conversation).is_some_and(|set| {
+                set.iter().any(|(_, other)| {
+                    self.rows
+                        .get(other)
+                        .is_some_and(|r| r.status == QueueStatus::Claimed && r.lease_until.is_some_and(|l| l >= now))
+                })
+            });
+            if blocked {
+                continue;
+            }
+            let eligible = match row.status {
+                QueueStatus::Pending => row.retry_at.is_none_or(|r| r <= now),
+                QueueStatus::Claimed => row.lease_until.is_none_or(|l| l < now),
+                _ => false,
+            };
+            if eligible {
+                out.push((due, id));
+            }
+        }
+        out
+    }
+
+    fn take_claim(&mut self, id: i64, lease_until: i64) {
+        if let Some(row) = self.rows.get_mut(&id) {
+            row.status = QueueStatus::Claimed;
+            row.attempts += 1;
+            row.lease_until = Some(lease_until);
+        }
+    }
+
+    fn check_claim(&self, what: &'static str, claim: Claim) -> StoreResult<()> {
+        match self.rows.get(&claim.id) {
+            None => Err(StoreError::NotFound { what, id: claim.id.to_string() }),
+            Some(row) if row.status == QueueStatus::Claimed && row.attempts == claim.attempt => Ok(()),
+            Some(_) => Err(StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt }),
+        }
+    }
+
+    fn finish(&mut self, id: i64, status: QueueStatus, now: Option<i64>, error: Option<&str>) {
+        if let Some(row) = self.rows.get_mut(&id) {
+            row.status = status;
+            row.lease_until = None;
+            row.finished_at = now;
+            if let Some(e) = error {
+                row.last_error = Some(e.to_owned());
+            }
+            self.open.remove(&(row.due_at, id));
+            // An emptied set stays (no key to free under the lock); `purge_finished` drops it.
+            if let Some(set) = self.by_conversation.get_mut(&row.conversation) {
+                set.remove(&(row.due_at, id));
+            }
+        }
+    }
+
+    fn retry(&mut self, id: i64, retry_at: i64, error: &str) {
+        if let Some(row) = self.rows.get_mut(&id) {
+            row.status = QueueStatus::Pending;
+            row.lease_until = None;
+            row.retry_at = Some(retry_at);
+            row.last_error = Some(error.to_owned());
+        }
+    }
+
+    fn reclaim(&mut self, now: i64) -> u64 {
+        let mut n = 0;
+        for &(_, id) in &self.open {
+            if let Some(row) = self.rows.get_mut(&id) {
+                if row.status == QueueStatus::Claimed && row.lease_until.is_some_and(|l| l < now) {
+                    row.status = QueueStatus::Pending;
+                    row.lease_until = None;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn purge_finished(&mut self, before: i64) -> u64 {
+        self.by_conversation.retain(|_, set| !set.is_empty());
+        let before_len = self.rows.len();
+        self.rows.retain(|_, r| {
+            !(matches!(r.status, QueueStatus::Done | QueueStatus::Failed) && r.finished_at.is_some_and(|f| f < before))
+        });
+        (before_len - self.rows.len()) as u64
+    }
+}
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
+        // A poisoned lock only means another task panicked mid-call; the data is still
+        // consistent because every mutation is validated before it starts.
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(guard)
+    }
+}
+
+impl Inner {
+    fn org(&mut self, org_id: &str) -> StoreResult<&mut OrgData> {
+        self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
+    }
+
+    fn org_ref(&self, org_id: &str) -> StoreResult<&OrgData> {
+        self.orgs.get(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
+    }
+
+    fn org_ids(&self, scope: Option<&str>) -> StoreResult<Vec<String>> {
+        match scope {
+            Some(org) => {
+                self.org_ref(org)?;
+                Ok(vec![org.to_owned()])
+            }
+            None => Ok(self.orgs.keys().cloned().collect()),
+        }
+    }
+}
+
+fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
+    if conversation.org_id == org_id {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "row for organization {:?} passed to organization {:?}",
+            conversation.org_id, org_id
+        )))
+    }
+}
+
+/// Checks a session write against the stored state without changing anything.
+/// Returns the id of the active row the write replaces, if any.
+fn check_session_write(org: &OrgData, write: &SessionWrite) -> StoreResult<Option<i64>> {
+    let row = org.active.get(&write.key).and_then(|id| org.sessions.get(id));
+    let found = row.map(|r| r.info.version);
+    if found.unwrap_or(0) == write.expected_version && (write.expected_version == 0) == found.is_none() {
+        Ok(row.map(|r| r.info.id))
+    } else {
+        Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found })
+    }
+}
+
+/// Applies a checked write; returns the replaced state too, for the caller to drop after
+/// releasing the lock.
+/// `current` is the active row's id that `check_session_write` found.
+fn apply_session_write(
+    org: &mut OrgData,
+    next_id: &mut i64,
+    current: Option<i64>,
+    write: SessionWrite,
+) -> (SavedSession, Option<Session>) {
+    let now = write.now;
+    let closed_at = (write.status == SessionStatus::Closed).then_some(now);
+    if let Some(row) = current.and_then(|id| org.sessions.get_mut(&id)) {
+        row.info.version += 1;
+        row.info.status = write.status;
+        // Keep the recorded node's text when it did not change (no allocation per save).
+        let node = write.session.current_node();
+        if row.info.current_node.as_deref() != node {
+            row.info.current_node = node.map(str::to_owned);
+        }
+        row.info.wake_at = write.session.wake_at();
+        row.info.updated_at = now;
+        row.info.closed_at = closed_at;
+        let old = std::mem::replace(&mut row.session, write.session);
+        let saved = SavedSession { id: row.info.id, version: row.info.version };
+        if write.status == SessionStatus::Closed {
+            org.active.remove(&write.key);
+        }
+        return (saved, Some(old));
+    }
+    let (current_node, wake_at) = state::meta(&write.session);
+    *next_id += 1;
+    let id = *next_id;
+    let info = SessionInfo {
+        id,
+        key: write.key.clone(),
+        flow_version: write.flow_version,
+        version: 1,
+        status: write.status,
+        current_node,
+        wake_at,
+        created_at: now,
+        updated_at: now,
+        closed_at,
+    };
+    org.sessions.insert(id, SessionRow { info, session: write.session });
+    if write.status == SessionStatus::Active {
+        org.active.insert(write.key, id);
+    }
+    (SavedSession { id, version: 1 }, None)
+}
+
+fn insert_inbox_row(org: &mut OrgData, next_id: &mut i64, event: NewInboxEvent) -> InboxInsert {
+    if let Some(&id) = org.inbox_by_message.get(&event.message_id) {
+        return InboxInsert::Duplicate(id);
+    }
+    *next_id += 1;
+    let id = *next_id;
+    org.inbox_by_message.insert(event.message_id.clone(), id);
+    org.inbox.push(
+        id,
+        event.conversation,
+        event.due_at.as_unix_millis(),
+        InboxData {
+            message_id: event.message_id,
+            kind: event.kind,
+            payload: event.payload,
+            received_at: event.received_at,
+        },
+    );
+    InboxInsert::Inserted(id)
+}
+
+fn inbox_event(id: i64, row: &QueueRow<InboxData>) -> InboxEvent {
+    InboxEvent {
+        id,
+        conversation: row.conversation.clone(),
+        message_id: row.data.message_id.clone(),
+        kind: row.data.kind,
+        payload: row.data.payload.clone(),
+        received_at: row.data.received_at,
+        due_at: ts(row.due_at),
+        status: row.status,
+        attempts: row.attempts,
+        lease_until: row.lease_until.map(ts),
+        retry_at: row.retry_at.map(ts),
+        last_error: row.last_error.clone(),
+    }
+}
+
+fn outbox_message(id: i64, row: &QueueRow<OutboxData>) -> OutboxMessage {
+    OutboxMessage {
+        id,
+        conversation: row.conversation.clone(),
+        payload: row.data.payload.clone(),
+        status: row.status,
+        attempts: row.attempts,
+        due_at: ts(row.due_at),
+        retry_at: row.retry_at.map(ts),
+        lease_until: row.lease_until.map(ts),
+        wamid: row.data.wamid.clone(),
+        last_error: row.last_error.clone(),
+        inbox_id: row.data.inbox_id,
+        delivery: row.data.delivery,
+        delivery_at: row.data.delivery_at,
+        sent_at: row.data.sent_at,
+    }
+}
+
+fn append_log_rows(org: &mut OrgData, next_id: &mut i64, entries: Vec<NewLogEntry>) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        *next_id += 1;
+        ids.push(*next_id);
+        org.log.push(LogEntry {
+            id: *next_id,
+            conversation: e.conversation,
+            flow_id: e.flow_id,
+            direction: e.direction,
+            content: e.content,
+            node_id: e.node_id,
+            wamid: e.wamid,
+            at: e.at,
+            metadata: e.metadata,
+        });
+    }
+    ids
+}
+
+fn enqueue_rows(org: &mut OrgData, next_id: &mut i64, messages: Vec<NewOutboxMessage>) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        *next_id += 1;
+        ids.push(*next_id);
+        org.outbox.push(
+            *next_id,
+            m.conversation,
+            m.due_at.as_unix_millis(),
+            OutboxData {
+                payload: m.payload,
+                inbox_id: m.inbox_id,
+                wamid: None,
+                delivery: None,
+                delivery_at: None,
+                sent_at: None,
+            },
+        );
+    }
+    ids
+}
+
+#[async_trait]
+impl Organizations for MemoryStore {
+    async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        inner.orgs.entry(org_id.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn organization_exists(&self, org_id: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.orgs.contains_key(org_id))
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn load_session(&self, key: &SessionKey) -> StoreResult<Option<StoredSession>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(&key.org_id)?;
+        Ok(org.active.get(key).and_then(|id| org.sessions.get(id)).map(|row| StoredSession {
+            id: row.info.id,
+            key: row.info.key.clone(),
+            flow_version: row.info.flow_version,
+            version: row.info.version,
+            status: row.info.status,
+            session: row.session.clone(),
+            created_at: row.info.created_at,
+            updated_at: row.info.updated_at,
+            closed_at: row.info.closed_at,
+        }))
+    }
+
+    async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(&conversation.org_id)?;
+        let mut out: Vec<SessionInfo> = org
+            .active
+            .iter()
+            .filter(|(k, _)| {
+                k.business_number_id == conversation.business_number_id && k.contact_id == conversation.contact_id
+            })
+            .filter_map(|(_, id)| org.sessions.get(id).map(|r| r.info.clone()))
+            .collect();
+        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
+        let org = inner
+            .orgs
+            .get_mut(&write.key.org_id)
+            .ok_or_else(|| StoreError::UnknownOrganization(write.key.org_id.clone()))?;
+        let current = check_session_write(org, &write)?;
+        let (saved, replaced) = apply_session_write(org, &mut inner.next_session, current, write);
+        drop(guard);
+        drop(replaced);
+        Ok(saved)
+    }
+
+    async fn close_session(&self, key: &SessionKey, now: Timestamp) -> StoreResult<bool> {
+        let mut inner = self.lock()?;
+        let org = inner.org(&key.org_id)?;
+        let Some(id) = org.active.remove(key) else { return Ok(false) };
+        if let Some(row) = org.sessions.get_mut(&id) {
+            row.info.status = SessionStatus::Closed;
+            row.info.version += 1;
+            row.info.updated_at = now;
+            row.info.closed_at = Some(now);
+        }
+        Ok(true)
+    }
+
+    async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        let mut out: Vec<SessionInfo> =
+            org.active.values().filter_map(|id| org.sessions.get(id).map(|r| r.info.clone())).collect();
+        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        Ok(out.into_iter().skip(page.offset_i64() as usize).take(page.limit_i64() as usize).collect())
+    }
+
+    async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        let now = now.as_unix_millis();
+        let expired_before = now.saturating_sub(duration_ms(policy.session_ttl));
+        let closed_before = now.saturating_sub(duration_ms(policy.retention));
+        let mut report = PurgeReport::default();
+        let mut remove = Vec::new();
+        for (id, row) in &org.sessions {
+            match row.info.status {
+                SessionStatus::Active if row.info.updated_at.as_unix_millis() < expired_before => {
+                    report.expired_sessions += 1;
+                    remove.push(*id);
+                }
+                SessionStatus::Closed if row.info.closed_at.is_some_and(|c| c.as_unix_millis() < closed_before) => {
+                    report.closed_sessions += 1;
+                    remove.push(*id);
+                }
+                _ => {}
+            }
+        }
+        for id in remove {
+            if let Some(row) = org.sessions.remove(&id) {
+                if org.active.get(&row.info.key) == Some(&id) {
+                    org.active.remove(&row.info.key);
+                }
+            }
+        }
+        report.inbox_rows = org.inbox.purge_finished(closed_before);
+        let inbox = &org.inbox;
+        org.inbox_by_message.retain(|_, id| inbox.rows.contains_key(id));
+        report.outbox_rows = org.outbox.purge_finished(closed_before);
+        let outbox = &org.outbox;
+        org.outbox_by_wamid.retain(|_, id| outbox.rows.contains_key(id));
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl MessageLog for MemoryStore {
+    async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
+        let mut inner = self.lock()?;
+        let inner = &mut *inner;
+        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
+        for e in entries {
+            same_org(org_id, &e.conversation)?;
+        }
+        Ok(append_log_rows(org, &mut inner.next_log, entries.to_vec()))
+    }
+
+    async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(&conversation.org_id)?;
+        Ok(org
+            .log
+            .iter()
+            .filter(|e| &e.conversation == conversation)
+            .skip(page.offset_i64() as usize)
+            .take(page.limit_i64() as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        let mut map: HashMap<&ConversationKey, ConversationSummary> = HashMap::default();
+        for e in &org.log {
+            let s = map.entry(&e.conversation).or_insert_with(|| ConversationSummary {
+                conversation: e.conversation.clone(),
+                message_count: 0,
+                first_message_at: e.at,
+                last_message_at: e.at,
+            });
+            s.message_count += 1;
+            s.first_message_at = s.first_message_at.min(e.at);
+            s.last_message_at = s.last_message_at.max(e.at);
+        }
+        let mut out: Vec<ConversationSummary> = map.into_values().collect();
+        out.sort_by(|a, b| b.last_message_at.cmp(&a.last_message_at).then_with(|| a.conversation.cmp(&b.conversation)));
+        Ok(out.into_iter().skip(page.offset_i64() as usize).take(page.limit_i64() as usize).collect())
+    }
+
+    async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        let (from, to) = query.bounds();
+        let in_window = |t: Timestamp| t.as_unix_millis() >= from && t.as_unix_millis() < to;
+        let mut m = Metrics::default();
+        let mut flows: BTreeMap<String, FlowMetrics> = BTreeMap::new();
+        let mut days: BTreeMap<i64, DayMetrics> = BTreeMap::new();
+        let day_of = |t: Timestamp| t.as_unix_millis().div_euclid(DAY_MS);
+        for row in org.sessions.values() {
+            if !in_window(row.info.created_at) {
+                continue;
+            }
+            let active = row.info.status == SessionStatus::Active;
+            m.conversations_total += 1;
+            m.conversations_active += u64::from(active);
+            let f = flows
+                .entry(row.info.key.flow_id.clone())
+                .or_insert_with(|| FlowMetrics { flow_id: row.info.key.flow_id.clone(), ..Default::default() });
+            f.conversations_total += 1;
+            f.conversations_active += u64::from(active);
+            days.entry(day_of(row.info.created_at)).or_default().conversations_started += 1;
+        }
+        for e in &org.log {
+            if !in_window(e.at) {
+                continue;
+            }
+            let inbound = e.direction == Direction::Inbound;
+            if inbound {
+                m.messages_in += 1;
+            } else {
+                m.messages_out += 1;
+            }
+            if let Some(flow_id) = &e.flow_id {
+                let f = flows
+                    .entry(flow_id.clone())
+                    .or_insert_with(|| FlowMetrics { flow_id: flow_id.clone(), ..Default::default() });
+                if inbound {
+                    f.messages_in += 1;
+                } else {
+                    f.messages_out += 1;
+                }
+            }
+            let d = days.entry(day_of(e.at)).or_default();
+            if inbound {
+                d.messages_in += 1;
+            } else {
+                d.messages_out += 1;
+            }
+        }
+        m.per_flow = flows.into_values().collect();
+        m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
+        Ok(m)
+    }
+}
+
+#[async_trait]
+impl Inbox for MemoryStore {
+    async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
+        let mut inner = self.lock()?;
+        let inner = &mut *inner;
+        let org = inner
+            .orgs
+            .get_mut(&event.conversation.org_id)
+            .ok_or_else(|| StoreError::UnknownOrganization(event.conversation.org_id.clone()))?;
+        Ok(insert_inbox_row(org, &mut inner.next_inbox, event))
+    }
+
+    async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
+        let mut inner = self.lock()?;
+        let now = request.now.as_unix_millis();
+        let limit = request.limit.min(Page::MAX_LIMIT) as usize;
+        let mut candidates = Vec::new();
+        for org_id in inner.org_ids(request.org_id.as_deref())? {
+            let org = inner.org(&org_id)?;
+            for c in org.inbox.claimable(now, limit) {
+                candidates.push((c, org_id.clone()));
+            }
+        }
+        candidates.sort();
+        candidates.truncate(limit);
+        let lease = request.lease_until().as_unix_millis();
+        let mut out = Vec::with_capacity(candidates.len());
+        for ((_, id), org_id) in candidates {
+            let org = inner.org(&org_id)?;
+            org.inbox.take_claim(id, lease);
+            if let Some(row) = org.inbox.rows.get(&id) {
+                out.push(inbox_event(id, row));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        org.inbox.check_claim("inbox event", claim)?;
+        org.inbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
+        Ok(())
+    }
+
+    async fn fail_inbox(
+        &self,
+        org_id: &str,
+        claim: Claim,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        org.inbox.check_claim("inbox event", claim)?;
+        match retry_at {
+            Some(at) => org.inbox.retry(claim.id, at.as_unix_millis(), error),
+            None => org.inbox.finish(claim.id, QueueStatus::Failed, Some(now.as_unix_millis()), Some(error)),
+        }
+        Ok(())
+    }
+
+    async fn reclaim_inbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
+        let mut inner = self.lock()?;
+        let mut n = 0;
+        for org in inner.org_ids(org_id)? {
+            n += inner.org(&org)?.inbox.reclaim(now.as_unix_millis());
+        }
+        Ok(n)
+    }
+
+    async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        Ok(org.inbox.rows.get(&id).map(|row| inbox_event(id, row)))
+    }
+}
+
+#[async_trait]
+impl Outbox for MemoryStore {
+    async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
+        let mut inner = self.lock()?;
+        let inner = &mut *inner;
+        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
+        for m in messages {
+            same_org(org_id, &m.conversation)?;
+        }
+        Ok(enqueue_rows(org, &mut inner.next_outbox, messages.to_vec()))
+    }
+
+    async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
+        let mut inner = self.lock()?;
+        let now = request.now.as_unix_millis();
+        let limit = request.limit.min(Page::MAX_LIMIT) as usize;
+        let mut candidates = Vec::new();
+        for org_id in inner.org_ids(request.org_id.as_deref())? {
+            let org = inner.org(&org_id)?;
+            for c in org.outbox.claimable(now, limit) {
+                candidates.push((c, org_id.clone()));
+            }
+        }
+        candidates.sort();
+        candidates.truncate(limit);
+        let lease = request.lease_until().as_unix_millis();
+        let mut out = Vec::with_capacity(candidates.len());
+        for ((_, id), org_id) in candidates {
+            let org = inner.org(&org_id)?;
+            org.outbox.take_claim(id, lease);
+            if let Some(row) = org.outbox.rows.get(&id) {
+                out.push(outbox_message(id, row));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        org.outbox.check_claim("outbox message", claim)?;
+        org.outbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
+        if let Some(row) = org.outbox.rows.get_mut(&claim.id) {
+            row.data.wamid = Some(wamid.to_owned());
+            row.data.sent_at = Some(now);
+            if row.data.delivery.is_none() {
+                row.data.delivery = Some(DeliveryStatus::Sent);
+                row.data.delivery_at = Some(now);
+            }
+        }
+        org.outbox_by_wamid.insert(wamid.to_owned(), claim.id);
+        Ok(())
+    }
+
+    async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        org.outbox.check_claim("outbox message", claim)?;
+        org.outbox.retry(claim.id, retry_at.as_unix_millis(), error);
+        Ok(())
+    }
+
+    async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        org.outbox.check_claim("outbox message", claim)?;
+        org.outbox.finish(claim.id, QueueStatus::Failed, Some(now.as_unix_millis()), Some(error));
+        Ok(())
+    }
+
+    async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
+        let mut inner = self.lock()?;
+        let mut n = 0;
+        for org in inner.org_ids(org_id)? {
+            n += inner.org(&org)?.outbox.reclaim(now.as_unix_millis());
+        }
+        Ok(n)
+    }
+
+    async fn record_delivery(
+        &self,
+        org_id: &str,
+        wamid: &str,
+        status: DeliveryStatus,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        let Some(id) = org.outbox_by_wamid.get(wamid).copied() else { return Ok(false) };
+        let Some(row) = org.outbox.rows.get_mut(&id) else { return Ok(false) };
+        if row.data.delivery.is_none_or(|d| d.rank() < status.rank()) {
+            row.data.delivery = Some(status);
+            row.data.delivery_at = Some(at);
+        }
+        Ok(true)
+    }
+
+    async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        Ok(org.outbox.rows.get(&id).map(|row| outbox_message(id, row)))
+    }
+}
+
+#[async_trait]
+impl FlowStore for MemoryStore {
+    async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
+        let mut inner = self.lock()?;
+        let org = inner.org(org_id)?;
+        let versions = org.flows.entry(flow_id.to_owned()).or_default();
+        let version = versions.last().map_or(1, |f| f.version + 1);
+        versions.push(StoredFlow {
+            org_id: org_id.to_owned(),
+            flow_id: flow_id.to_owned(),
+            version,
+            definition: definition.to_owned(),
+            published_at: now,
+        });
+        Ok(version)
+    }
+
+    async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        let Some(versions) = org.flows.get(flow_id) else { return Ok(None) };
+        Ok(match version {
+            None => versions.last().cloned(),
+            Some(v) => versions.iter().find(|f| f.version == v).cloned(),
+        })
+    }
+
+    async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {
+        let inner = self.lock()?;
+        let org = inner.org_ref(org_id)?;
+        Ok(org.flows.values().filter_map(|v| v.last().cloned()).collect())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
+        let org_id = commit.org_id.as_str();
+        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
+        // Validate everything first, then apply: all or nothing.
+        if let Some(write) = &commit.session {
+            if write.key.org_id != org_id {
+                return Err(StoreError::InvalidInput(format!(
+                    "session of organization {:?} in a commit of {:?}",
+                    write.key.org_id, org_id
+                )));
+            }
+        }
+        for e in &commit.log {
+            same_org(org_id, &e.conversation)?;
+        }
+        for m in &commit.outbox {
+            same_org(org_id, &m.conversation)?;
+        }
+        for s in &commit.schedule {
+            same_org(org_id, &s.conversation)?;
+        }
+        let current = match &commit.session {
+            Some(write) => check_session_write(org, write)?,
+            None => None,
+        };
+        if let Some(claim) = commit.inbox_done {
+            org.inbox.check_claim("inbox event", claim)?;
+        }
+        let mut outcome = CommitOutcome::default();
+        let mut replaced = None;
+        if let Some(write) = commit.session {
+            let (saved, old) = apply_session_write(org, &mut inner.next_session, current, write);
+            outcome.session = Some(saved);
+            replaced = old;
+        }
+        if let Some(claim) = commit.inbox_done {
+            org.inbox.finish(claim.id, QueueStatus::Done, Some(commit.now.as_unix_millis()), None);
+        }
+        outcome.log_ids = append_log_rows(org, &mut inner.next_log, commit.log);
+        outcome.outbox_ids = enqueue_rows(org, &mut inner.next_outbox, commit.outbox);
+        for event in commit.schedule {
+            outcome.scheduled.push(insert_inbox_row(org, &mut inner.next_inbox, event));
+        }
+        // Free the replaced state after the lock is released.
+        drop(guard);
+        drop(replaced);
+        Ok(outcome)
+    }
+
+    async fn close(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.closed = true;
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,1204 @@
+//! The PostgreSQL backend: several processes share one database; claims on the inbox and
+//! outbox use `FOR UPDATE SKIP LOCKED`, so no row is handed to two workers, and a
+//! conversation's rows go to one worker at a time, in order.
+//!
+//! Migrations are embedded and run on open under an advisory lock (several instances may
+//! start at once). [`PostgresOptions::schema`] puts every table in one schema (tests use a
+//! fresh schema per run).
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowcore::Timestamp;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::error::{StoreError, StoreResult};
+use crate::sql_rows::{json_col, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
+use crate::state;
+use crate::traits::*;
+use crate::types::*;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// Connections idle this long are pinged before use.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
+
+/// Settings for [`PostgresStore::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// Pool size (default 10).
+    pub max_connections: u32,
+    /// How long to wait for a free connection (default 10 s).
+    pub acquire_timeout: Duration,
+    /// Put the tables in this schema (set as `search_path` on every connection; created if
+    /// missing). `None` uses the connection's default (`public`).
+    pub schema: Option<String>,
+    /// `synchronous_commit = off` on the store's connections: commits return before their
+    /// WAL is flushed, so many more per second on a slow disk, but a PostgreSQL crash can
+    /// lose the last fraction of a second of commits (never corrupt them). Default false:
+    /// an accepted webhook is durable before the server answers `200 OK`.
+    pub asynchronous_commit: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            schema: None,
+            asynchronous_commit: false,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// The same options with tables in `schema`.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// The same options with a different acquire timeout (also bounds how long `open` tries
+    /// to connect).
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The same options with [`asynchronous_commit`](PostgresOptions::asynchronous_commit) set.
+    pub fn with_asynchronous_commit(mut self, on: bool) -> Self {
+        self.asynchronous_commit = on;
+        self
+    }
+
+    /// The same options with a pool of `n` connections.
+    pub fn with_max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+}
+
+/// The PostgreSQL store.
+///
+/// ```no_run
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// use flowcore_store::{Organizations, PostgresOptions, PostgresStore};
+/// let store = PostgresStore::open("postgres://postgres@127.0.0.1:5432/test", PostgresOptions::default()).await?;
+/// store.register_organization("acme").await?;
+/// # Ok::<(), flowcore_store::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct PostgresStore {
+    writer: PgPool,
+    reader: PgPool,
+    known_orgs: RwLock<HashSet<String>>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`) and applies the embedded migrations.
+    pub async fn open(url: &str, options: PostgresOptions) -> StoreResult<PostgresStore> {
+        let mut connect =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidInput(format!("postgres url: {e}")))?;
+        if let Some(schema) = &options.schema {
+            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::InvalidInput(format!("schema name {schema:?}: use letters, digits and _")));
+            }
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        if options.asynchronous_commit {
+            connect = connect.options([("synchronous_commit", "off")]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it hands out by default: one more round trip per
+            // call. Ping only connections that sat idle for a while (a restarted server or a
+            // dropped link is still noticed before use).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_PING_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(connect)
+            .await?;
+        if let Some(schema) = &options.schema {
+            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&pool).await?;
+        }
+        let store = PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        // Serialize concurrent openers (several server instances starting at once).
+        sqlx::query("SELECT pg_advisory_xact_lock(7307357105)").execute(&mut *tx).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS flowcore_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        for (version, name, sql) in MIGRATIONS {
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM flowcore_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|e| StoreError::Migration(format!("{name}: {e}")))?;
+            sqlx::query("INSERT INTO flowcore_migrations (version, name, applied_at) VALUES ($1, $2, 0)")
+                .bind(version)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The connection pool, for hosts that add their own tables.
+    pub fn pool(&self) -> &PgPool {
+        &self.writer
+    }
+
+    async fn check_org(&self, org_id: &str) -> StoreResult<()> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        if self.known_orgs.read().unwrap_or_else(|p| p.into_inner()).contains(org_id) {
+            return Ok(());
+        }
+        let found: Option<String> = sqlx::query_scalar("SELECT id FROM organizations WHERE id = $1")
+            .bind(org_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        if found.is_none() {
+            return Err(StoreError::UnknownOrganization(org_id.to_owned()));
+        }
+        self.known_orgs.write().unwrap_or_else(|p| p.into_inner()).insert(org_id.to_owned());
+        Ok(())
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.writer.begin().await?)
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+crate::sql_rows::row_decoders!(PgRow);
+
+async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<SavedSession> {
+    let state_text = state::encode(&write.session);
+    let (current_node, wake_at) = state::meta(&write.session);
+    let now = write.now.as_unix_millis();
+    let closed_at = (write.status == SessionStatus::Closed).then_some(now);
+    let k = &write.key;
+    let row = if write.expected_version == 0 {
+        sqlx::query(
+            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $12)
+             ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
+             RETURNING id, version",
+        )
+        .bind(&k.org_id)
+        .bind(&k.business_number_id)
+        .bind(&k.contact_id)
+        .bind(&k.flow_id)
+        .bind(write.flow_version)
+        .bind(write.status.as_str())
+        .bind(state::STATE_SCHEMA_VERSION)
+        .bind(&state_text)
+        .bind(current_node)
+        .bind(wake_at.map(Timestamp::as_unix_millis))
+        .bind(now)
+        .bind(closed_at)
+        .fetch_optional(&mut **tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE sessions SET version = version + 1, status = $6, state_schema = $7, state = $8, current_node = $9, wake_at = $10, updated_at = $11, closed_at = $12
+             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active' AND version = $5
+             RETURNING id, version",
+        )
+        .bind(&k.org_id)
+        .bind(&k.business_number_id)
+        .bind(&k.contact_id)
+        .bind(&k.flow_id)
+        .bind(write.expected_version)
+        .bind(write.status.as_str())
+        .bind(state::STATE_SCHEMA_VERSION)
+        .bind(&state_text)
+        .bind(current_node)
+        .bind(wake_at.map(Timestamp::as_unix_millis))
+        .bind(now)
+        .bind(closed_at)
+        .fetch_optional(&mut **tx)
+        .await?
+    };
+    match row {
+        Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
+        None => {
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'",
+            )
+            .bind(&k.org_id)
+            .bind(&k.business_number_id)
+            .bind(&k.contact_id)
+            .bind(&k.flow_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Err(StoreError::Conflict { key: k.to_string(), expected: write.expected_version, found })
+        }
+    }
+}
+
+async fn append_log_tx(tx: &mut Tx, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        let (text, json) = e.content.to_columns();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO message_log (org_id, business_number_id, contact_id, flow_id, direction, content_text, content_json, node_id, wamid, at, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(org_id)
+        .bind(&e.conversation.business_number_id)
+        .bind(&e.conversation.contact_id)
+        .bind(&e.flow_id)
+        .bind(e.direction.as_str())
+        .bind(text)
+        .bind(json)
+        .bind(&e.node_id)
+        .bind(&e.wamid)
+        .bind(e.at.as_unix_millis())
+        .bind(e.metadata.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending') RETURNING id",
+        )
+        .bind(org_id)
+        .bind(&m.conversation.business_number_id)
+        .bind(&m.conversation.contact_id)
+        .bind(m.payload.to_string())
+        .bind(m.inbox_id)
+        .bind(m.due_at.as_unix_millis())
+        .fetch_one(&mut **tx)
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
+    let c = &e.conversation;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')
+         ON CONFLICT (org_id, message_id) DO NOTHING RETURNING id",
+    )
+    .bind(&c.org_id)
+    .bind(&c.business_number_id)
+    .bind(&c.contact_id)
+    .bind(&e.message_id)
+    .bind(e.kind.as_str())
+    .bind(e.payload.to_string())
+    .bind(e.received_at.as_unix_millis())
+    .bind(e.due_at.as_unix_millis())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(id) = id {
+        return Ok(InboxInsert::Inserted(id));
+    }
+    let existing: i64 = sqlx::query_scalar("SELECT id FROM inbox WHERE org_id = $1 AND message_id = $2")
+        .bind(&c.org_id)
+        .bind(&e.message_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(InboxInsert::Duplicate(existing))
+}
+
+/// Applies `set` to a claimed row if the claim still holds; otherwise tells why not.
+async fn finish_claim_tx(
+    tx: &mut Tx,
+    table: &'static str,
+    org_id: &str,
+    claim: Claim,
+    set: &str,
+    binds: (Option<i64>, Option<&str>, Option<&str>),
+) -> StoreResult<()> {
+    let what = if table == "inbox" { "inbox event" } else { "outbox message" };
+    let sql =
+        format!("UPDATE {table} SET {set} WHERE org_id = $1 AND id = $2 AND status = 'claimed' AND attempts = $3");
+    let mut query = sqlx::query(&sql).bind(org_id).bind(claim.id).bind(claim.attempt);
+    // Bind only the parameters the SET clause uses.
+    if set.contains("$4") || set.contains("$5") || set.contains("$6") {
+        query = query.bind(binds.0);
+    }
+    if set.contains("$5") || set.contains("$6") {
+        query = query.bind(binds.1);
+    }
+    if set.contains("$6") {
+        query = query.bind(binds.2);
+    }
+    let done = query.execute(&mut **tx).await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE org_id = $1 AND id = $2"))
+        .bind(org_id)
+        .bind(claim.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Err(match exists {
+        None => StoreError::NotFound { what, id: claim.id.to_string() },
+        Some(_) => StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt },
+    })
+}
+
+const INBOX_DONE: &str = "status = 'done', lease_until = NULL, finished_at = $4";
+
+fn claim_sql(table: &str, cols: &str) -> String {
+    format!(
+        "UPDATE {table} SET status = 'claimed', attempts = attempts + 1, lease_until = $4
+         WHERE id IN (
+           SELECT i.id FROM {table} i
+           WHERE i.status IN ('pending', 'claimed') AND i.due_at <= $1 AND ($2::text IS NULL OR i.org_id = $2)
+             AND ((i.status = 'pending' AND (i.retry_at IS NULL OR i.retry_at <= $1))
+                  OR (i.status = 'claimed' AND i.lease_until < $1))
+             AND NOT EXISTS (
+               SELECT 1 FROM {table} j
+               WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
+                 AND j.status IN ('pending', 'claimed') AND j.id <> i.id
+                 AND ((j.status = 'claimed' AND j.lease_until >= $1)
+                      OR (j.due_at <= $1 AND (j.due_at < i.due_at OR (j.due_at = i.due_at AND j.id < i.id)))))
+           ORDER BY i.due_at, i.id
+           LIMIT $3
+           FOR UPDATE OF i SKIP LOCKED)
+         RETURNING {cols}"
+    )
+}
+
+impl PostgresStore {
+    async fn claim<T>(
+        &self,
+        table: &str,
+        cols: &str,
+        request: &ClaimRequest,
+        map: fn(&PgRow) -> StoreResult<T>,
+    ) -> StoreResult<Vec<(i64, i64, T)>> {
+        if let Some(org) = &request.org_id {
+            self.check_org(org).await?;
+        }
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(&claim_sql(table, cols))
+            .bind(request.now.as_unix_millis())
+            .bind(request.org_id.as_deref())
+            .bind(i64::from(request.limit.min(Page::MAX_LIMIT)))
+            .bind(request.lease_until().as_unix_millis())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push((row.try_get("due_at")?, row.try_get("id")?, map(row)?));
+        }
+        out.sort_by_key(|(due, id, _)| (*due, *id));
+        Ok(out)
+    }
+
+    async fn reclaim(&self, table: &str, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
+        if let Some(org) = org_id {
+            self.check_org(org).await?;
+        }
+        let sql = format!(
+            "UPDATE {table} SET status = 'pending', lease_until = NULL WHERE status = 'claimed' AND lease_until < $1 AND ($2::text IS NULL OR org_id = $2)"
+        );
+        let r = sqlx::query(&sql).bind(now.as_unix_millis()).bind(org_id).execute(&self.writer).await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn finish(
+        &self,
+        table: &'static str,
+        org_id: &str,
+        claim: Claim,
+        set: &str,
+        binds: (Option<i64>, Option<&str>, Option<&str>),
+    ) -> StoreResult<()> {
+        self.check_org(org_id).await?;
+        let mut tx = self.begin().await?;
+        finish_claim_tx(&mut tx, table, org_id, claim, set, binds).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The unit of work as one statement (one round trip, its own transaction): the claim is
+/// locked and checked first, the session is saved only if the claim holds, and the inbox row,
+/// log rows and replies are written only if both did. A stale version or a lost lease leaves
+/// nothing behind; which of them it was is diagnosed afterwards.
+fn commit_sql(session: Option<bool>, claim: bool) -> String {
+    let mut sql = String::with_capacity(2048);
+    sql.push_str("WITH ");
+    if claim {
+        sql.push_str(
+            "c AS (SELECT id FROM inbox WHERE org_id = $1 AND id = $3 AND status = 'claimed' AND attempts = $4 FOR UPDATE),
+             ok0 AS (SELECT EXISTS (SELECT 1 FROM c) AS ok),",
+        );
+    } else {
+        sql.push_str("ok0 AS (SELECT true AS ok),");
+    }
+    match session {
+        Some(true) => sql.push_str(
+            "s AS (INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
+                   SELECT $1, $5, $6, $7, $8, 1, $10, $11, $12, $13, $14, $15, $15, $16 WHERE (SELECT ok FROM ok0)
+                   ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
+                   RETURNING id, version),
+             ok AS (SELECT (SELECT ok FROM ok0) AND EXISTS (SELECT 1 FROM s) AS ok),",
+        ),
+        Some(false) => sql.push_str(
+            "s AS (UPDATE sessions SET version = version + 1, status = $10, state_schema = $11, state = $12, current_node = $13, wake_at = $14, updated_at = $15, closed_at = $16
+                   WHERE org_id = $1 AND business_number_id = $5 AND contact_id = $6 AND flow_id = $7 AND status = 'active' AND version = $9
+                     AND (SELECT ok FROM ok0)
+                   RETURNING id, version),
+             ok AS (SELECT (SELECT ok FROM ok0) AND EXISTS (SELECT 1 FROM s) AS ok),",
+        ),
+        None => sql.push_str(
+            "s AS (SELECT NULL::bigint AS id, NULL::bigint AS version WHERE false),
+             ok AS (SELECT ok FROM ok0),",
+        ),
+    }
+    if claim {
+        sql.push_str(
+            "i AS (UPDATE inbox SET status = 'done', lease_until = NULL, finished_at = $2
+                   WHERE id IN (SELECT id FROM c) AND (SELECT ok FROM ok) RETURNING id),",
+        );
+    }
+    sql.push_str(
+        "l AS (INSERT INTO message_log (org_id, business_number_id, contact_id, flow_id, direction, content_text, content_json, node_id, wamid, at, metadata)
+               SELECT $1, x.bn, x.ct, x.fl, x.dir, x.tx, x.js, x.nd, x.wm, x.at, x.md
+               FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], $25::int8[], $26::text[])
+                    WITH ORDINALITY AS x(bn, ct, fl, dir, tx, js, nd, wm, at, md, n)
+               WHERE (SELECT ok FROM ok) ORDER BY x.n RETURNING id),
+         o AS (INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status)
+               SELECT $1, x.bn, x.ct, x.pl, x.ib, x.du, 'pending'
+               FROM unnest($27::text[], $28::text[], $29::text[], $30::int8[], $31::int8[]) WITH ORDINALITY AS x(bn, ct, pl, ib, du, n)
+               WHERE (SELECT ok FROM ok) ORDER BY x.n RETURNING id)
+         SELECT (SELECT ok FROM ok) AS ok, (SELECT ok FROM ok0) AS claim_ok,
+                (SELECT id FROM s) AS session_id, (SELECT version FROM s) AS session_version,",
+    );
+    sql.push_str(if claim { " (SELECT count(*) FROM i) AS done," } else { " 0::bigint AS done," });
+    sql.push_str(
+        " COALESCE((SELECT array_agg(id ORDER BY id) FROM l), '{}') AS log_ids,
+          COALESCE((SELECT array_agg(id ORDER BY id) FROM o), '{}') AS outbox_ids",
+    );
+    sql
+}
+
+impl PostgresStore {
+    /// [`Store::commit`] without scheduled wake-ups, in one statement (see [`commit_sql`]).
+    async fn commit_one_statement(&self, commit: &Commit) -> StoreResult<CommitOutcome> {
+        let org_id = commit.org_id.as_str();
+        let w = commit.session.as_ref();
+        let sql = commit_sql(w.map(|w| w.expected_version == 0), commit.inbox_done.is_some());
+        let claim = commit.inbox_done.unwrap_or(Claim { id: 0, attempt: 0 });
+        let (state_text, (current_node, wake_at)) = match w {
+            Some(w) => (Some(state::encode(&w.session)), state::meta(&w.session)),
+            None => (None, (None, None)),
+        };
+        let session_now = w.map(|w| w.now.as_unix_millis());
+        let closed_at = w.and_then(|w| (w.status == SessionStatus::Closed).then(|| w.now.as_unix_millis()));
+        let n = commit.log.len();
+        let (mut l_bn, mut l_ct, mut l_fl, mut l_dir) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut l_tx, mut l_js, mut l_nd, mut l_wm, mut l_at, mut l_md) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in &commit.log {
+            let (text, json) = e.content.to_columns();
+            l_bn.push(e.conversation.business_number_id.as_str());
+            l_ct.push(e.conversation.contact_id.as_str());
+            l_fl.push(e.flow_id.as_deref());
+            l_dir.push(e.direction.as_str());
+            l_tx.push(text);
+            l_js.push(json);
+            l_nd.push(e.node_id.as_deref());
+            l_wm.push(e.wamid.as_deref());
+            l_at.push(e.at.as_unix_millis());
+            l_md.push(e.metadata.to_string());
+        }
+        let m = commit.outbox.len();
+        let (mut o_bn, mut o_ct, mut o_pl, mut o_ib, mut o_du) = (
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+        );
+        for o in &commit.outbox {
+            o_bn.push(o.conversation.business_number_id.as_str());
+            o_ct.push(o.conversation.contact_id.as_str());
+            o_pl.push(o.payload.to_string());
+            o_ib.push(o.inbox_id);
+            o_du.push(o.due_at.as_unix_millis());
+        }
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(commit.now.as_unix_millis())
+            .bind(claim.id)
+            .bind(claim.attempt)
+            .bind(w.map(|w| w.key.business_number_id.as_str()))
+            .bind(w.map(|w| w.key.contact_id.as_str()))
+            .bind(w.map(|w| w.key.flow_id.as_str()))
+            .bind(w.map(|w| w.flow_version))
+            .bind(w.map(|w| w.expected_version))
+            .bind(w.map(|w| w.status.as_str()))
+            .bind(state::STATE_SCHEMA_VERSION)
+            .bind(state_text)
+            .bind(current_node)
+            .bind(wake_at.map(Timestamp::as_unix_millis))
+            .bind(session_now)
+            .bind(closed_at)
+            .bind(l_bn)
+            .bind(l_ct)
+            .bind(l_fl)
+            .bind(l_dir)
+            .bind(l_tx)
+            .bind(l_js)
+            .bind(l_nd)
+            .bind(l_wm)
+            .bind(l_at)
+            .bind(l_md)
+            .bind(o_bn)
+            .bind(o_ct)
+            .bind(o_pl)
+            .bind(o_ib)
+            .bind(o_du)
+            .fetch_one(&self.writer)
+            .await?;
+        if row.try_get::<Option<bool>, _>("ok")?.unwrap_or(false) {
+            if commit.inbox_done.is_some() && row.try_get::<i64, _>("done")? != 1 {
+                // Cannot happen (the claim row was locked by this statement); refuse loudly.
+                return Err(StoreError::Database("commit: the claimed inbox row was not updated".into()));
+            }
+            let session = match (row.try_get::<Option<i64>, _>("session_id")?, row.try_get("session_version")?) {
+                (Some(id), Some(version)) => Some(SavedSession { id, version }),
+                _ => None,
+            };
+            return Ok(CommitOutcome {
+                session,
+                log_ids: row.try_get("log_ids")?,
+                outbox_ids: row.try_get("outbox_ids")?,
+                scheduled: Vec::new(),
+            });
+        }
+        // Nothing was written. Tell why: a stale session version first (as the other
+        // backends do), then the claim.
+        if let Some(w) = w {
+            let k = &w.key;
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'",
+            )
+            .bind(&k.org_id)
+            .bind(&k.business_number_id)
+            .bind(&k.contact_id)
+            .bind(&k.flow_id)
+            .fetch_optional(&self.reader)
+            .await?;
+            let claim_ok = row.try_get::<Option<bool>, _>("claim_ok")?.unwrap_or(false);
+            if claim_ok || found.unwrap_or(0) != w.expected_version {
+                return Err(StoreError::Conflict { key: k.to_string(), expected: w.expected_version, found });
+            }
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(claim.id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Err(match exists {
+            None => StoreError::NotFound { what: "inbox event", id: claim.id.to_string() },
+            Some(_) => StoreError::LeaseLost { what: "inbox event", id: claim.id, attempt: claim.attempt },
+        })
+    }
+}
+
+#[async_trait]
+impl Organizations for PostgresStore {
+    async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO organizations (id, created_at) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING")
+            .bind(org_id)
+            .execute(&self.writer)
+            .await?;
+        self.known_orgs.write().unwrap_or_else(|p| p.into_inner()).insert(org_id.to_owned());
+        Ok(())
+    }
+
+    async fn organization_exists(&self, org_id: &str) -> StoreResult<bool> {
+        match self.check_org(org_id).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::UnknownOrganization(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn load_session(&self, key: &SessionKey) -> StoreResult<Option<StoredSession>> {
+        self.check_org(&key.org_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_INFO_COLS}, state_schema, state FROM sessions
+             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'"
+        ))
+        .bind(&key.org_id)
+        .bind(&key.business_number_id)
+        .bind(&key.contact_id)
+        .bind(&key.flow_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let info = session_info(&row)?;
+        let text: String = row.try_get("state")?;
+        let session = state::decode(info.id, row.try_get("state_schema")?, &text)?;
+        Ok(Some(StoredSession {
+            id: info.id,
+            key: info.key,
+            flow_version: info.flow_version,
+            version: info.version,
+            status: info.status,
+            session,
+            created_at: info.created_at,
+            updated_at: info.updated_at,
+            closed_at: info.closed_at,
+        }))
+    }
+
+    async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
+        self.check_org(&c.org_id).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_INFO_COLS} FROM sessions
+             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND status = 'active'
+             ORDER BY updated_at DESC, id DESC"
+        ))
+        .bind(&c.org_id)
+        .bind(&c.business_number_id)
+        .bind(&c.contact_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(session_info).collect()
+    }
+
+    async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
+        self.check_org(&write.key.org_id).await?;
+        let mut tx = self.begin().await?;
+        let saved = save_session_tx(&mut tx, &write).await?;
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    async fn close_session(&self, key: &SessionKey, now: Timestamp) -> StoreResult<bool> {
+        self.check_org(&key.org_id).await?;
+        let r = sqlx::query(
+            "UPDATE sessions SET status = 'closed', version = version + 1, updated_at = $5, closed_at = $5
+             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'",
+        )
+        .bind(&key.org_id)
+        .bind(&key.business_number_id)
+        .bind(&key.contact_id)
+        .bind(&key.flow_id)
+        .bind(now.as_unix_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
+        self.check_org(org_id).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_INFO_COLS} FROM sessions WHERE org_id = $1 AND status = 'active'
+             ORDER BY updated_at DESC, id DESC LIMIT $2 OFFSET $3"
+        ))
+        .bind(org_id)
+        .bind(page.limit_i64())
+        .bind(page.offset_i64())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(session_info).collect()
+    }
+
+    async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport> {
+        self.check_org(org_id).await?;
+        let now = now.as_unix_millis();
+        let expired_before = now.saturating_sub(duration_ms(policy.session_ttl));
+        let retained_after = now.saturating_sub(duration_ms(policy.retention));
+        let mut tx = self.begin().await?;
+        let expired = sqlx::query("DELETE FROM sessions WHERE org_id = $1 AND status = 'active' AND updated_at < $2")
+            .bind(org_id)
+            .bind(expired_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let closed = sqlx::query("DELETE FROM sessions WHERE org_id = $1 AND status = 'closed' AND closed_at < $2")
+            .bind(org_id)
+            .bind(retained_after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let inbox =
+            sqlx::query("DELETE FROM inbox WHERE org_id = $1 AND status IN ('done', 'failed') AND finished_at < $2")
+                .bind(org_id)
+                .bind(retained_after)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let outbox =
+            sqlx::query("DELETE FROM outbox WHERE org_id = $1 AND status IN ('done', 'failed') AND finished_at < $2")
+                .bind(org_id)
+                .bind(retained_after)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(PurgeReport { expired_sessions: expired, closed_sessions: closed, inbox_rows: inbox, outbox_rows: outbox })
+    }
+}
+
+#[async_trait]
+impl MessageLog for PostgresStore {
+    async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
+        self.check_org(org_id).await?;
+        for e in entries {
+            same_org(org_id, &e.conversation)?;
+        }
+        let mut tx = self.begin().await?;
+        let ids = append_log_tx(&mut tx, org_id, entries).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn history(&self, c: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
+        self.check_org(&c.org_id).await?;
+        let rows = sqlx::query(
+            "SELECT id, org_id, business_number_id, contact_id, flow_id, direction, content_text, content_json, node_id, wamid, at, metadata
+             FROM message_log WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3
+             ORDER BY id LIMIT $4 OFFSET $5",
+        )
+        .bind(&c.org_id)
+        .bind(&c.business_number_id)
+        .bind(&c.contact_id)
+        .bind(page.limit_i64())
+        .bind(page.offset_i64())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(log_entry).collect()
+    }
+
+    async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
+        self.check_org(org_id).await?;
+        let rows = sqlx::query(
+            "SELECT org_id, business_number_id, contact_id, COUNT(*) AS n, MIN(at) AS first_at, MAX(at) AS last_at
+             FROM message_log WHERE org_id = $1
+             GROUP BY org_id, business_number_id, contact_id
+             ORDER BY last_at DESC, business_number_id, contact_id LIMIT $2 OFFSET $3",
+        )
+        .bind(org_id)
+        .bind(page.limit_i64())
+        .bind(page.offset_i64())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ConversationSummary {
+                    conversation: conversation_of(row)?,
+                    message_count: row.try_get::<i64, _>("n")?.max(0) as u64,
+                    first_message_at: ts(row.try_get("first_at")?),
+                    last_message_at: ts(row.try_get("last_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
+        self.check_org(org_id).await?;
+        let (from, to) = query.bounds();
+        let mut m = Metrics::default();
+        let mut flows: std::collections::BTreeMap<String, FlowMetrics> = Default::default();
+        let mut days: std::collections::BTreeMap<i64, DayMetrics> = Default::default();
+        let sessions = sqlx::query(
+            "SELECT flow_id, (created_at - (((created_at % $4) + $4) % $4)) / $4 AS day, status, COUNT(*) AS n FROM sessions
+             WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY flow_id, day, status",
+        )
+        .bind(org_id)
+        .bind(from)
+        .bind(to)
+        .bind(DAY_MS)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &sessions {
+            let flow_id: String = row.try_get("flow_id")?;
+            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+            let active = if row.try_get::<&str, _>("status")? == "active" { n } else { 0 };
+            m.conversations_total += n;
+            m.conversations_active += active;
+            let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
+            f.conversations_total += n;
+            f.conversations_active += active;
+            days.entry(row.try_get("day")?).or_default().conversations_started += n;
+        }
+        let messages = sqlx::query(
+            "SELECT flow_id, (at - (((at % $4) + $4) % $4)) / $4 AS day, direction, COUNT(*) AS n FROM message_log
+             WHERE org_id = $1 AND at >= $2 AND at < $3 GROUP BY flow_id, day, direction",
+        )
+        .bind(org_id)
+        .bind(from)
+        .bind(to)
+        .bind(DAY_MS)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &messages {
+            let flow_id: Option<String> = row.try_get("flow_id")?;
+            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+            let inbound = row.try_get::<&str, _>("direction")? == "in";
+            let (i, o) = if inbound { (n, 0) } else { (0, n) };
+            m.messages_in += i;
+            m.messages_out += o;
+            if let Some(flow_id) = flow_id {
+                let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
+                f.messages_in += i;
+                f.messages_out += o;
+            }
+            let d = days.entry(row.try_get("day")?).or_default();
+            d.messages_in += i;
+            d.messages_out += o;
+        }
+        m.per_flow = flows.into_values().collect();
+        m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
+        Ok(m)
+    }
+}
+
+#[async_trait]
+impl Inbox for PostgresStore {
+    async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
+        self.check_org(&event.conversation.org_id).await?;
+        let mut tx = self.begin().await?;
+        let r = insert_inbox_tx(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
+        let rows = self.claim("inbox", INBOX_COLS, request, inbox_event).await?;
+        Ok(rows.into_iter().map(|(_, _, e)| e).collect())
+    }
+
+    async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
+        self.finish("inbox", org_id, claim, INBOX_DONE, (Some(now.as_unix_millis()), None, None)).await
+    }
+
+    async fn fail_inbox(
+        &self,
+        org_id: &str,
+        claim: Claim,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        match retry_at {
+            Some(at) => {
+                self.finish(
+                    "inbox",
+                    org_id,
+                    claim,
+                    "status = 'pending', lease_until = NULL, retry_at = $4, last_error = $5",
+                    (Some(at.as_unix_millis()), Some(error), None),
+                )
+                .await
+            }
+            None => {
+                self.finish(
+                    "inbox",
+                    org_id,
+                    claim,
+                    "status = 'failed', finished_at = $4, lease_until = NULL, last_error = $5",
+                    (Some(now.as_unix_millis()), Some(error), None),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn reclaim_inbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
+        self.reclaim("inbox", org_id, now).await
+    }
+
+    async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
+        self.check_org(org_id).await?;
+        let row = sqlx::query(&format!("SELECT {INBOX_COLS} FROM inbox WHERE org_id = $1 AND id = $2"))
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(inbox_event).transpose()
+    }
+}
+
+#[async_trait]
+impl Outbox for PostgresStore {
+    async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
+        self.check_org(org_id).await?;
+        for m in messages {
+            same_org(org_id, &m.conversation)?;
+        }
+        let mut tx = self.begin().await?;
+        let ids = enqueue_tx(&mut tx, org_id, messages).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
+        let rows = self.claim("outbox", OUTBOX_COLS, request, outbox_message).await?;
+        Ok(rows.into_iter().map(|(_, _, m)| m).collect())
+    }
+
+    async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
+        self.finish(
+            "outbox",
+            org_id,
+            claim,
+            "status = 'done', lease_until = NULL, finished_at = $4, sent_at = $4, wamid = $5,
+             delivery = CASE WHEN delivery_rank < 1 THEN 'sent' ELSE delivery END,
+             delivery_at = CASE WHEN delivery_rank < 1 THEN $4 ELSE delivery_at END,
+             delivery_rank = GREATEST(delivery_rank, 1)",
+            (Some(now.as_unix_millis()), Some(wamid), None),
+        )
+        .await
+    }
+
+    async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
+        self.finish(
+            "outbox",
+            org_id,
+            claim,
+            "status = 'pending', lease_until = NULL, retry_at = $4, last_error = $5",
+            (Some(retry_at.as_unix_millis()), Some(error), None),
+        )
+        .await
+    }
+
+    async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
+        self.finish(
+            "outbox",
+            org_id,
+            claim,
+            "status = 'failed', finished_at = $4, lease_until = NULL, last_error = $5",
+            (Some(now.as_unix_millis()), Some(error), None),
+        )
+        .await
+    }
+
+    async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
+        self.reclaim("outbox", org_id, now).await
+    }
+
+    async fn record_delivery(
+        &self,
+        org_id: &str,
+        wamid: &str,
+        status: DeliveryStatus,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        self.check_org(org_id).await?;
+        let mut tx = self.begin().await?;
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE org_id = $1 AND wamid = $2 LIMIT 1")
+            .bind(org_id)
+            .bind(wamid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE outbox SET delivery = $3, delivery_rank = $4, delivery_at = $5
+             WHERE org_id = $1 AND wamid = $2 AND delivery_rank < $4",
+        )
+        .bind(org_id)
+        .bind(wamid)
+        .bind(status.as_str())
+        .bind(status.rank())
+        .bind(at.as_unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
+        self.check_org(org_id).await?;
+        let row = sqlx::query(&format!("SELECT {OUTBOX_COLS} FROM outbox WHERE org_id = $1 AND id = $2"))
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(outbox_message).transpose()
+    }
+}
+
+/// How often `publish_flow` retries after losing a race for the next version.
+const PUBLISH_RETRIES: u32 = 64;
+
+fn stored_flow(row: &PgRow) -> StoreResult<StoredFlow> {
+    Ok(StoredFlow {
+        org_id: row.try_get("org_id")?,
+        flow_id: row.try_get("flow_id")?,
+        version: row.try_get("version")?,
+        definition: row.try_get("definition")?,
+        published_at: ts(row.try_get("published_at")?),
+    })
+}
+
+#[async_trait]
+impl FlowStore for PostgresStore {
+    async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
+        self.check_org(org_id).await?;
+        // Two publishers can read the same MAX(version); the loser's INSERT then violates the
+        // primary key (23505) and simply tries again with a fresh snapshot (one statement,
+        // its own transaction, so nothing half-done is left behind).
+        let mut attempt = 0u32;
+        loop {
+            let r = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO flows (org_id, flow_id, version, definition, published_at)
+                 VALUES ($1, $2, (SELECT COALESCE(MAX(version), 0) + 1 FROM flows WHERE org_id = $1 AND flow_id = $2), $3, $4)
+                 RETURNING version",
+            )
+            .bind(org_id)
+            .bind(flow_id)
+            .bind(definition)
+            .bind(now.as_unix_millis())
+            .fetch_one(&self.writer)
+            .await;
+            match r {
+                Ok(version) => return Ok(version),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < PUBLISH_RETRIES => {
+                    attempt += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
+        self.check_org(org_id).await?;
+        let row = sqlx::query(
+            "SELECT org_id, flow_id, version, definition, published_at FROM flows
+             WHERE org_id = $1 AND flow_id = $2 AND ($3::bigint IS NULL OR version = $3)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(flow_id)
+        .bind(version)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(stored_flow).transpose()
+    }
+
+    async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {
+        self.check_org(org_id).await?;
+        let rows = sqlx::query(
+            "SELECT f.org_id, f.flow_id, f.version, f.definition, f.published_at FROM flows f
+             WHERE f.org_id = $1 AND f.version = (SELECT MAX(g.version) FROM flows g WHERE g.org_id = f.org_id AND g.flow_id = f.flow_id)
+             ORDER BY f.flow_id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(stored_flow).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
+        let org_id = commit.org_id.as_str();
+        self.check_org(org_id).await?;
+        if let Some(w) = &commit.session {
+            if w.key.org_id != org_id {
+                return Err(StoreError::InvalidInput(format!(
+                    "session of organization {:?} in a commit of {:?}",
+                    w.key.org_id, org_id
+                )));
+            }
+        }
+        for c in commit
+            .log
+            .iter()
+            .map(|e| &e.conversation)
+            .chain(commit.outbox.iter().map(|m| &m.conversation))
+            .chain(commit.schedule.iter().map(|s| &s.conversation))
+        {
+            same_org(org_id, c)?;
+        }
+        if commit.schedule.is_empty() {
+            return self.commit_one_statement(&commit).await;
+        }
+        let mut tx = self.begin().await?;
+        let mut outcome = CommitOutcome::default();
+        if let Some(w) = &commit.session {
+            outcome.session = Some(save_session_tx(&mut tx, w).await?);
+        }
+        if let Some(claim) = commit.inbox_done {
+            finish_claim_tx(
+                &mut tx,
+                "inbox",
+                org_id,
+                claim,
+                INBOX_DONE,
+                (Some(commit.now.as_unix_millis()), None, None),
+            )
+            .await?;
+        }
+        outcome.log_ids = append_log_tx(&mut tx, org_id, &commit.log).await?;
+        outcome.outbox_ids = enqueue_tx(&mut tx, org_id, &commit.outbox).await?;
+        for event in &commit.schedule {
+            outcome.scheduled.push(insert_inbox_tx(&mut tx, event).await?);
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,119 @@
+//! What the SQL backends share: both keep the same columns with the same types, so the
+//! row decoders are written once (a macro, because sqlx's row types differ per database
+//! and generic bounds over every decoded type would say less than the code), and the
+//! helpers around them are plain functions.
+
+use flowcore::Timestamp;
+
+use crate::error::{StoreError, StoreResult};
+use crate::types::ConversationKey;
+
+pub(crate) fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+pub(crate) fn json_col(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_owned()))
+}
+
+pub(crate) const SESSION_INFO_COLS: &str = "id, org_id, business_number_id, contact_id, flow_id, flow_version, version, status, current_node, wake_at, created_at, updated_at, closed_at";
+
+pub(crate) const INBOX_COLS: &str = "id, org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status, attempts, lease_until, retry_at, last_error";
+
+pub(crate) const OUTBOX_COLS: &str = "id, org_id, business_number_id, contact_id, payload, inbox_id, due_at, status, attempts, lease_until, retry_at, last_error, wamid, sent_at, delivery, delivery_at";
+
+pub(crate) fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
+    if conversation.org_id == org_id {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "row for organization {:?} passed to organization {:?}",
+            conversation.org_id, org_id
+        )))
+    }
+}
+
+/// Defines `conversation_of`, `session_info`, `inbox_event`, `outbox_message` and
+/// `log_entry` over the backend's row type.
+macro_rules! row_decoders {
+    ($row:ty) => {
+        fn conversation_of(row: &$row) -> StoreResult<ConversationKey> {
+            Ok(ConversationKey {
+                org_id: row.try_get("org_id")?,
+                business_number_id: row.try_get("business_number_id")?,
+                contact_id: row.try_get("contact_id")?,
+            })
+        }
+
+        fn session_info(row: &$row) -> StoreResult<SessionInfo> {
+            Ok(SessionInfo {
+                id: row.try_get("id")?,
+                key: SessionKey {
+                    org_id: row.try_get("org_id")?,
+                    business_number_id: row.try_get("business_number_id")?,
+                    contact_id: row.try_get("contact_id")?,
+                    flow_id: row.try_get("flow_id")?,
+                },
+                flow_version: row.try_get("flow_version")?,
+                version: row.try_get("version")?,
+                status: SessionStatus::parse(row.try_get::<&str, _>("status")?),
+                current_node: row.try_get("current_node")?,
+                wake_at: row.try_get::<Option<i64>, _>("wake_at")?.map(ts),
+                created_at: ts(row.try_get("created_at")?),
+                updated_at: ts(row.try_get("updated_at")?),
+                closed_at: row.try_get::<Option<i64>, _>("closed_at")?.map(ts),
+            })
+        }
+
+        fn inbox_event(row: &$row) -> StoreResult<InboxEvent> {
+            Ok(InboxEvent {
+                id: row.try_get("id")?,
+                conversation: conversation_of(row)?,
+                message_id: row.try_get("message_id")?,
+                kind: InboxKind::parse(row.try_get::<&str, _>("kind")?),
+                payload: json_col(row.try_get::<&str, _>("payload")?),
+                received_at: ts(row.try_get("received_at")?),
+                due_at: ts(row.try_get("due_at")?),
+                status: QueueStatus::parse(row.try_get::<&str, _>("status")?),
+                attempts: row.try_get("attempts")?,
+                lease_until: row.try_get::<Option<i64>, _>("lease_until")?.map(ts),
+                retry_at: row.try_get::<Option<i64>, _>("retry_at")?.map(ts),
+                last_error: row.try_get("last_error")?,
+            })
+        }
+
+        fn outbox_message(row: &$row) -> StoreResult<OutboxMessage> {
+            Ok(OutboxMessage {
+                id: row.try_get("id")?,
+                conversation: conversation_of(row)?,
+                payload: json_col(row.try_get::<&str, _>("payload")?),
+                status: QueueStatus::parse(row.try_get::<&str, _>("status")?),
+                attempts: row.try_get("attempts")?,
+                due_at: ts(row.try_get("due_at")?),
+                retry_at: row.try_get::<Option<i64>, _>("retry_at")?.map(ts),
+                lease_until: row.try_get::<Option<i64>, _>("lease_until")?.map(ts),
+                wamid: row.try_get("wamid")?,
+                last_error: row.try_get("last_error")?,
+                inbox_id: row.try_get("inbox_id")?,
+                delivery: row.try_get::<Option<&str>, _>("delivery")?.and_then(DeliveryStatus::parse),
+                delivery_at: row.try_get::<Option<i64>, _>("delivery_at")?.map(ts),
+                sent_at: row.try_get::<Option<i64>, _>("sent_at")?.map(ts),
+            })
+        }
+
+        fn log_entry(row: &$row) -> StoreResult<LogEntry> {
+            Ok(LogEntry {
+                id: row.try_get("id")?,
+                conversation: conversation_of(row)?,
+                flow_id: row.try_get("flow_id")?,
+                direction: Direction::parse(row.try_get::<&str, _>("direction")?),
+                content: Content::from_columns(row.try_get("content_text")?, row.try_get("content_json")?),
+                node_id: row.try_get("node_id")?,
+                wamid: row.try_get("wamid")?,
+                at: ts(row.try_get("at")?),
+                metadata: json_col(row.try_get::<&str, _>("metadata")?),
+            })
+        }
+    };
+}
+pub(crate) use row_decoders;
