@@ -1,0 +1,73 @@
+//! One conversation with a compiled flow, as `run` and `chat` drive it.
+
+use flowcore::{CompiledFlow, EffectId, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
+
+use crate::clock::Clock;
+use crate::{Failure, RunOptions};
+
+/// How many delays in a row are skipped before the driver stops and waits for input, so a
+/// flow that only ever sleeps cannot spin forever.
+const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
+
+/// A session plus the clock it runs on.
+pub(crate) struct Conversation {
+    flow: CompiledFlow,
+    session: Session,
+    clock: Clock,
+}
+
+impl Conversation {
+    /// A new conversation, not started yet: the first input starts it.
+    pub(crate) fn new(flow: CompiledFlow, options: &RunOptions) -> Result<Self, Failure> {
+        let clock = Clock::from_flag(options.now.as_deref())?;
+        let variables = match &options.vars {
+            None => serde_json::Map::new(),
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) => return Err(Failure::unreadable("--vars must be a JSON object")),
+                Err(err) => return Err(Failure::unreadable(format!("--vars is not valid JSON: {err}"))),
+            },
+        };
+        let session_options = SessionOptions { seed: options.seed, variables, ..SessionOptions::default() };
+        let session = Session::new(&flow, session_options);
+        Ok(Conversation { flow, session, clock })
+    }
+
+    /// Feeds one input. Delays are skipped in virtual time, so their outputs follow at once;
+    /// a tick first moves the clock to the session's wake-up time.
+    pub(crate) fn send(&mut self, input: Input) -> Result<Vec<Output>, SessionError> {
+        if input == Input::Tick {
+            if let Some(wake_at) = self.session.wake_at() {
+                self.clock.advance_to(wake_at);
+            }
+        }
+        let mut outputs = self.session.handle(&self.flow, input, self.clock.now())?.outputs;
+        for _ in 0..MAX_CONSECUTIVE_DELAYS {
+            if self.session.status() != SessionStatus::Sleeping {
+                break;
+            }
+            let Some(wake_at) = self.session.wake_at() else { break };
+            self.clock.advance_to(wake_at);
+            outputs.extend(self.session.handle(&self.flow, Input::Tick, self.clock.now())?.outputs);
+        }
+        Ok(outputs)
+    }
+
+    /// Lets time pass up to the session's next wake-up (an idle timeout) and feeds a tick.
+    pub(crate) fn tick(&mut self) -> Result<Vec<Output>, SessionError> {
+        self.send(Input::Tick)
+    }
+
+    /// The effect the session is waiting for, if any.
+    pub(crate) fn awaited_effect(outputs: &[Output]) -> Option<EffectId> {
+        outputs.iter().rev().find_map(|output| match output {
+            Output::Effect(request) if request.expects_result() => Some(request.id),
+            _ => None,
+        })
+    }
+
+    /// Whether the session is waiting for an effect's result.
+    pub(crate) fn waits_for_effect(&self) -> bool {
+        self.session.status() == SessionStatus::WaitingForEffect
+    }
+}

@@ -1,0 +1,4 @@
+//! Shared code for the example binaries `flowctl` and `flowcore-server`.
+#![forbid(unsafe_code)]
+
+pub mod server;

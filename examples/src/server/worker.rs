@@ -1,0 +1,512 @@
+//! Inbox workers: claim events (one per conversation at a time, in order), run the engine,
+//! perform effects, and commit the turn — new state, log rows, replies, wake-ups and the
+//! inbox row's completion — as one unit of work.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
+use flowcore_store::{
+    ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
+    NewOutboxMessage, SessionStatus, SessionWrite, StoreError,
+};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use super::effects::EffectContext;
+use super::flows::FlowLookupError;
+use super::intake::{input_text, InboundPayload, WakePayload};
+use super::routing::Route;
+use super::sender::OutboxPayload;
+use super::state::{AppState, Stats};
+use super::util;
+
+/// How many effect round trips one inbound event may cause before the turn is cut
+/// (the engine's own step budget bounds each call; this bounds the host loop).
+const MAX_EFFECTS_PER_TURN: usize = 32;
+
+/// Runs the inbox dispatcher until `shutdown` turns true; in-flight turns are finished
+/// before it returns, unclaimed events stay in the inbox.
+pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(state.settings.workers));
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = permits.available_permits();
+        // Claims scan the queue, so they are batched: with turns in flight, wait until
+        // half the workers are free before claiming again.
+        let batch_from = (state.settings.workers / 2).max(1);
+        if free == 0 || (free < batch_from && !tasks.is_empty()) {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let request = ClaimRequest::any(util::now(), state.settings.lease, u32::try_from(free).unwrap_or(u32::MAX));
+        let claimed = match state.store.claim_inbox(&request).await {
+            Ok(c) => c,
+            Err(StoreError::Closed) => break,
+            Err(e) => {
+                error!(error = %e, "claiming the inbox failed");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = state.inbox_ready.notified() => {}
+                _ = tokio::time::sleep(state.settings.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        for event in claimed {
+            let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let state = state.clone();
+            tasks.spawn(async move {
+                handle_event(&state, event).await;
+                drop(permit);
+            });
+        }
+    }
+    // Graceful: every claimed event finishes its turn (bounded by the effect timeout).
+    while tasks.join_next().await.is_some() {}
+    debug!("inbox workers stopped");
+}
+
+async fn handle_event(state: &AppState, event: InboxEvent) {
+    let org = event.conversation.org_id.clone();
+    let claim = event.claim();
+    match process(state, &event).await {
+        Ok(()) => {}
+        Err(TurnError::LeaseLost) => warn!(inbox_id = event.id, "inbox lease lost; another worker owns the event now"),
+        Err(TurnError::Retry(reason)) => {
+            warn!(inbox_id = event.id, %reason, "turn failed; will retry");
+            let retry_at = util::now().saturating_add_millis(250u64.saturating_mul(1 << event.attempts.clamp(0, 8)));
+            if let Err(e) = state.store.fail_inbox(&org, claim, &reason, Some(retry_at), util::now()).await {
+                error!(inbox_id = event.id, error = %e, "could not reschedule the inbox event");
+            }
+        }
+        Err(TurnError::Permanent(reason)) => {
+            error!(inbox_id = event.id, %reason, "inbox event cannot be handled; marked failed");
+            if let Err(e) = state.store.fail_inbox(&org, claim, &reason, None, util::now()).await {
+                error!(inbox_id = event.id, error = %e, "could not fail the inbox event");
+            }
+        }
+    }
+}
+
+enum TurnError {
+    LeaseLost,
+    Retry(String),
+    Permanent(String),
+}
+
+impl From<StoreError> for TurnError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost { .. } => TurnError::LeaseLost,
+            StoreError::Conflict { .. } => TurnError::Retry(e.to_string()),
+            StoreError::CorruptState { .. }
+            | StoreError::UnsupportedStateVersion { .. }
+            | StoreError::IncompatibleState { .. }
+            | StoreError::InvalidInput(_) => TurnError::Permanent(e.to_string()),
+            other => TurnError::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<FlowLookupError> for TurnError {
+    fn from(e: FlowLookupError) -> Self {
+        match e {
+            FlowLookupError::Store(s) => s.into(),
+            other => TurnError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// The session a turn runs on.
+struct Running {
+    flow_id: String,
+    flow_version: i64,
+    expected_version: i64,
+    flow: Arc<CompiledFlow>,
+    session: flowcore::Session,
+}
+
+async fn process(state: &AppState, event: &InboxEvent) -> Result<(), TurnError> {
+    let conv = &event.conversation;
+    let org = conv.org_id.as_str();
+    let now = util::now();
+    let mut commit = Commit { inbox_done: Some(event.claim()), ..Commit::new(org, now) };
+
+    let (input, inbound) = match event.kind {
+        InboxKind::Message => {
+            let payload: InboundPayload = serde_json::from_value(event.payload.clone())
+                .map_err(|e| TurnError::Permanent(format!("unreadable inbox payload: {e}")))?;
+            (payload.input.clone(), Some(payload))
+        }
+        InboxKind::WakeUp => (Input::Tick, None),
+    };
+
+    // The conversation's current session, if any (it keeps its flow, version and variant).
+    let mut running = load_active(state, conv).await?;
+    if let Some(r) = &running {
+        if r.session.is_expired(now) {
+            debug!(inbox_id = event.id, "session expired; closing it before this turn");
+            // Its own unit of work, without the inbox row: the event itself is handled
+            // below, on a fresh session.
+            let close = Commit {
+                session: Some(SessionWrite {
+                    key: conv.session(&r.flow_id),
+                    expected_version: r.expected_version,
+                    flow_version: r.flow_version,
+                    session: r.session.clone(),
+                    status: SessionStatus::Closed,
+                    now,
+                }),
+                ..Commit::new(org, now)
+            };
+            state.store.commit(close).await?;
+            running = None;
+        }
+    }
+
+    if let Some(inbound) = &inbound {
+        // Per-contact rate limit: logged, not run through the flow.
+        let key = conv.to_string();
+        if !state.rate_limiter.check(&key, Instant::now()) {
+            Stats::bump(&state.stats.rate_limited);
+            info!(org, contact = %util::redact_contact(&conv.contact_id), "rate limit exceeded; message logged, not run");
+            commit.log.push(inbound_log(
+                conv,
+                running.as_ref().map(|r| r.flow_id.clone()),
+                inbound,
+                event.received_at,
+                json!({"rate_limited": true}),
+            ));
+            state.store.commit(commit).await?;
+            return Ok(());
+        }
+    }
+
+    if let InboxKind::WakeUp = event.kind {
+        let wake: WakePayload = serde_json::from_value(event.payload.clone())
+            .map_err(|e| TurnError::Permanent(format!("unreadable wake-up payload: {e}")))?;
+        let current =
+            running.as_ref().filter(|r| r.flow_id == wake.flow_id && r.session.wake_at() == Some(wake.wake_at));
+        if current.is_none() {
+            // The session moved on (the contact answered, it ended or was closed).
+            debug!(inbox_id = event.id, "stale wake-up ignored");
+            state.store.commit(commit).await?;
+            return Ok(());
+        }
+    }
+
+    if let Some(r) = &running {
+        if r.session.status() == flowcore::SessionStatus::HandedOff {
+            // A human has the conversation: record the message, stay silent.
+            if let Some(inbound) = &inbound {
+                commit.log.push(inbound_log(
+                    conv,
+                    Some(r.flow_id.clone()),
+                    inbound,
+                    event.received_at,
+                    json!({"handoff": true}),
+                ));
+            }
+            state.store.commit(commit).await?;
+            return Ok(());
+        }
+    }
+
+    let mut running = match running {
+        Some(r) => r,
+        None => {
+            let Some(inbound) = &inbound else {
+                state.store.commit(commit).await?;
+                return Ok(());
+            };
+            match state.tenants.router.route(&conv.business_number_id, &conv.contact_id) {
+                Route::Flow { flow, variant, fallback, chatbot, .. } => {
+                    let (version, compiled) = state.flows.latest(state.store.as_ref(), org, &flow).await?;
+                    debug!(org, chatbot = %chatbot, flow = %flow, ?variant, fallback, "new session");
+                    let session = new_session(state, &compiled, conv, inbound, &chatbot, variant.as_deref());
+                    Running { flow_id: flow, flow_version: version, expected_version: 0, flow: compiled, session }
+                }
+                Route::NotConfigured { reply, .. } => {
+                    info!(org, phone_number_id = %conv.business_number_id, "no chatbot for this number; polite reply");
+                    commit.log.push(inbound_log(
+                        conv,
+                        None,
+                        inbound,
+                        event.received_at,
+                        json!({"not_configured": true}),
+                    ));
+                    push_reply(&mut commit, conv, None, Message::Text { text: reply }, None, event.id, now);
+                    state.store.commit(commit).await?;
+                    state.outbox_ready.notify_one();
+                    return Ok(());
+                }
+                Route::UnknownNumber => {
+                    info!(phone_number_id = %conv.business_number_id, "business number no longer configured; event dropped");
+                    state.store.commit(commit).await?;
+                    return Ok(());
+                }
+            }
+        }
+    };
+
+    if let Some(inbound) = &inbound {
+        commit.log.push(inbound_log(conv, Some(running.flow_id.clone()), inbound, event.received_at, Value::Null));
+    }
+    let ctx = EffectContext {
+        organization: org.to_owned(),
+        flow_id: running.flow_id.clone(),
+        contact: conv.contact_id.clone(),
+    };
+    let mut turn = match running.session.handle(&running.flow, input, now) {
+        Ok(t) => t,
+        Err(e) => {
+            // An input the session cannot take (for example a stray event): logged, no reply.
+            warn!(inbox_id = event.id, error = %e, "the engine refused the input");
+            state.store.commit(commit).await?;
+            return Ok(());
+        }
+    };
+    let mut ended = false;
+    let mut effects = 0;
+    let mut wake_at = None;
+    loop {
+        let Turn { outputs, wake_at: w, .. } = turn;
+        wake_at = w.or(wake_at);
+        let mut pending = None;
+        for output in outputs {
+            match output {
+                Output::Send { node, message } => push_reply(
+                    &mut commit,
+                    conv,
+                    Some(&running.flow_id),
+                    message,
+                    Some(node.to_string()),
+                    event.id,
+                    now,
+                ),
+                Output::Effect(request) => {
+                    if let EffectKind::Analytics { event: name, properties } = &request.kind {
+                        debug!(org, event = %name, "analytics event");
+                        commit.log.push(system_log(
+                            conv,
+                            &running.flow_id,
+                            Some(request.node.to_string()),
+                            json!({"analytics": name, "properties": properties}),
+                            now,
+                        ));
+                    } else if request.expects_result() {
+                        pending = Some(request);
+                    }
+                }
+                Output::Handoff { node, queue } => {
+                    info!(org, queue = ?queue, "conversation handed off to a human");
+                    commit.log.push(system_log(
+                        conv,
+                        &running.flow_id,
+                        Some(node.to_string()),
+                        json!({"handoff": true, "queue": queue}),
+                        now,
+                    ));
+                }
+                Output::End { reason, .. } => {
+                    debug!(org, ?reason, "session ended");
+                    ended = true;
+                }
+                _ => {}
+            }
+        }
+        let Some(request) = pending else { break };
+        effects += 1;
+        if effects > MAX_EFFECTS_PER_TURN {
+            warn!(inbox_id = event.id, "too many effects in one turn; the turn is cut");
+            break;
+        }
+        let outcome = state.effects.perform(&ctx, &request.kind).await;
+        debug!(org, node = %request.node, ok = matches!(outcome, flowcore::EffectOutcome::Success(_)), "effect performed");
+        let result = Input::EffectResult { id: request.id, result: outcome };
+        turn = match running.session.handle(&running.flow, result, util::now()) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(inbox_id = event.id, error = %e, "the engine refused an effect result");
+                Turn::default()
+            }
+        };
+    }
+    let status = if ended || is_finished(&running.session) { SessionStatus::Closed } else { SessionStatus::Active };
+    if status == SessionStatus::Active {
+        if let Some(at) = wake_at.or_else(|| running.session.wake_at()) {
+            let key = format!("wake:{}:{}@{}", conv, running.flow_id, at.as_unix_millis());
+            let payload = serde_json::to_value(WakePayload { flow_id: running.flow_id.clone(), wake_at: at })
+                .expect("plain data");
+            commit.schedule.push(NewInboxEvent::wake_up(conv.clone(), key, payload, now, at));
+        }
+    }
+    commit.session = Some(SessionWrite {
+        key: conv.session(&running.flow_id),
+        expected_version: running.expected_version,
+        flow_version: running.flow_version,
+        session: running.session.clone(),
+        status,
+        now,
+    });
+    let has_replies = !commit.outbox.is_empty();
+    state.store.commit(commit).await?;
+    Stats::bump(&state.stats.turns);
+    if has_replies {
+        state.outbox_ready.notify_one();
+    }
+    running.expected_version += 1;
+    Ok(())
+}
+
+fn is_finished(session: &flowcore::Session) -> bool {
+    matches!(session.status(), flowcore::SessionStatus::Ended)
+}
+
+async fn load_active(state: &AppState, conv: &ConversationKey) -> Result<Option<Running>, TurnError> {
+    let sessions = state.store.conversation_sessions(conv).await?;
+    let Some(info) = sessions.into_iter().find(|s| s.status == SessionStatus::Active) else {
+        return Ok(None);
+    };
+    let Some(stored) = state.store.load_session(&info.key).await? else {
+        return Ok(None);
+    };
+    let flow = state.flows.get(state.store.as_ref(), &conv.org_id, &info.key.flow_id, stored.flow_version).await?;
+    let session = stored.session;
+    Ok(Some(Running {
+        flow_id: info.key.flow_id.clone(),
+        flow_version: stored.flow_version,
+        expected_version: stored.version,
+        flow,
+        session,
+    }))
+}
+
+fn new_session(
+    state: &AppState,
+    flow: &CompiledFlow,
+    conv: &ConversationKey,
+    inbound: &InboundPayload,
+    chatbot: &str,
+    variant: Option<&str>,
+) -> flowcore::Session {
+    let mut variables = serde_json::Map::new();
+    variables.insert("phone_number".into(), json!(conv.contact_id));
+    variables.insert("chatbot".into(), json!(chatbot));
+    if let Some(name) = &inbound.contact_name {
+        variables.insert("contact_name".into(), json!(name));
+    }
+    if let Some(v) = variant {
+        variables.insert("ab_variant".into(), json!(v));
+    }
+    // A seed per conversation: `random` nodes differ between contacts but replay exactly.
+    let seed = seed_of(&conv.to_string());
+    flowcore::Session::new(
+        flow,
+        flowcore::SessionOptions {
+            seed,
+            variables,
+            max_steps: state.settings.max_flow_iterations,
+            ttl_millis: u64::try_from(state.settings.session_ttl.as_millis()).unwrap_or(u64::MAX),
+        },
+    )
+}
+
+fn seed_of(s: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn inbound_log(
+    conv: &ConversationKey,
+    flow_id: Option<String>,
+    inbound: &InboundPayload,
+    received_at: Timestamp,
+    mut metadata: Value,
+) -> NewLogEntry {
+    // Logged at our receive time, so the transcript interleaves with our replies in the
+    // order things happened; Meta's own send time is kept in the metadata.
+    if !metadata.is_object() {
+        metadata = json!({});
+    }
+    metadata["sent_at"] = json!(inbound.sent_at.as_unix_millis());
+    NewLogEntry {
+        conversation: conv.clone(),
+        flow_id,
+        direction: Direction::Inbound,
+        content: Content::Text(input_text(&inbound.input)),
+        node_id: None,
+        wamid: Some(inbound.wamid.clone()),
+        at: received_at,
+        metadata,
+    }
+}
+
+fn system_log(
+    conv: &ConversationKey,
+    flow_id: &str,
+    node: Option<String>,
+    metadata: Value,
+    now: Timestamp,
+) -> NewLogEntry {
+    // System notes are kept as outbound JSON rows with no text of their own; the API
+    // shows them by their metadata.
+    NewLogEntry {
+        conversation: conv.clone(),
+        flow_id: Some(flow_id.to_owned()),
+        direction: Direction::Outbound,
+        content: Content::Json(json!({"system": metadata.clone()})),
+        node_id: node,
+        wamid: None,
+        at: now,
+        metadata,
+    }
+}
+
+fn push_reply(
+    commit: &mut Commit,
+    conv: &ConversationKey,
+    flow_id: Option<&str>,
+    message: Message,
+    node: Option<String>,
+    inbox_id: i64,
+    now: Timestamp,
+) {
+    let content = match &message {
+        Message::Text { text } => Content::Text(text.clone()),
+        other => Content::Json(serde_json::to_value(other).expect("messages serialize")),
+    };
+    commit.log.push(NewLogEntry {
+        conversation: conv.clone(),
+        flow_id: flow_id.map(str::to_owned),
+        direction: Direction::Outbound,
+        content,
+        node_id: node.clone(),
+        wamid: None,
+        at: now,
+        metadata: Value::Null,
+    });
+    let payload = OutboxPayload { message, node, manual: false };
+    commit.outbox.push(NewOutboxMessage {
+        conversation: conv.clone(),
+        payload: serde_json::to_value(&payload).expect("plain data"),
+        due_at: now,
+        inbox_id: Some(inbox_id),
+    });
+}

@@ -1,0 +1,200 @@
+//! The `flowctl` contract, tested through the real binary: arguments, stdin, stdout, exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/flows").join(name)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/flows").join(name)
+}
+
+fn flowctl(args: &[&str], stdin: &str) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowctl starts");
+    // flowctl may exit before it reads stdin (a bad flag), so a broken pipe is no failure.
+    match child.stdin.take().expect("stdin is piped").write_all(stdin.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing flowctl's stdin: {err}"),
+        _ => {}
+    }
+    let output = child.wait_with_output().expect("flowctl finishes");
+    Outcome {
+        code: output.status.code().expect("flowctl exits normally, not by a signal"),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+fn path_arg(path: &std::path::Path) -> String {
+    path.to_str().expect("test paths are UTF-8").to_string()
+}
+
+/// The JSON lines of a `run`, each parsed.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect()
+}
+
+fn texts(lines: &[serde_json::Value]) -> Vec<String> {
+    lines.iter().filter(|l| l["type"] == "text").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[test]
+fn check_accepts_the_sample_flows() {
+    for name in ["lead.json", "support_menu.json", "big.json"] {
+        let outcome = flowctl(&["check", &path_arg(&sample(name))], "");
+        assert_eq!(outcome.code, 0, "{name}: {}{}", outcome.stdout, outcome.stderr);
+        assert!(outcome.stdout.contains(": ok: 0 errors"), "{name}: {}", outcome.stdout);
+    }
+}
+
+#[test]
+fn check_reports_errors_with_node_ids_and_exits_1() {
+    let outcome = flowctl(&["check", &path_arg(&fixture("no_start.json"))], "");
+    assert_eq!(outcome.code, 1, "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("no-start-node"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("hello"), "duplicate id is named: {}", outcome.stdout);
+    assert!(outcome.stdout.contains("nowhere"), "dangling edge target is named: {}", outcome.stdout);
+    assert!(outcome.stdout.contains("failed"), "{}", outcome.stdout);
+}
+
+#[test]
+fn check_json_format_is_machine_readable() {
+    let outcome = flowctl(&["check", "--format", "json", &path_arg(&fixture("no_start.json"))], "");
+    assert_eq!(outcome.code, 1);
+    let report: serde_json::Value = serde_json::from_str(&outcome.stdout).expect("one JSON document");
+    assert!(report["errors"].as_u64().unwrap_or(0) >= 3, "{report}");
+    let codes: Vec<&str> =
+        report["diagnostics"].as_array().unwrap().iter().filter_map(|d| d["code"].as_str()).collect();
+    assert!(codes.contains(&"no-start-node"), "{codes:?}");
+}
+
+#[test]
+fn unreadable_input_exits_2_with_a_message() {
+    let missing = flowctl(&["check", "/definitely/not/here.json"], "");
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("cannot read"), "{}", missing.stderr);
+
+    let dir = std::env::temp_dir().join(format!("flowctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{ \"nodes\": [ oops").unwrap();
+    for command in ["check", "graph", "run", "chat"] {
+        let outcome = flowctl(&[command, &path_arg(&garbage)], "");
+        assert_eq!(outcome.code, 2, "{command}: {}", outcome.stderr);
+        assert!(outcome.stderr.starts_with("flowctl: "), "{command}: {}", outcome.stderr);
+        assert!(!outcome.stderr.contains("panicked"), "{command}: {}", outcome.stderr);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn graph_draws_mermaid_and_dot() {
+    let mermaid = flowctl(&["graph", &path_arg(&sample("lead.json"))], "");
+    assert_eq!(mermaid.code, 0, "{}", mermaid.stderr);
+    insta::assert_snapshot!("lead_mermaid", mermaid.stdout);
+
+    let dot = flowctl(&["graph", "--format", "dot", &path_arg(&sample("support_menu.json"))], "");
+    assert_eq!(dot.code, 0, "{}", dot.stderr);
+    insta::assert_snapshot!("support_menu_dot", dot.stdout);
+}
+
+#[test]
+fn run_plays_the_lead_conversation() {
+    let outcome = flowctl(&["run", &path_arg(&sample("lead.json"))], "oi\nMaria\n30\nmaria@example.com\n");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    let lines = json_lines(&outcome.stdout);
+    assert_eq!(
+        texts(&lines),
+        [
+            "Olá! Aqui é a Acme.",
+            "Qual é o seu nome?",
+            "Prazer, Maria! Quantos anos você tem?",
+            "Ótimo, Maria. Qual é o seu e-mail?",
+            "Obrigado, Maria! Enviaremos a proposta para maria@example.com.",
+        ]
+    );
+    assert_eq!(lines.last().unwrap()["type"], "end");
+    insta::assert_snapshot!("lead_run", outcome.stdout);
+}
+
+#[test]
+fn run_accepts_vars_and_rejects_bad_ones() {
+    let outcome = flowctl(&["run", "--vars", r#"{"company":"Globex"}"#, &path_arg(&sample("lead.json"))], "oi\n");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert_eq!(texts(&json_lines(&outcome.stdout))[0], "Olá! Aqui é a Globex.");
+
+    let bad = flowctl(&["run", "--vars", "[1,2]", &path_arg(&sample("lead.json"))], "oi\n");
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("--vars"), "{}", bad.stderr);
+}
+
+#[test]
+fn run_routes_buttons_and_answers_effects_from_the_next_line() {
+    let script = concat!(
+        "oi\n",
+        "{\"type\":\"button_reply\",\"id\":\"btn_status\"}\n",
+        "123456\n",
+        "{\"type\":\"effect_result\",\"result\":{\"ok\":{\"status\":\"enviado\"}}}\n",
+    );
+    let outcome = flowctl(&["run", &path_arg(&sample("support_menu.json"))], script);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    let lines = json_lines(&outcome.stdout);
+    assert_eq!(lines[0]["type"], "buttons", "{lines:?}");
+    let effect = lines.iter().find(|l| l["type"] == "effect").expect("the api_call is printed");
+    assert_eq!(effect["effect"], "api_call");
+    assert_eq!(effect["url"], "https://api.example.com/orders/123456");
+    assert_eq!(effect["expects_result"], true);
+    assert!(texts(&lines).contains(&"Pedido 123456: enviado.".to_string()), "{lines:?}");
+    insta::assert_snapshot!("support_run", outcome.stdout);
+}
+
+#[test]
+fn run_fails_an_unanswered_effect_and_reads_the_line_as_a_message() {
+    let script = "oi\n{\"type\":\"button_reply\",\"id\":\"btn_status\"}\n123456\nolá de novo\n";
+    let outcome = flowctl(&["run", &path_arg(&sample("support_menu.json"))], script);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    let lines = json_lines(&outcome.stdout);
+    let after_effect: Vec<_> = lines.iter().skip_while(|l| l["type"] != "effect").skip(1).collect();
+    assert!(!after_effect.is_empty(), "the failed effect moves the flow on: {lines:?}");
+    assert!(!outcome.stdout.contains("Pedido 123456:"), "no success path without a result: {lines:?}");
+}
+
+#[test]
+fn run_rejects_a_malformed_json_line_with_exit_2() {
+    let outcome = flowctl(&["run", &path_arg(&sample("lead.json"))], "oi\n{\"type\": \n");
+    assert_eq!(outcome.code, 2);
+    assert!(outcome.stderr.contains("line 2"), "{}", outcome.stderr);
+}
+
+#[test]
+fn run_skips_delays_and_ticks_to_timeouts_on_a_fixed_clock() {
+    let args = ["run", "--now", "2026-01-05T09:30:00-03:00", &path_arg(&fixture("delay_and_timeout.json"))];
+    let outcome = flowctl(&args, "oi\n{\"type\":\"tick\"}\n");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert_eq!(texts(&json_lines(&outcome.stdout)), ["Ainda está aí?", "Encerrando por inatividade."]);
+}
+
+#[test]
+fn chat_numbers_choices_for_a_person() {
+    let outcome = flowctl(&["chat", &path_arg(&sample("support_menu.json"))], "oi\n1\n2\n");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(outcome.stdout.contains("[1] Suporte"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("[3] Meu pedido"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("[2] Financeiro — Boletos e notas"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("handed off"), "{}", outcome.stdout);
+}

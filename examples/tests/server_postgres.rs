@@ -1,0 +1,104 @@
+//! Several instances on one PostgreSQL database split the work with no double replies.
+//!
+//! Needs `FLOWCORE_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
+//! each run creates and drops its own database. Without the variable the test prints a
+//! skip line and passes.
+
+mod server_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use server_support::*;
+use sqlx::Connection;
+
+/// Creates a fresh database next to the one `admin_url` names; returns its URL.
+async fn fresh_database(admin_url: &str) -> (String, String) {
+    let name = format!(
+        "flowcore_server_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+    );
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.expect("FLOWCORE_TEST_POSTGRES_URL connects");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database path");
+    let base = base.split('?').next().unwrap();
+    (format!("{base}/{name}"), name)
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
+    let Ok(admin_url) = std::env::var("FLOWCORE_TEST_POSTGRES_URL") else {
+        println!("skipped: set FLOWCORE_TEST_POSTGRES_URL=postgres://… to run the PostgreSQL test");
+        return;
+    };
+    let (url, name) = fresh_database(&admin_url).await;
+    let graph = wiremock::MockServer::start().await;
+    mount_graph_ok(&graph).await;
+    let dir = workdir("http://127.0.0.1:9");
+    let mut env: HashMap<String, String> = base_env(&dir, &graph.uri());
+    env.insert("DATABASE_URL".into(), url);
+    let a = start_server(env.clone()).await;
+    let b = start_server(env).await;
+    let bases = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+
+    const CONVERSATIONS: usize = 100;
+    const PER_CONVERSATION: usize = 10;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CONVERSATIONS {
+        let bases = bases.clone();
+        tasks.spawn(async move {
+            let http = reqwest::Client::new();
+            let contact = format!("55119{c:06}");
+            // One conversation's messages arrive one after the other (each acknowledged
+            // before the next, as Meta does), alternating between the instances.
+            for m in 0..PER_CONVERSATION {
+                let body = webhook(PNID_ECHO, vec![msg(&contact, &format!("wamid.PG-{c}-{m}"), &format!("c{c}-m{m}"))]);
+                let r = post_signed(&http, &bases[(c + m) % 2], &body, SECRET).await;
+                assert_eq!(r.status().as_u16(), 200);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // m0 starts the flow ("Diga algo"); each later message gets its echo and the question again.
+    let expected = CONVERSATIONS * (1 + 2 * (PER_CONVERSATION - 1));
+    let sent = wait_sent(&graph, expected, Duration::from_secs(120)).await;
+    println!("{} inbound → {} replies in {:?}", CONVERSATIONS * PER_CONVERSATION, sent.len(), started.elapsed());
+    assert_settled(&graph, expected).await;
+
+    let mut per: HashMap<String, Vec<String>> = HashMap::new();
+    for m in &sent {
+        per.entry(m["to"].as_str().unwrap().to_owned()).or_default().push(message_text(m));
+    }
+    assert_eq!(per.len(), CONVERSATIONS);
+    for (contact, texts) in &per {
+        let c: usize = contact[5..].parse().unwrap();
+        let mut want = vec!["Diga algo".to_owned()];
+        for m in 1..PER_CONVERSATION {
+            want.push(format!("echo: c{c}-m{m}"));
+            want.push("Diga algo".to_owned());
+        }
+        assert_eq!(texts, &want, "conversation {contact}");
+    }
+    // Both instances did part of the work.
+    let turns = |s: &flowcore_examples::server::run::RunningServer| {
+        s.state.stats.turns.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (ta, tb) = (turns(&a), turns(&b));
+    println!("turns: instance a {ta}, instance b {tb}");
+    assert_eq!(ta + tb, (CONVERSATIONS * PER_CONVERSATION) as u64);
+    assert!(ta > 0 && tb > 0, "one instance did all the work: {ta} / {tb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    drop_database(&admin_url, &name).await;
+}
