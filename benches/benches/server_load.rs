@@ -1,0 +1,343 @@
+//! flowcore-server end to end under load (a bench binary, not criterion):
+//!
+//! ```text
+//! cargo bench -p flowcore-benches --bench server_load
+//! FLOWCORE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p flowcore-benches --bench server_load
+//! ```
+//!
+//! Starts the real server (in this process, on its own tokio runtime) on a loopback port
+//! with a fresh SQLite file — and, when `FLOWCORE_BENCH_POSTGRES_URL` is set, two instances
+//! on a fresh PostgreSQL database — plus a fake Graph API that accepts every reply. Then:
+//!
+//! 1. **throughput**: `BENCH_MESSAGES` (default 20000) signed webhooks, one message each,
+//!    over `BENCH_CONVERSATIONS` (200) conversations, `BENCH_CONCURRENCY` (64) in flight;
+//!    measures inbound messages/s from the first webhook until the fake API has accepted
+//!    every reply;
+//! 2. **ack latency**: an open-loop load at `BENCH_RATE` (1000) messages/s for
+//!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
+//!
+//! The flow is an echo loop: each message after the first gets two replies ("echo: …"
+//! and the question again), so the fake API accepts about twice as many messages as
+//! arrive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use flowcore_examples::server::env::EnvSettings;
+use flowcore_examples::server::run::{self, RunningServer};
+use serde_json::json;
+use sqlx::Connection;
+
+const SECRET: &str = "bench-app-secret";
+const PNID: &str = "106000000000002";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let messages = env_or("BENCH_MESSAGES", 20_000) as usize;
+    let conversations = env_or("BENCH_CONVERSATIONS", 200) as usize;
+    let concurrency = env_or("BENCH_CONCURRENCY", 64) as usize;
+    let rate = env_or("BENCH_RATE", 1000);
+    let seconds = env_or("BENCH_SECONDS", 10);
+
+    // The load generator and the fake Graph API run here; each server has its own runtime.
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let graph_uri = client_rt.block_on(fake_graph(accepted.clone()));
+    let dir = workdir();
+    println!("flowcore-server load bench: {messages} messages over {conversations} conversations, {concurrency} in flight; then {rate} msg/s for {seconds} s");
+    println!(
+        "machine: {} logical CPUs (shared with other work: numbers vary)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let sqlite_url = format!("sqlite://{}", dir.join("bench.db").display());
+    run_backend(
+        "sqlite, 1 instance",
+        &[sqlite_url],
+        &dir,
+        &graph_uri,
+        &client_rt,
+        &accepted,
+        messages,
+        conversations,
+        concurrency,
+        rate,
+        seconds,
+    );
+
+    if let Ok(admin) = std::env::var("FLOWCORE_BENCH_POSTGRES_URL") {
+        let (url, name) = client_rt.block_on(fresh_pg(&admin));
+        run_backend(
+            "postgres, 2 instances",
+            &[url.clone(), url],
+            &dir,
+            &graph_uri,
+            &client_rt,
+            &accepted,
+            messages,
+            conversations,
+            concurrency,
+            rate,
+            seconds,
+        );
+        client_rt.block_on(async {
+            if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+            }
+        });
+    } else {
+        println!("postgres: skipped (set FLOWCORE_BENCH_POSTGRES_URL=postgres://… to run it)");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_backend(
+    label: &str,
+    urls: &[String],
+    dir: &std::path::Path,
+    graph_uri: &str,
+    client_rt: &tokio::runtime::Runtime,
+    accepted: &Arc<AtomicU64>,
+    messages: usize,
+    conversations: usize,
+    concurrency: usize,
+    rate: u64,
+    seconds: u64,
+) {
+    // One runtime per instance, two threads each: the machine has two cores, which the
+    // instances, the load generator and the fake API all share.
+    let servers: Vec<(tokio::runtime::Runtime, RunningServer)> = urls
+        .iter()
+        .map(|url| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let mut env = HashMap::new();
+            for (k, v) in [
+                ("FLOWCORE_ADDR", "127.0.0.1:0".to_owned()),
+                ("FLOWCORE_CONFIG", dir.join("config.toml").display().to_string()),
+                ("DATABASE_URL", url.clone()),
+                ("WEBHOOK_VERIFY_TOKEN", "bench".to_owned()),
+                ("META_APP_SECRET", SECRET.to_owned()),
+                ("META_ACCESS_TOKEN", "bench-token".to_owned()),
+                ("META_GRAPH_API_BASE", format!("{graph_uri}/v21.0")),
+                ("FLOWCORE_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+                ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
+                ("FLOWCORE_WORKERS", "16".to_owned()),
+            ] {
+                env.insert(k.to_owned(), v);
+            }
+            let settings = EnvSettings::from_map(&env).unwrap();
+            let server = rt.block_on(run::start(settings, None)).unwrap_or_else(|e| panic!("server: {e}"));
+            (rt, server)
+        })
+        .collect();
+    let bases: Vec<String> = servers.iter().map(|(_, s)| format!("http://{}", s.addr)).collect();
+
+    // Warm-up: start every conversation (its first message only gets the question).
+    let start_count = accepted.load(Ordering::Relaxed);
+    client_rt.block_on(send_all(&bases, conversations, conversations, concurrency, "warm", 0));
+    client_rt.block_on(wait_for(accepted, start_count + conversations as u64, Duration::from_secs(120)));
+
+    // 1. Throughput.
+    let before = accepted.load(Ordering::Relaxed);
+    let expected = before + 2 * messages as u64;
+    let started = Instant::now();
+    let acks = client_rt.block_on(send_all(&bases, messages, conversations, concurrency, "tp", 0));
+    let webhooks_done = started.elapsed();
+    let ok = client_rt.block_on(wait_for(accepted, expected, Duration::from_secs(600)));
+    let total = started.elapsed();
+    println!(
+        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms",
+        total.as_secs_f64(),
+        messages as f64 / total.as_secs_f64(),
+        messages as f64 / webhooks_done.as_secs_f64(),
+        accepted.load(Ordering::Relaxed) - before,
+        if ok { "" } else { " — TIMED OUT" },
+        pct(&acks, 0.50),
+        pct(&acks, 0.99),
+    );
+
+    // 2. Ack latency at a fixed rate (open loop: requests leave on schedule).
+    let before = accepted.load(Ordering::Relaxed);
+    let n = (rate * seconds) as usize;
+    let started = Instant::now();
+    let acks = client_rt.block_on(open_loop(&bases, n, conversations, rate));
+    let ok = client_rt.block_on(wait_for(accepted, before + 2 * n as u64, Duration::from_secs(600)));
+    println!(
+        "[{label}] {rate} msg/s for {seconds} s: webhook ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {} replies accepted {:.2} s after the first webhook{}",
+        pct(&acks, 0.50),
+        pct(&acks, 0.99),
+        pct(&acks, 1.0),
+        2 * n,
+        started.elapsed().as_secs_f64(),
+        if ok { "" } else { " — TIMED OUT" },
+    );
+    for (rt, server) in servers {
+        rt.block_on(server.shutdown());
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+fn pct(samples: &[Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut v: Vec<Duration> = samples.to_vec();
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+fn body(contact: usize, wamid: &str, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "13125550111", "phone_number_id": PNID},
+            "contacts": [{"profile": {"name": "Bench"}, "wa_id": format!("55119{contact:06}")}],
+            "messages": [{"from": format!("55119{contact:06}"), "id": wamid, "timestamp": "1780300800", "type": "text", "text": {"body": text}}]
+        }}]}]
+    }))
+    .unwrap()
+}
+
+async fn post_webhook(http: &reqwest::Client, base: &str, body: Vec<u8>) -> Duration {
+    let sig = flowcore_meta::sign(&body, SECRET.as_bytes());
+    let t = Instant::now();
+    let r = http
+        .post(format!("{base}/api/v1/whatsapp/webhook"))
+        .header("content-type", "application/json")
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook request");
+    assert!(r.status().is_success(), "webhook answered {}", r.status());
+    t.elapsed()
+}
+
+/// Sends `n` messages, message `i` to conversation `i % conversations`, with at most
+/// `concurrency` in flight; the ack latency of each.
+async fn send_all(
+    bases: &[String],
+    n: usize,
+    conversations: usize,
+    concurrency: usize,
+    tag: &str,
+    offset: usize,
+) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in offset..offset + n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let http = http.clone();
+        let base = bases[i % bases.len()].clone();
+        let b = body(i % conversations, &format!("wamid.{tag}-{i}"), &format!("m{i}"));
+        tasks.spawn(async move {
+            let d = post_webhook(&http, &base, b).await;
+            drop(permit);
+            d
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(d) = tasks.join_next().await {
+        out.push(d.unwrap());
+    }
+    out
+}
+
+async fn open_loop(bases: &[String], n: usize, conversations: usize, rate: u64) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..n {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let http = http.clone();
+        let base = bases[i % bases.len()].clone();
+        let b = body(i % conversations, &format!("wamid.ol-{i}"), &format!("o{i}"));
+        tasks.spawn(async move { post_webhook(&http, &base, b).await });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(d) = tasks.join_next().await {
+        out.push(d.unwrap());
+    }
+    out
+}
+
+async fn wait_for(counter: &AtomicU64, target: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while counter.load(Ordering::Relaxed) < target {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// A Graph API that accepts every message.
+async fn fake_graph(accepted: Arc<AtomicU64>) -> String {
+    let app = axum::Router::new().route(
+        "/v21.0/{pnid}/messages",
+        post(move || {
+            let accepted = accepted.clone();
+            async move {
+                let n = accepted.fetch_add(1, Ordering::Relaxed);
+                axum::Json(json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.BENCH-{n}")}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn workdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowcore-server-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tests/server_flows/echo.json");
+    std::fs::copy(echo, dir.join("echo.json")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            r#"
+[[organizations]]
+id = "bench"
+api_token = "bench-token-123"
+[[flows]]
+id = "echo"
+organization = "bench"
+path = "echo.json"
+[[chatbots]]
+id = "echo-bot"
+organization = "bench"
+flow = "echo"
+[[numbers]]
+phone_number_id = "{PNID}"
+display_phone_number = "13125550111"
+organization = "bench"
+default_chatbot = "echo-bot"
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn fresh_pg(admin: &str) -> (String, String) {
+    let name = format!("flowcore_bench_{}", std::process::id());
+    let mut c = sqlx::PgConnection::connect(admin).await.expect("FLOWCORE_BENCH_POSTGRES_URL connects");
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    (format!("{base}/{name}"), name)
+}
