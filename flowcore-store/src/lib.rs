@@ -121,6 +121,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod group_commit;
 mod open;
 mod state;
 mod traits;

@@ -3,6 +3,8 @@
 //! Writes go through one connection (SQLite has one writer at a time anyway; queuing them in
 //! the pool avoids `SQLITE_BUSY` between this process's own tasks) and start with
 //! `BEGIN IMMEDIATE`; reads use a pool of connections that see committed data through WAL.
+//! The hot writes (inbox inserts, units of work, claim changes) are grouped: what many tasks
+//! queue while a transaction runs goes into the next one together (see `group_commit`).
 //! Other processes on the same file wait up to the busy timeout.
 
 use std::collections::HashSet;
@@ -16,12 +18,18 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
+use crate::group_commit::{ClaimChange, GroupCommit, Write};
 use crate::sql_rows::{json_col, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
 
+mod writer;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+
+/// The most queued writes one transaction takes: bounds how long the write lock is held.
+const MAX_WRITES_PER_TRANSACTION: usize = 256;
 
 /// Settings for [`SqliteStore::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +79,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     known_orgs: RwLock<HashSet<String>>,
+    /// Inserts, units of work and claim changes, grouped into shared transactions.
+    writes: GroupCommit,
 }
 
 impl SqliteStore {
@@ -106,7 +116,9 @@ impl SqliteStore {
                 .connect_with(connect.read_only(true))
                 .await?
         };
-        let store = SqliteStore { writer, reader, known_orgs: RwLock::default() };
+        let pool = writer.clone();
+        let writes = GroupCommit::start(1, MAX_WRITES_PER_TRANSACTION, move |batch| writer::run(pool.clone(), batch));
+        let store = SqliteStore { writer, reader, known_orgs: RwLock::default(), writes };
         store.migrate().await?;
         Ok(store)
     }
@@ -308,33 +320,36 @@ async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxIns
     Ok(InboxInsert::Duplicate(existing))
 }
 
-/// Applies `set` to a claimed row if the claim still holds; otherwise tells why not.
-async fn finish_claim_tx(
-    tx: &mut Tx,
-    table: &'static str,
-    org_id: &str,
-    claim: Claim,
-    set: &str,
-    binds: (Option<i64>, Option<&str>, Option<&str>),
-) -> StoreResult<()> {
-    let what = if table == "inbox" { "inbox event" } else { "outbox message" };
+/// Applies `change` to a claimed row if the claim still holds; otherwise tells why not.
+async fn finish_claim_tx(tx: &mut Tx, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
+    let (table, set, at, text) = match change {
+        ClaimChange::InboxDone { now } => ("inbox", INBOX_DONE, now, None),
+        ClaimChange::InboxRetry { at, error } => {
+            ("inbox", "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5", at, Some(error))
+        }
+        ClaimChange::InboxFailed { now, error } => {
+            ("inbox", "status = 'failed', finished_at = ?4, lease_until = NULL, last_error = ?5", now, Some(error))
+        }
+        ClaimChange::OutboxSent { wamid, now } => ("outbox", OUTBOX_SENT, now, Some(wamid)),
+        ClaimChange::OutboxRetry { at, error } => {
+            ("outbox", "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5", at, Some(error))
+        }
+        ClaimChange::OutboxFailed { now, error } => {
+            ("outbox", "status = 'failed', finished_at = ?4, lease_until = NULL, last_error = ?5", now, Some(error))
+        }
+    };
     let sql =
         format!("UPDATE {table} SET {set} WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3");
-    let mut query = sqlx::query(&sql).bind(org_id).bind(claim.id).bind(claim.attempt);
-    // Bind only the parameters the SET clause uses.
-    if set.contains("?4") || set.contains("?5") || set.contains("?6") {
-        query = query.bind(binds.0);
-    }
-    if set.contains("?5") || set.contains("?6") {
-        query = query.bind(binds.1);
-    }
-    if set.contains("?6") {
-        query = query.bind(binds.2);
+    let mut query = sqlx::query(&sql).bind(org_id).bind(claim.id).bind(claim.attempt).bind(at.as_unix_millis());
+    // Only the changes that record a text (an error, a wamid) have a fifth parameter.
+    if let Some(text) = text {
+        query = query.bind(text);
     }
     let done = query.execute(&mut **tx).await?;
     if done.rows_affected() == 1 {
         return Ok(());
     }
+    let what = change.what();
     let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE org_id = ?1 AND id = ?2"))
         .bind(org_id)
         .bind(claim.id)
@@ -347,6 +362,10 @@ async fn finish_claim_tx(
 }
 
 const INBOX_DONE: &str = "status = 'done', lease_until = NULL, finished_at = ?4";
+const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = ?4, sent_at = ?4, wamid = ?5,
+     delivery = CASE WHEN delivery_rank < 1 THEN 'sent' ELSE delivery END,
+     delivery_at = CASE WHEN delivery_rank < 1 THEN ?4 ELSE delivery_at END,
+     delivery_rank = MAX(delivery_rank, 1)";
 
 fn claim_sql(table: &str, cols: &str) -> String {
     format!(
@@ -373,11 +392,12 @@ fn claim_sql(table: &str, cols: &str) -> String {
 /// replies, each statement tagging the rows it returns. Runs inside the caller's
 /// `BEGIN IMMEDIATE` transaction; when the session or the claim did not match, the caller's
 /// transaction is dropped (rolled back) with the error, so nothing of the unit lands.
-async fn commit_batch_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutcome> {
+async fn commit_batch_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
     // Plain `?` parameters only: sqlx hands each statement of a multi-statement query the
     // next arguments in order (numbered `?N` would be bound wrongly past the first statement).
     let org_id = commit.org_id.as_str();
     let mut sql = String::with_capacity(1024);
+    sql.push_str(prefix);
     let mut q = sqlx::query::<Sqlite>("");
     if let Some(w) = &commit.session {
         let (current_node, wake_at) = state::meta(&w.session);
@@ -478,9 +498,6 @@ async fn commit_batch_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutc
         sql.push_str(" RETURNING 'o', id, 0;");
     }
     let mut outcome = CommitOutcome::default();
-    if sql.is_empty() {
-        return Ok(outcome);
-    }
     // The text was built after the binds; a query's text is fixed at creation, so rebuild it
     // around the same arguments.
     let args =
@@ -528,6 +545,25 @@ async fn commit_batch_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutc
     Ok(outcome)
 }
 
+/// The unit of work with scheduled wake-ups (rare: a `delay` or an idle timeout), statement by
+/// statement after `prefix` (the savepoint the writer runs it in).
+async fn commit_scheduled_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
+    sqlx::query(prefix).execute(&mut **tx).await?;
+    let mut outcome = CommitOutcome::default();
+    if let Some(w) = &commit.session {
+        outcome.session = Some(save_session_tx(tx, w).await?);
+    }
+    if let Some(claim) = commit.inbox_done {
+        finish_claim_tx(tx, &commit.org_id, claim, &ClaimChange::InboxDone { now: commit.now }).await?;
+    }
+    outcome.log_ids = append_log_tx(tx, &commit.org_id, &commit.log).await?;
+    outcome.outbox_ids = enqueue_tx(tx, &commit.org_id, &commit.outbox).await?;
+    for event in &commit.schedule {
+        outcome.scheduled.push(insert_inbox_tx(tx, event).await?);
+    }
+    Ok(outcome)
+}
+
 impl SqliteStore {
     async fn claim<T>(
         &self,
@@ -567,19 +603,10 @@ impl SqliteStore {
         Ok(r.rows_affected())
     }
 
-    async fn finish(
-        &self,
-        table: &'static str,
-        org_id: &str,
-        claim: Claim,
-        set: &str,
-        binds: (Option<i64>, Option<&str>, Option<&str>),
-    ) -> StoreResult<()> {
+    async fn finish(&self, org_id: &str, claim: Claim, change: ClaimChange) -> StoreResult<()> {
         self.check_org(org_id).await?;
-        let mut tx = self.begin().await?;
-        finish_claim_tx(&mut tx, table, org_id, claim, set, binds).await?;
-        tx.commit().await?;
-        Ok(())
+        let org_id = org_id.to_owned();
+        self.writes.submit(|reply| Write::Finish { org_id, claim, change, reply }).await
     }
 }
 
@@ -842,10 +869,7 @@ impl MessageLog for SqliteStore {
 impl Inbox for SqliteStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
         self.check_org(&event.conversation.org_id).await?;
-        let mut tx = self.begin().await?;
-        let r = insert_inbox_tx(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(r)
+        self.writes.submit(|reply| Write::InsertInbox { event, reply }).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
@@ -854,7 +878,7 @@ impl Inbox for SqliteStore {
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
-        self.finish("inbox", org_id, claim, INBOX_DONE, (Some(now.as_unix_millis()), None, None)).await
+        self.finish(org_id, claim, ClaimChange::InboxDone { now }).await
     }
 
     async fn fail_inbox(
@@ -865,28 +889,12 @@ impl Inbox for SqliteStore {
         retry_at: Option<Timestamp>,
         now: Timestamp,
     ) -> StoreResult<()> {
-        match retry_at {
-            Some(at) => {
-                self.finish(
-                    "inbox",
-                    org_id,
-                    claim,
-                    "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5",
-                    (Some(at.as_unix_millis()), Some(error), None),
-                )
-                .await
-            }
-            None => {
-                self.finish(
-                    "inbox",
-                    org_id,
-                    claim,
-                    "status = 'failed', finished_at = ?4, lease_until = NULL, last_error = ?5",
-                    (Some(now.as_unix_millis()), Some(error), None),
-                )
-                .await
-            }
-        }
+        let error = error.to_owned();
+        let change = match retry_at {
+            Some(at) => ClaimChange::InboxRetry { at, error },
+            None => ClaimChange::InboxFailed { now, error },
+        };
+        self.finish(org_id, claim, change).await
     }
 
     async fn reclaim_inbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
@@ -923,39 +931,15 @@ impl Outbox for SqliteStore {
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
-        self.finish(
-            "outbox",
-            org_id,
-            claim,
-            "status = 'done', lease_until = NULL, finished_at = ?4, sent_at = ?4, wamid = ?5,
-             delivery = CASE WHEN delivery_rank < 1 THEN 'sent' ELSE delivery END,
-             delivery_at = CASE WHEN delivery_rank < 1 THEN ?4 ELSE delivery_at END,
-             delivery_rank = MAX(delivery_rank, 1)",
-            (Some(now.as_unix_millis()), Some(wamid), None),
-        )
-        .await
+        self.finish(org_id, claim, ClaimChange::OutboxSent { wamid: wamid.to_owned(), now }).await
     }
 
     async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
-        self.finish(
-            "outbox",
-            org_id,
-            claim,
-            "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5",
-            (Some(retry_at.as_unix_millis()), Some(error), None),
-        )
-        .await
+        self.finish(org_id, claim, ClaimChange::OutboxRetry { at: retry_at, error: error.to_owned() }).await
     }
 
     async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
-        self.finish(
-            "outbox",
-            org_id,
-            claim,
-            "status = 'failed', finished_at = ?4, lease_until = NULL, last_error = ?5",
-            (Some(now.as_unix_millis()), Some(error), None),
-        )
-        .await
+        self.finish(org_id, claim, ClaimChange::OutboxFailed { now, error: error.to_owned() }).await
     }
 
     async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
@@ -1086,34 +1070,7 @@ impl Store for SqliteStore {
         {
             same_org(org_id, c)?;
         }
-        let mut tx = self.begin().await?;
-        if commit.schedule.is_empty() {
-            let outcome = commit_batch_tx(&mut tx, &commit).await?;
-            tx.commit().await?;
-            return Ok(outcome);
-        }
-        let mut outcome = CommitOutcome::default();
-        if let Some(w) = &commit.session {
-            outcome.session = Some(save_session_tx(&mut tx, w).await?);
-        }
-        if let Some(claim) = commit.inbox_done {
-            finish_claim_tx(
-                &mut tx,
-                "inbox",
-                org_id,
-                claim,
-                INBOX_DONE,
-                (Some(commit.now.as_unix_millis()), None, None),
-            )
-            .await?;
-        }
-        outcome.log_ids = append_log_tx(&mut tx, org_id, &commit.log).await?;
-        outcome.outbox_ids = enqueue_tx(&mut tx, org_id, &commit.outbox).await?;
-        for event in &commit.schedule {
-            outcome.scheduled.push(insert_inbox_tx(&mut tx, event).await?);
-        }
-        tx.commit().await?;
-        Ok(outcome)
+        self.writes.submit(|reply| Write::Commit { commit: Box::new(commit), reply }).await
     }
 
     async fn close(&self) {

@@ -80,6 +80,7 @@ cases!(
     commit_lost_lease_leaves_nothing,
     commit_races_one_winner,
     commit_without_wake_ups,
+    concurrent_writes_keep_their_own_results,
     tenant_isolation,
     closed_store,
 );
@@ -1081,6 +1082,76 @@ pub async fn commit_races_one_winner(store: Arc<dyn Store>) {
     assert_eq!(wins, 1);
     assert_eq!(store.history(&c, Page::default()).await.unwrap().len(), 2);
     assert_eq!(store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(100), LEASE, 10)).await.unwrap().len(), 1);
+}
+
+/// Many tasks' writes at once (a backend may group them into shared transactions): each
+/// write gets its own result, and one that fails takes nothing else down with it.
+pub async fn concurrent_writes_keep_their_own_results(store: Arc<dyn Store>) {
+    const CHATS: usize = 12;
+    for i in 0..CHATS {
+        let c = chat(ORG_A, &format!("c{i}"));
+        store.save_session(write(&c.session("lead"), 0, "s", t(0))).await.unwrap();
+        store.insert_inbox(message(&c, &format!("m{i}"), t(0))).await.unwrap();
+    }
+    let claimed = store.claim_inbox(&ClaimRequest::for_org(ORG_A, t(1), LEASE, 100)).await.unwrap();
+    assert_eq!(claimed.len(), CHATS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for event in claimed {
+        let c = event.conversation.clone();
+        let key = c.session("lead");
+        let i: usize = c.contact_id.trim_start_matches('c').parse().unwrap();
+        let claim = event.claim();
+        // The turn that holds the claim and the version: lands (half of them with wake-ups).
+        let (s, (c1, k1)) = (store.clone(), (c.clone(), key.clone()));
+        tasks.spawn(async move {
+            let mut commit = turn(&c1, &k1, 1, Some(claim), t(2));
+            if i % 2 == 1 {
+                commit.schedule.clear();
+            }
+            ("turn", i, s.commit(commit).await.map(|o| o.log_ids.len() + o.outbox_ids.len()).map_err(|e| e.to_string()))
+        });
+        // A stale writer: a conflict, nothing written.
+        let (s, (c2, k2)) = (store.clone(), (c.clone(), key.clone()));
+        tasks.spawn(async move {
+            let commit = turn(&c2, &k2, 7, None, t(2));
+            let result = s.commit(commit).await;
+            assert!(matches!(result, Err(StoreError::Conflict { expected: 7, .. })), "{result:?}");
+            ("stale", i, Ok(0))
+        });
+        // The same message delivered twice at once: one insert, one duplicate.
+        for _ in 0..2 {
+            let (s, c3) = (store.clone(), c.clone());
+            tasks.spawn(async move {
+                let inserted = s.insert_inbox(message(&c3, &format!("again-{i}"), t(3))).await.unwrap();
+                ("insert", i, Ok(usize::from(!inserted.is_duplicate())))
+            });
+        }
+        // A claim change with an attempt nobody holds: refused.
+        let s = store.clone();
+        tasks.spawn(async move {
+            let bogus = Claim { id: claim.id, attempt: 99 };
+            let result = s.complete_inbox(ORG_A, bogus, t(2)).await;
+            assert!(matches!(result, Err(StoreError::LeaseLost { .. })), "{result:?}");
+            ("bogus", i, Ok(0))
+        });
+    }
+    let mut inserted = vec![0; CHATS];
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            ("turn", i, result) => assert_eq!(result, Ok(3), "turn of c{i}"),
+            ("insert", i, Ok(n)) => inserted[i] += n,
+            _ => {}
+        }
+    }
+    assert_eq!(inserted, vec![1; CHATS], "each duplicate pair inserted exactly once");
+    for i in 0..CHATS {
+        let c = chat(ORG_A, &format!("c{i}"));
+        assert_eq!(store.load_session(&c.session("lead")).await.unwrap().unwrap().version, 2, "c{i}");
+        let history = store.history(&c, Page::default()).await.unwrap();
+        assert_eq!(history.len(), 2, "c{i}: only the landed turn's rows");
+    }
+    let replies = store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(10), LEASE, 100)).await.unwrap();
+    assert_eq!(replies.len(), CHATS);
 }
 
 /// The common turn (no wake-ups; backends may take a faster path for it): every part lands,

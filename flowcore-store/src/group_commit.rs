@@ -1,0 +1,215 @@
+//! Group commit for the SQL backends: writes from many tasks share one transaction.
+//!
+//! Every durable write costs a transaction commit (a WAL append, on PostgreSQL a flush the
+//! caller waits for), and SQLite has one writer, so under load the commits, not the
+//! statements, set the pace. Callers hand their write to a queue and wait for its own
+//! result; a writer task takes everything queued so far (up to a bound) and runs it as one
+//! transaction, each write checked on its own exactly as it would be alone. When the queue
+//! is idle a write goes through on its own, so a lone caller waits no longer than before
+//! (one task hop).
+//!
+//! A caller that stops waiting (its future dropped) does not cancel its write: the write
+//! either lands with its batch or not at all, and re-sending it is safe (inserts are
+//! deduplicated by message id, claims are checked by attempt, sessions by version).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flowcore::Timestamp;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::error::{StoreError, StoreResult};
+use crate::types::{Claim, Commit, CommitOutcome, InboxInsert, NewInboxEvent};
+
+/// Where a write's result goes.
+pub(crate) type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// A write waiting for its batch. The caller has validated it (organization known, rows of
+/// the same organization); the writer only runs it.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// [`Inbox::insert_inbox`](crate::Inbox::insert_inbox).
+    InsertInbox { event: NewInboxEvent, reply: Reply<InboxInsert> },
+    /// [`Store::commit`](crate::Store::commit).
+    Commit { commit: Box<Commit>, reply: Reply<CommitOutcome> },
+    /// A change to a claimed inbox or outbox row (done, retried, failed, sent).
+    Finish { org_id: String, claim: Claim, change: ClaimChange, reply: Reply<()> },
+}
+
+/// What happens to a claimed row, if the claim still holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClaimChange {
+    /// Inbox event handled.
+    InboxDone { now: Timestamp },
+    /// Inbox event back to pending, retried at `at`.
+    InboxRetry { at: Timestamp, error: String },
+    /// Inbox event failed for good.
+    InboxFailed { now: Timestamp, error: String },
+    /// Reply accepted by Meta with `wamid`.
+    OutboxSent { wamid: String, now: Timestamp },
+    /// Reply back to pending, retried at `at`.
+    OutboxRetry { at: Timestamp, error: String },
+    /// Reply failed for good.
+    OutboxFailed { now: Timestamp, error: String },
+}
+
+impl ClaimChange {
+    /// True for the outbox's changes, false for the inbox's.
+    pub(crate) fn is_outbox(&self) -> bool {
+        matches!(
+            self,
+            ClaimChange::OutboxSent { .. } | ClaimChange::OutboxRetry { .. } | ClaimChange::OutboxFailed { .. }
+        )
+    }
+
+    /// The row kind, as errors name it.
+    pub(crate) fn what(&self) -> &'static str {
+        if self.is_outbox() {
+            "outbox message"
+        } else {
+            "inbox event"
+        }
+    }
+}
+
+impl Write {
+    /// Answers this write with `result` (of the right type) — used when a whole batch fails
+    /// before any write ran.
+    pub(crate) fn fail(self, error: &StoreError) {
+        let error = || copy_error(error);
+        // A caller that stopped waiting has nobody to tell.
+        match self {
+            Write::InsertInbox { reply, .. } => drop(reply.send(Err(error()))),
+            Write::Commit { reply, .. } => drop(reply.send(Err(error()))),
+            Write::Finish { reply, .. } => drop(reply.send(Err(error()))),
+        }
+    }
+}
+
+/// The same error again, for each write of a batch that failed as a whole.
+pub(crate) fn copy_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+/// The queue writes wait in, and the writer tasks that drain it.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    sender: mpsc::UnboundedSender<Write>,
+}
+
+impl GroupCommit {
+    /// Starts `lanes` writer tasks on the current tokio runtime; each takes up to `max_batch`
+    /// queued writes at a time and hands them to `run`. The tasks end when this value is
+    /// dropped.
+    pub(crate) fn start<F, Fut>(lanes: usize, max_batch: usize, run: F) -> GroupCommit
+    where
+        F: Fn(Vec<Write>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let run = Arc::new(run);
+        let max_batch = max_batch.max(1);
+        for _ in 0..lanes.max(1) {
+            let receiver = receiver.clone();
+            let run = run.clone();
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&receiver, max_batch).await {
+                    run(batch).await;
+                }
+            });
+        }
+        GroupCommit { sender }
+    }
+
+    /// Queues a write built around its reply channel and waits for the result.
+    pub(crate) async fn submit<T>(&self, write: impl FnOnce(Reply<T>) -> Write) -> StoreResult<T> {
+        let (reply, result) = oneshot::channel();
+        self.sender.send(write(reply)).map_err(|_| StoreError::Closed)?;
+        // The writer drops the reply only when its runtime is shutting down.
+        result.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// Waits for a write, then takes whatever else is queued, up to `max`. `None` once every
+/// sender is gone.
+async fn next_batch(receiver: &Mutex<mpsc::UnboundedReceiver<Write>>, max: usize) -> Option<Vec<Write>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut batch = Vec::with_capacity(max.min(64));
+    batch.push(first);
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(write) => batch.push(write),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn done(now: i64) -> ClaimChange {
+        ClaimChange::InboxDone { now: Timestamp::from_unix_millis(now) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_share_a_batch_and_each_gets_its_own_result() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        let queue = Arc::new(GroupCommit::start(1, 100, move |batch: Vec<Write>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // Slow enough that the other writes queue up behind the first batch.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                for write in batch {
+                    if let Write::Finish { claim, reply, .. } = write {
+                        let result = if claim.id % 2 == 0 { Ok(()) } else { Err(StoreError::Closed) };
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }));
+        let mut tasks = Vec::new();
+        for id in 0..20 {
+            let queue = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let claim = Claim { id, attempt: 1 };
+                queue.submit(|reply| Write::Finish { org_id: "o".into(), claim, change: done(id), reply }).await
+            }));
+        }
+        for (id, task) in tasks.into_iter().enumerate() {
+            let result = task.await.unwrap();
+            assert_eq!(result.is_ok(), id % 2 == 0, "write {id} got another write's result");
+        }
+        let batches = batches.load(Ordering::SeqCst);
+        assert!(batches < 20, "20 concurrent writes ran in {batches} batches: nothing was grouped");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_as_a_whole_answers_every_write() {
+        let queue = GroupCommit::start(1, 10, |batch: Vec<Write>| async move {
+            for write in batch {
+                write.fail(&StoreError::Database("disk full".into()));
+            }
+        });
+        let claim = Claim { id: 1, attempt: 1 };
+        let result = queue.submit(|reply| Write::Finish { org_id: "o".into(), claim, change: done(1), reply }).await;
+        assert!(matches!(result, Err(StoreError::Database(m)) if m.contains("disk full")));
+    }
+
+    #[test]
+    fn changes_name_their_queue() {
+        assert!(!done(1).is_outbox());
+        assert_eq!(done(1).what(), "inbox event");
+        let sent = ClaimChange::OutboxSent { wamid: "w".into(), now: Timestamp::from_unix_millis(1) };
+        assert!(sent.is_outbox());
+        assert_eq!(sent.what(), "outbox message");
+    }
+}
