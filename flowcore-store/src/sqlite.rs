@@ -42,10 +42,15 @@ pub struct SqliteOptions {
     /// `synchronous=FULL` instead of `NORMAL`: survive power loss, not only crashes, at the
     /// cost of an fsync per commit (default false).
     pub synchronous_full: bool,
-    /// Checkpoint the WAL into the database file once it holds this many pages (default
-    /// 10,000 ≈ 40 MB; SQLite's own default is 1,000). Each checkpoint syncs the file, so
-    /// checkpointing less often doubled commits per second in the store bench; commits are
-    /// exactly as durable either way (they are in the WAL).
+    /// How often a background task copies the WAL into the database file (a passive
+    /// checkpoint, on its own connection: writers never wait for it). Default 500 ms; `None`
+    /// leaves checkpoints to SQLite's automatic ones, which run inside a committing write and
+    /// stall it (and every write queued behind it) for the copy and its fsync — the main
+    /// cause of slow webhook acknowledgements in the server's load bench.
+    pub checkpoint_interval: Option<Duration>,
+    /// Let a commit checkpoint the WAL itself once it holds this many pages (default 10,000
+    /// ≈ 40 MB; SQLite's own default is 1,000). With background checkpoints this is only a
+    /// backstop for a WAL that outgrows them. Commits are exactly as durable either way.
     pub wal_autocheckpoint_pages: u32,
 }
 
@@ -55,6 +60,7 @@ impl Default for SqliteOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             synchronous_full: false,
+            checkpoint_interval: Some(Duration::from_millis(500)),
             wal_autocheckpoint_pages: 10_000,
         }
     }
@@ -81,6 +87,34 @@ pub struct SqliteStore {
     known_orgs: RwLock<HashSet<String>>,
     /// Inserts, units of work and claim changes, grouped into shared transactions.
     writes: GroupCommit,
+    /// The background checkpointer, stopped with the store.
+    checkpoints: Option<BackgroundTask>,
+}
+
+/// A spawned task that ends when its owner is dropped.
+#[derive(Debug)]
+struct BackgroundTask(tokio::task::JoinHandle<()>);
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Copies committed WAL frames into the database file every `every`, until the store closes.
+/// Passive: it never blocks a writer, and a checkpoint that cannot finish (a reader still
+/// needs old frames) simply continues next time.
+async fn checkpoint_regularly(connection: SqlitePool, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&connection).await {
+            Err(sqlx::Error::PoolClosed) => break,
+            // Best effort: SQLite's automatic checkpoint remains the backstop.
+            _ => continue,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -106,6 +140,17 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(connect.clone())
             .await?;
+        let checkpoints = match options.checkpoint_interval {
+            Some(every) if !in_memory => {
+                let connection = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
+                    .max_connections(1)
+                    .connect_with(connect.clone())
+                    .await?;
+                Some(BackgroundTask(tokio::spawn(checkpoint_regularly(connection, every))))
+            }
+            _ => None,
+        };
         let reader = if in_memory {
             // Every connection to `:memory:` is its own database: share the writer.
             writer.clone()
@@ -118,7 +163,7 @@ impl SqliteStore {
         };
         let pool = writer.clone();
         let writes = GroupCommit::start(1, MAX_WRITES_PER_TRANSACTION, move |batch| writer::run(pool.clone(), batch));
-        let store = SqliteStore { writer, reader, known_orgs: RwLock::default(), writes };
+        let store = SqliteStore { writer, reader, known_orgs: RwLock::default(), writes, checkpoints };
         store.migrate().await?;
         Ok(store)
     }
@@ -564,6 +609,24 @@ async fn commit_scheduled_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> Stor
     Ok(outcome)
 }
 
+/// A session row with its state (`SESSION_INFO_COLS`, `state_schema`, `state`).
+fn stored_session(row: &SqliteRow) -> StoreResult<StoredSession> {
+    let info = session_info(row)?;
+    let text: &str = row.try_get("state")?;
+    let session = state::decode(info.id, row.try_get("state_schema")?, text)?;
+    Ok(StoredSession {
+        id: info.id,
+        key: info.key,
+        flow_version: info.flow_version,
+        version: info.version,
+        status: info.status,
+        session,
+        created_at: info.created_at,
+        updated_at: info.updated_at,
+        closed_at: info.closed_at,
+    })
+}
+
 impl SqliteStore {
     async fn claim<T>(
         &self,
@@ -644,21 +707,22 @@ impl SessionStore for SqliteStore {
         .bind(&key.flow_id)
         .fetch_optional(&self.reader)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let info = session_info(&row)?;
-        let text: String = row.try_get("state")?;
-        let session = state::decode(info.id, row.try_get("state_schema")?, &text)?;
-        Ok(Some(StoredSession {
-            id: info.id,
-            key: info.key,
-            flow_version: info.flow_version,
-            version: info.version,
-            status: info.status,
-            session,
-            created_at: info.created_at,
-            updated_at: info.updated_at,
-            closed_at: info.closed_at,
-        }))
+        row.as_ref().map(stored_session).transpose()
+    }
+
+    async fn active_session(&self, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
+        self.check_org(&c.org_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_INFO_COLS}, state_schema, state FROM sessions
+             WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND status = 'active'
+             ORDER BY updated_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(&c.org_id)
+        .bind(&c.business_number_id)
+        .bind(&c.contact_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(stored_session).transpose()
     }
 
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
@@ -1074,6 +1138,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.0.abort();
+        }
         self.writer.close().await;
         self.reader.close().await;
     }

@@ -58,6 +58,7 @@ cases!(
     session_compare_and_set,
     session_writers_race,
     session_listing_and_close,
+    active_session_is_the_newest,
     session_purge,
     purge_failed_rows_by_failure_time,
     message_log_history_and_listing,
@@ -357,6 +358,33 @@ pub async fn session_listing_and_close(store: Arc<dyn Store>) {
     let err = store.save_session(write(&survey, 1, "late", t(13))).await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
     assert!(store.load_session(&survey).await.unwrap().is_none());
+}
+
+/// `active_session` returns the conversation's most recently saved active session, with
+/// its state, and nothing of another conversation or organization.
+pub async fn active_session_is_the_newest(store: Arc<dyn Store>) {
+    let c = chat(ORG_A, "c1");
+    assert!(store.active_session(&c).await.unwrap().is_none());
+    let lead = c.session("lead");
+    let other = c.session("other");
+    store.save_session(write(&lead, 0, "lead-1", t(1))).await.unwrap();
+    store.save_session(write(&other, 0, "other-1", t(2))).await.unwrap();
+    let active = store.active_session(&c).await.unwrap().unwrap();
+    assert_eq!((active.key.flow_id.as_str(), active.version), ("other", 1));
+    assert_eq!(active.session, sample_state("other-1"));
+    store.save_session(write(&lead, 1, "lead-2", t(3))).await.unwrap();
+    let active = store.active_session(&c).await.unwrap().unwrap();
+    assert_eq!((active.key.flow_id.as_str(), active.version), ("lead", 2));
+    assert_eq!(active.session, sample_state("lead-2"));
+    store.close_session(&lead, t(4)).await.unwrap();
+    assert_eq!(store.active_session(&c).await.unwrap().unwrap().key.flow_id, "other");
+    store.close_session(&other, t(5)).await.unwrap();
+    assert!(store.active_session(&c).await.unwrap().is_none());
+    store.save_session(write(&lead, 0, "again", t(6))).await.unwrap();
+    assert!(store.active_session(&chat(ORG_A, "c2")).await.unwrap().is_none());
+    assert!(store.active_session(&chat(ORG_B, "c1")).await.unwrap().is_none());
+    let unknown = store.active_session(&ConversationKey::new("nobody", "biz-1", "c1")).await;
+    assert!(matches!(unknown, Err(StoreError::UnknownOrganization(_))), "{unknown:?}");
 }
 
 /// Purge: expired active sessions (TTL from `now`), old closed sessions, old finished rows.

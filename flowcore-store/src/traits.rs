@@ -36,6 +36,16 @@ pub trait SessionStore: Send + Sync {
         Ok(Some(stored))
     }
 
+    /// The conversation's most recently saved active session (of any flow), with its state:
+    /// what a worker resumes when the contact writes again. One read where
+    /// [`conversation_sessions`](SessionStore::conversation_sessions) +
+    /// [`load_session`](SessionStore::load_session) take two; backends may override it.
+    async fn active_session(&self, conversation: &ConversationKey) -> StoreResult<Option<StoredSession>> {
+        let sessions = self.conversation_sessions(conversation).await?;
+        let Some(newest) = sessions.into_iter().find(|s| s.status == SessionStatus::Active) else { return Ok(None) };
+        self.load_session(&newest.key).await
+    }
+
     /// The active sessions of one conversation (any flow), newest first, without state.
     async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>>;
 
