@@ -3,7 +3,9 @@
 //! Good for tests, `flowctl` and single-process development. It follows exactly the same
 //! contract as the SQL backends (the conformance kit runs on it too).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod queue;
+
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,6 +16,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::state::{self, Session};
 use crate::traits::*;
 use crate::types::*;
+use queue::{Queue, QueueRow};
 
 /// A fast keyed hasher for the store's maps (folded multiply, 8 bytes at a time), seeded
 /// per map from the standard library's random keys so that key layouts cannot be chosen to
@@ -92,7 +95,6 @@ impl Hasher for Fold {
 }
 
 type HashMap<K, V> = std::collections::HashMap<K, V, Seeded>;
-type HashSet<K> = std::collections::HashSet<K, Seeded>;
 
 /// The in-memory store. Cheap to create; share it as `Arc<MemoryStore>` or `Arc<dyn Store>`.
 ///
@@ -154,250 +156,6 @@ struct OutboxData {
     delivery: Option<DeliveryStatus>,
     delivery_at: Option<Timestamp>,
     sent_at: Option<Timestamp>,
-}
-
-#[derive(Debug, Clone)]
-struct QueueRow<T> {
-    conversation: ConversationKey,
-    due_at: i64,
-    status: QueueStatus,
-    attempts: i64,
-    lease_until: Option<i64>,
-    retry_at: Option<i64>,
-    last_error: Option<String>,
-    finished_at: Option<i64>,
-    data: T,
-}
-
-/// A queue's rows in a vector indexed by id (ids only grow; ids taken by other
-/// organizations' rows leave empty slots). Cheaper than a hash map of large rows: no
-/// hashing, no rehash moves of whole rows.
-#[derive(Debug)]
-struct Rows<T> {
-    base: i64,
-    slots: Vec<Option<QueueRow<T>>>,
-    live: usize,
-}
-
-impl<T> Default for Rows<T> {
-    fn default() -> Self {
-        Rows { base: 0, slots: Vec::new(), live: 0 }
-    }
-}
-
-impl<T> Rows<T> {
-    #[inline]
-    fn slot(&self, id: i64) -> Option<usize> {
-        let i = id.checked_sub(self.base)?;
-        usize::try_from(i).ok().filter(|&i| i < self.slots.len())
-    }
-
-    #[inline]
-    fn get(&self, id: &i64) -> Option<&QueueRow<T>> {
-        self.slot(*id).and_then(|i| self.slots[i].as_ref())
-    }
-
-    #[inline]
-    fn get_mut(&mut self, id: &i64) -> Option<&mut QueueRow<T>> {
-        self.slot(*id).and_then(|i| self.slots[i].as_mut())
-    }
-
-    fn contains_key(&self, id: &i64) -> bool {
-        self.get(id).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.live
-    }
-
-    /// Inserts a row whose id is above every id inserted before.
-    fn insert(&mut self, id: i64, row: QueueRow<T>) {
-        if self.slots.is_empty() {
-            self.base = id;
-        }
-        let i = usize::try_from(id - self.base).expect("queue ids only grow");
-        if i >= self.slots.len() {
-            self.slots.resize_with(i, || None);
-            self.slots.push(Some(row));
-            self.live += 1;
-        } else {
-            if self.slots[i].is_none() {
-                self.live += 1;
-            }
-            self.slots[i] = Some(row);
-        }
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&i64, &QueueRow<T>) -> bool) {
-        let base = self.base;
-        let mut live = 0;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(row) = slot {
-                if keep(&(base + i as i64), row) {
-                    live += 1;
-                } else {
-                    *slot = None;
-                }
-            }
-        }
-        // Drop the empty prefix so purged rows free their slots too.
-        let first = self.slots.iter().position(Option::is_some).unwrap_or(self.slots.len());
-        self.slots.drain(..first);
-        self.base += first as i64;
-        if self.slots.is_empty() {
-            self.base = 0;
-        }
-        self.live = live;
-    }
-}
-
-/// A queue with per-conversation ordering: `open` holds unfinished rows in `(due_at, id)`
-/// order, `by_conversation` the same per conversation.
-#[derive(Debug)]
-struct Queue<T> {
-    rows: Rows<T>,
-    open: BTreeSet<(i64, i64)>,
-    by_conversation: HashMap<ConversationKey, BTreeSet<(i64, i64)>>,
-}
-
-impl<T> Default for Queue<T> {
-    fn default() -> Self {
-        Queue { rows: Rows::default(), open: BTreeSet::new(), by_conversation: HashMap::default() }
-    }
-}
-
-impl<T> Queue<T> {
-    fn push(&mut self, id: i64, conversation: ConversationKey, due_at: i64, data: T) {
-        self.open.insert((due_at, id));
-        // Only a conversation's first open row pays for a copy of its key.
-        match self.by_conversation.get_mut(&conversation) {
-            Some(set) => {
-                set.insert((due_at, id));
-            }
-            None => {
-                self.by_conversation.insert(conversation.clone(), BTreeSet::from([(due_at, id)]));
-            }
-        }
-        self.rows.insert(
-            id,
-            QueueRow {
-                conversation,
-                due_at,
-                status: QueueStatus::Pending,
-                attempts: 0,
-                lease_until: None,
-                retry_at: None,
-                last_error: None,
-                finished_at: None,
-                data,
-            },
-        );
-    }
-
-    /// Candidate ids to claim, in order, at most `limit`.
-    fn claimable(&self, now: i64, limit: usize) -> Vec<(i64, i64)> {
-        let mut out = Vec::new();
-        let mut seen: HashSet<&ConversationKey> = HashSet::default();
-        for &(due, id) in self.open.range(..=(now, i64::MAX)) {
-            if out.len() >= limit {
-                break;
-            }
-            let Some(row) = self.rows.get(&id) else { continue };
-            // A row under a live claim is never a candidate, and its conversation's later
-            // rows fail the `blocked` check below: skip it without hashing its key.
-            if row.status == QueueStatus::Claimed && row.lease_until.is_some_and(|l| l >= now) {
-                continue;
-            }
-            if !seen.insert(&row.conversation) {
-                continue;
-            }
-            // The first due row of the conversation is this one (we walk in order); the
-            // conversation is blocked while any of its rows is claimed under a live lease.
-            let blocked = self.by_conversation.get(&row.conversation).is_some_and(|set| {
-                set.iter().any(|(_, other)| {
-                    self.rows
-                        .get(other)
-                        .is_some_and(|r| r.status == QueueStatus::Claimed && r.lease_until.is_some_and(|l| l >= now))
-                })
-            });
-            if blocked {
-                continue;
-            }
-            let eligible = match row.status {
-                QueueStatus::Pending => row.retry_at.is_none_or(|r| r <= now),
-                QueueStatus::Claimed => row.lease_until.is_none_or(|l| l < now),
-                _ => false,
-            };
-            if eligible {
-                out.push((due, id));
-            }
-        }
-        out
-    }
-
-    fn take_claim(&mut self, id: i64, lease_until: i64) {
-        if let Some(row) = self.rows.get_mut(&id) {
-            row.status = QueueStatus::Claimed;
-            row.attempts += 1;
-            row.lease_until = Some(lease_until);
-        }
-    }
-
-    fn check_claim(&self, what: &'static str, claim: Claim) -> StoreResult<()> {
-        match self.rows.get(&claim.id) {
-            None => Err(StoreError::NotFound { what, id: claim.id.to_string() }),
-            Some(row) if row.status == QueueStatus::Claimed && row.attempts == claim.attempt => Ok(()),
-            Some(_) => Err(StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt }),
-        }
-    }
-
-    fn finish(&mut self, id: i64, status: QueueStatus, now: Option<i64>, error: Option<&str>) {
-        if let Some(row) = self.rows.get_mut(&id) {
-            row.status = status;
-            row.lease_until = None;
-            row.finished_at = now;
-            if let Some(e) = error {
-                row.last_error = Some(e.to_owned());
-            }
-            self.open.remove(&(row.due_at, id));
-            // An emptied set stays (no key to free under the lock); `purge_finished` drops it.
-            if let Some(set) = self.by_conversation.get_mut(&row.conversation) {
-                set.remove(&(row.due_at, id));
-            }
-        }
-    }
-
-    fn retry(&mut self, id: i64, retry_at: i64, error: &str) {
-        if let Some(row) = self.rows.get_mut(&id) {
-            row.status = QueueStatus::Pending;
-            row.lease_until = None;
-            row.retry_at = Some(retry_at);
-            row.last_error = Some(error.to_owned());
-        }
-    }
-
-    fn reclaim(&mut self, now: i64) -> u64 {
-        let mut n = 0;
-        for &(_, id) in &self.open {
-            if let Some(row) = self.rows.get_mut(&id) {
-                if row.status == QueueStatus::Claimed && row.lease_until.is_some_and(|l| l < now) {
-                    row.status = QueueStatus::Pending;
-                    row.lease_until = None;
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    fn purge_finished(&mut self, before: i64) -> u64 {
-        self.by_conversation.retain(|_, set| !set.is_empty());
-        let before_len = self.rows.len();
-        self.rows.retain(|_, r| {
-            !(matches!(r.status, QueueStatus::Done | QueueStatus::Failed) && r.finished_at.is_some_and(|f| f < before))
-        });
-        (before_len - self.rows.len()) as u64
-    }
 }
 
 fn ts(ms: i64) -> Timestamp {
@@ -614,6 +372,45 @@ fn enqueue_rows(org: &mut OrgData, next_id: &mut i64, messages: Vec<NewOutboxMes
     ids
 }
 
+/// Claims from the inbox or the outbox (`queue` picks which) of the request's organization,
+/// or of all: the due heads of free conversations, earliest first, at most `limit`.
+fn claim<T, R>(
+    inner: &mut Inner,
+    request: &ClaimRequest,
+    queue: impl Fn(&mut OrgData) -> &mut Queue<T>,
+    output: impl Fn(i64, &QueueRow<T>) -> R,
+) -> StoreResult<Vec<R>> {
+    let now = request.now.as_unix_millis();
+    let limit = request.limit.min(Page::MAX_LIMIT) as usize;
+    let lease_until = request.lease_until().as_unix_millis();
+    let mut queues: Vec<&mut Queue<T>> = match request.org_id.as_deref() {
+        Some(org_id) => vec![queue(inner.org(org_id)?)],
+        None => inner.orgs.values_mut().map(queue).collect(),
+    };
+    // Each queue's own picks are in order and at most `limit`; across organizations the
+    // earliest `limit` win and the rest go back. Ids are unique across organizations.
+    let mut candidates: Vec<((i64, i64), usize)> = Vec::new();
+    for (q, queue) in queues.iter_mut().enumerate() {
+        candidates.extend(queue.pick(now, limit).into_iter().map(|c| (c, q)));
+    }
+    if queues.len() > 1 {
+        candidates.sort_unstable();
+    }
+    let mut out = Vec::with_capacity(candidates.len().min(limit));
+    for (n, ((_, id), q)) in candidates.into_iter().enumerate() {
+        let queue = &mut queues[q];
+        if n < limit {
+            queue.take_claim(id, lease_until);
+            if let Some(row) = queue.rows.get(id) {
+                out.push(output(id, row));
+            }
+        } else {
+            queue.release(id);
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Organizations for MemoryStore {
     async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
@@ -726,10 +523,10 @@ impl SessionStore for MemoryStore {
         }
         report.inbox_rows = org.inbox.purge_finished(closed_before);
         let inbox = &org.inbox;
-        org.inbox_by_message.retain(|_, id| inbox.rows.contains_key(id));
+        org.inbox_by_message.retain(|_, id| inbox.rows.contains_key(*id));
         report.outbox_rows = org.outbox.purge_finished(closed_before);
         let outbox = &org.outbox;
-        org.outbox_by_wamid.retain(|_, id| outbox.rows.contains_key(id));
+        org.outbox_by_wamid.retain(|_, id| outbox.rows.contains_key(*id));
         Ok(report)
     }
 }
@@ -849,27 +646,7 @@ impl Inbox for MemoryStore {
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
         let mut inner = self.lock()?;
-        let now = request.now.as_unix_millis();
-        let limit = request.limit.min(Page::MAX_LIMIT) as usize;
-        let mut candidates = Vec::new();
-        for org_id in inner.org_ids(request.org_id.as_deref())? {
-            let org = inner.org(&org_id)?;
-            for c in org.inbox.claimable(now, limit) {
-                candidates.push((c, org_id.clone()));
-            }
-        }
-        candidates.sort();
-        candidates.truncate(limit);
-        let lease = request.lease_until().as_unix_millis();
-        let mut out = Vec::with_capacity(candidates.len());
-        for ((_, id), org_id) in candidates {
-            let org = inner.org(&org_id)?;
-            org.inbox.take_claim(id, lease);
-            if let Some(row) = org.inbox.rows.get(&id) {
-                out.push(inbox_event(id, row));
-            }
-        }
-        Ok(out)
+        claim(&mut inner, request, |org| &mut org.inbox, inbox_event)
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
@@ -910,7 +687,7 @@ impl Inbox for MemoryStore {
     async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
         let inner = self.lock()?;
         let org = inner.org_ref(org_id)?;
-        Ok(org.inbox.rows.get(&id).map(|row| inbox_event(id, row)))
+        Ok(org.inbox.rows.get(id).map(|row| inbox_event(id, row)))
     }
 }
 
@@ -928,27 +705,7 @@ impl Outbox for MemoryStore {
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
         let mut inner = self.lock()?;
-        let now = request.now.as_unix_millis();
-        let limit = request.limit.min(Page::MAX_LIMIT) as usize;
-        let mut candidates = Vec::new();
-        for org_id in inner.org_ids(request.org_id.as_deref())? {
-            let org = inner.org(&org_id)?;
-            for c in org.outbox.claimable(now, limit) {
-                candidates.push((c, org_id.clone()));
-            }
-        }
-        candidates.sort();
-        candidates.truncate(limit);
-        let lease = request.lease_until().as_unix_millis();
-        let mut out = Vec::with_capacity(candidates.len());
-        for ((_, id), org_id) in candidates {
-            let org = inner.org(&org_id)?;
-            org.outbox.take_claim(id, lease);
-            if let Some(row) = org.outbox.rows.get(&id) {
-                out.push(outbox_message(id, row));
-            }
-        }
-        Ok(out)
+        claim(&mut inner, request, |org| &mut org.outbox, outbox_message)
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
@@ -956,7 +713,7 @@ impl Outbox for MemoryStore {
         let org = inner.org(org_id)?;
         org.outbox.check_claim("outbox message", claim)?;
         org.outbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
-        if let Some(row) = org.outbox.rows.get_mut(&claim.id) {
+        if let Some(row) = org.outbox.rows.get_mut(claim.id) {
             row.data.wamid = Some(wamid.to_owned());
             row.data.sent_at = Some(now);
             if row.data.delivery.is_none() {
@@ -1003,7 +760,7 @@ impl Outbox for MemoryStore {
         let mut inner = self.lock()?;
         let org = inner.org(org_id)?;
         let Some(id) = org.outbox_by_wamid.get(wamid).copied() else { return Ok(false) };
-        let Some(row) = org.outbox.rows.get_mut(&id) else { return Ok(false) };
+        let Some(row) = org.outbox.rows.get_mut(id) else { return Ok(false) };
         if row.data.delivery.is_none_or(|d| d.rank() < status.rank()) {
             row.data.delivery = Some(status);
             row.data.delivery_at = Some(at);
@@ -1014,7 +771,7 @@ impl Outbox for MemoryStore {
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
         let inner = self.lock()?;
         let org = inner.org_ref(org_id)?;
-        Ok(org.outbox.rows.get(&id).map(|row| outbox_message(id, row)))
+        Ok(org.outbox.rows.get(id).map(|row| outbox_message(id, row)))
     }
 }
 
