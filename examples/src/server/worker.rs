@@ -377,17 +377,13 @@ fn is_finished(session: &flowcore::Session) -> bool {
 }
 
 async fn load_active(state: &AppState, conv: &ConversationKey) -> Result<Option<Running>, TurnError> {
-    let sessions = state.store.conversation_sessions(conv).await?;
-    let Some(info) = sessions.into_iter().find(|s| s.status == SessionStatus::Active) else {
+    let Some(stored) = state.store.active_session(conv).await? else {
         return Ok(None);
     };
-    let Some(stored) = state.store.load_session(&info.key).await? else {
-        return Ok(None);
-    };
-    let flow = state.flows.get(state.store.as_ref(), &conv.org_id, &info.key.flow_id, stored.flow_version).await?;
+    let flow = state.flows.get(state.store.as_ref(), &conv.org_id, &stored.key.flow_id, stored.flow_version).await?;
     let session = stored.session;
     Ok(Some(Running {
-        flow_id: info.key.flow_id.clone(),
+        flow_id: stored.key.flow_id,
         flow_version: stored.flow_version,
         expected_version: stored.version,
         flow,
