@@ -52,20 +52,28 @@ fn folded_mul(a: u64, b: u64) -> u64 {
 impl Hasher for Fold {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = folded_mul(h ^ u64::from_le_bytes(w), K1);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            h = folded_mul(h ^ u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59), K1);
-        }
-        self.0 = h;
+        let len = bytes.len();
+        // Short inputs (the store's keys are mostly short strings) in one multiply, from
+        // two reads that overlap when the length is not 8 or 16; no copy loop.
+        let (a, b) = if len > 16 {
+            let mut h = self.0;
+            let mut chunks = bytes.chunks_exact(16);
+            for c in &mut chunks {
+                h = folded_mul(h ^ read_u64(c, 0), K1 ^ read_u64(c, 8));
+            }
+            // The last 16 bytes (overlapping the chunks already taken when not a multiple).
+            self.0 = h;
+            (read_u64(bytes, len - 16), read_u64(bytes, len - 8))
+        } else if len >= 8 {
+            (read_u64(bytes, 0), read_u64(bytes, len - 8))
+        } else if len >= 4 {
+            (u64::from(read_u32(bytes, 0)), u64::from(read_u32(bytes, len - 4)))
+        } else if len > 0 {
+            (u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8, u64::from(bytes[len - 1]))
+        } else {
+            (0, 0)
+        };
+        self.0 = folded_mul(self.0 ^ a, K1 ^ b ^ ((len as u64) << 40));
     }
 
     #[inline]
@@ -92,6 +100,20 @@ impl Hasher for Fold {
     fn finish(&self) -> u64 {
         folded_mul(self.0, K2)
     }
+}
+
+#[inline]
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline]
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(w)
 }
 
 type HashMap<K, V> = std::collections::HashMap<K, V, Seeded>;
@@ -210,6 +232,27 @@ fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
     }
 }
 
+/// Checks that every part of a commit belongs to its organization.
+fn check_commit_rows(
+    org_id: &str,
+    session: Option<&SessionWrite>,
+    log: &[NewLogEntry],
+    outbox: &[NewOutboxMessage],
+    schedule: &[NewInboxEvent],
+) -> StoreResult<()> {
+    if let Some(write) = session {
+        if write.key.org_id != org_id {
+            return Err(StoreError::InvalidInput(format!(
+                "session of organization {:?} in a commit of {:?}",
+                write.key.org_id, org_id
+            )));
+        }
+    }
+    log.iter().try_for_each(|e| same_org(org_id, &e.conversation))?;
+    outbox.iter().try_for_each(|m| same_org(org_id, &m.conversation))?;
+    schedule.iter().try_for_each(|s| same_org(org_id, &s.conversation))
+}
+
 /// Checks a session write against the stored state without changing anything.
 /// Returns the id of the active row the write replaces, if any.
 fn check_session_write(org: &OrgData, write: &SessionWrite) -> StoreResult<Option<i64>> {
@@ -222,15 +265,23 @@ fn check_session_write(org: &OrgData, write: &SessionWrite) -> StoreResult<Optio
     }
 }
 
-/// Applies a checked write; returns the replaced state too, for the caller to drop after
-/// releasing the lock.
-/// `current` is the active row's id that `check_session_write` found.
+/// What a write replaced or did not keep, for the caller to drop after releasing the lock:
+/// freeing memory under the lock makes every other caller wait for it.
+#[derive(Default)]
+#[allow(dead_code, reason = "only held, to be dropped")]
+struct Leftovers {
+    session: Option<Session>,
+    key: Option<SessionKey>,
+}
+
+/// Applies a checked write. `current` is the active row's id that `check_session_write`
+/// found.
 fn apply_session_write(
     org: &mut OrgData,
     next_id: &mut i64,
     current: Option<i64>,
     write: SessionWrite,
-) -> (SavedSession, Option<Session>) {
+) -> (SavedSession, Leftovers) {
     let now = write.now;
     let closed_at = (write.status == SessionStatus::Closed).then_some(now);
     if let Some(row) = current.and_then(|id| org.sessions.get_mut(&id)) {
@@ -249,7 +300,7 @@ fn apply_session_write(
         if write.status == SessionStatus::Closed {
             org.active.remove(&write.key);
         }
-        return (saved, Some(old));
+        return (saved, Leftovers { session: Some(old), key: Some(write.key) });
     }
     let (current_node, wake_at) = state::meta(&write.session);
     *next_id += 1;
@@ -267,10 +318,13 @@ fn apply_session_write(
         closed_at,
     };
     org.sessions.insert(id, SessionRow { info, session: write.session });
+    let mut leftovers = Leftovers::default();
     if write.status == SessionStatus::Active {
         org.active.insert(write.key, id);
+    } else {
+        leftovers.key = Some(write.key);
     }
-    (SavedSession { id, version: 1 }, None)
+    (SavedSession { id, version: 1 }, leftovers)
 }
 
 fn insert_inbox_row(org: &mut OrgData, next_id: &mut i64, event: NewInboxEvent) -> InboxInsert {
@@ -330,8 +384,13 @@ fn outbox_message(id: i64, row: &QueueRow<OutboxData>) -> OutboxMessage {
     }
 }
 
-fn append_log_rows(org: &mut OrgData, next_id: &mut i64, entries: Vec<NewLogEntry>) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(entries.len());
+/// Appends log rows, their ids to `ids`.
+fn append_log_rows(
+    org: &mut OrgData,
+    next_id: &mut i64,
+    entries: impl Iterator<Item = NewLogEntry>,
+    ids: &mut Vec<i64>,
+) {
     for e in entries {
         *next_id += 1;
         ids.push(*next_id);
@@ -347,11 +406,15 @@ fn append_log_rows(org: &mut OrgData, next_id: &mut i64, entries: Vec<NewLogEntr
             metadata: e.metadata,
         });
     }
-    ids
 }
 
-fn enqueue_rows(org: &mut OrgData, next_id: &mut i64, messages: Vec<NewOutboxMessage>) -> Vec<i64> {
-    let mut ids = Vec::with_capacity(messages.len());
+/// Enqueues outbox rows, their ids to `ids`.
+fn enqueue_rows(
+    org: &mut OrgData,
+    next_id: &mut i64,
+    messages: impl Iterator<Item = NewOutboxMessage>,
+    ids: &mut Vec<i64>,
+) {
     for m in messages {
         *next_id += 1;
         ids.push(*next_id);
@@ -369,7 +432,6 @@ fn enqueue_rows(org: &mut OrgData, next_id: &mut i64, messages: Vec<NewOutboxMes
             },
         );
     }
-    ids
 }
 
 /// Claims from the inbox or the outbox (`queue` picks which) of the request's organization,
@@ -465,9 +527,9 @@ impl SessionStore for MemoryStore {
             .get_mut(&write.key.org_id)
             .ok_or_else(|| StoreError::UnknownOrganization(write.key.org_id.clone()))?;
         let current = check_session_write(org, &write)?;
-        let (saved, replaced) = apply_session_write(org, &mut inner.next_session, current, write);
+        let (saved, leftovers) = apply_session_write(org, &mut inner.next_session, current, write);
         drop(guard);
-        drop(replaced);
+        drop(leftovers);
         Ok(saved)
     }
 
@@ -534,13 +596,17 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl MessageLog for MemoryStore {
     async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
+        // Copied before the lock is taken, so that other callers need not wait for it.
+        let rows_of_org = entries.iter().try_for_each(|e| same_org(org_id, &e.conversation));
+        let mut entries = entries.to_vec();
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
         let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
-        for e in entries {
-            same_org(org_id, &e.conversation)?;
-        }
-        Ok(append_log_rows(org, &mut inner.next_log, entries.to_vec()))
+        rows_of_org?;
+        append_log_rows(org, &mut inner.next_log, entries.drain(..), &mut ids);
+        drop(guard);
+        Ok(ids)
     }
 
     async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
@@ -694,13 +760,17 @@ impl Inbox for MemoryStore {
 #[async_trait]
 impl Outbox for MemoryStore {
     async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
+        // Copied before the lock is taken, so that other callers need not wait for it.
+        let rows_of_org = messages.iter().try_for_each(|m| same_org(org_id, &m.conversation));
+        let mut messages = messages.to_vec();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
         let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
-        for m in messages {
-            same_org(org_id, &m.conversation)?;
-        }
-        Ok(enqueue_rows(org, &mut inner.next_outbox, messages.to_vec()))
+        rows_of_org?;
+        enqueue_rows(org, &mut inner.next_outbox, messages.drain(..), &mut ids);
+        drop(guard);
+        Ok(ids)
     }
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
@@ -812,53 +882,44 @@ impl FlowStore for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
+        let Commit { org_id, now, session, mut log, mut outbox, mut schedule, inbox_done } = commit;
+        // What needs no lock happens before it is taken, what can be dropped after it is let
+        // go: every other caller waits while it is held.
+        let rows_of_org = check_commit_rows(&org_id, session.as_ref(), &log, &outbox, &schedule);
+        let mut outcome = CommitOutcome {
+            session: None,
+            log_ids: Vec::with_capacity(log.len()),
+            outbox_ids: Vec::with_capacity(outbox.len()),
+            scheduled: Vec::with_capacity(schedule.len()),
+        };
         let mut guard = self.lock()?;
         let inner = &mut *guard;
-        let org_id = commit.org_id.as_str();
-        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
+        let org = inner.orgs.get_mut(&org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.clone()))?;
         // Validate everything first, then apply: all or nothing.
-        if let Some(write) = &commit.session {
-            if write.key.org_id != org_id {
-                return Err(StoreError::InvalidInput(format!(
-                    "session of organization {:?} in a commit of {:?}",
-                    write.key.org_id, org_id
-                )));
-            }
-        }
-        for e in &commit.log {
-            same_org(org_id, &e.conversation)?;
-        }
-        for m in &commit.outbox {
-            same_org(org_id, &m.conversation)?;
-        }
-        for s in &commit.schedule {
-            same_org(org_id, &s.conversation)?;
-        }
-        let current = match &commit.session {
+        rows_of_org?;
+        let current = match &session {
             Some(write) => check_session_write(org, write)?,
             None => None,
         };
-        if let Some(claim) = commit.inbox_done {
+        if let Some(claim) = inbox_done {
             org.inbox.check_claim("inbox event", claim)?;
         }
-        let mut outcome = CommitOutcome::default();
-        let mut replaced = None;
-        if let Some(write) = commit.session {
-            let (saved, old) = apply_session_write(org, &mut inner.next_session, current, write);
+        let mut leftovers = Leftovers::default();
+        if let Some(write) = session {
+            let (saved, left) = apply_session_write(org, &mut inner.next_session, current, write);
             outcome.session = Some(saved);
-            replaced = old;
+            leftovers = left;
         }
-        if let Some(claim) = commit.inbox_done {
-            org.inbox.finish(claim.id, QueueStatus::Done, Some(commit.now.as_unix_millis()), None);
+        if let Some(claim) = inbox_done {
+            org.inbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
         }
-        outcome.log_ids = append_log_rows(org, &mut inner.next_log, commit.log);
-        outcome.outbox_ids = enqueue_rows(org, &mut inner.next_outbox, commit.outbox);
-        for event in commit.schedule {
+        append_log_rows(org, &mut inner.next_log, log.drain(..), &mut outcome.log_ids);
+        enqueue_rows(org, &mut inner.next_outbox, outbox.drain(..), &mut outcome.outbox_ids);
+        for event in schedule.drain(..) {
             outcome.scheduled.push(insert_inbox_row(org, &mut inner.next_inbox, event));
         }
-        // Free the replaced state after the lock is released.
         drop(guard);
-        drop(replaced);
+        drop((leftovers, log, outbox, schedule, org_id));
         Ok(outcome)
     }
 
@@ -869,5 +930,40 @@ impl Store for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    /// Strings of every length up to 40 (each read path of `Fold::write`), differing in one
+    /// byte at any position, and the conversation keys the store hashes: no collisions.
+    #[test]
+    fn hasher_separates_keys() {
+        let seeded = Seeded::default();
+        let mut hashes = HashSet::new();
+        let mut inputs = 0;
+        for len in 0..=40usize {
+            for at in 0..len.max(1) {
+                for byte in [b'a', b'b', b'\xff'] {
+                    let mut s = vec![b'x'; len];
+                    if len > 0 {
+                        s[at] = byte;
+                    }
+                    if hashes.insert((seeded.hash_one(&s), s.clone())) {
+                        inputs += 1;
+                    }
+                }
+            }
+        }
+        let distinct: HashSet<u64> = hashes.iter().map(|(h, _)| *h).collect();
+        assert_eq!(distinct.len(), inputs);
+        let keys: HashSet<u64> =
+            (0..20_000).map(|i| seeded.hash_one(ConversationKey::new("org", "biz", format!("c{i}")))).collect();
+        assert_eq!(keys.len(), 20_000);
     }
 }

@@ -210,8 +210,6 @@ const STALE_SLACK: usize = if cfg!(test) { 4 } else { 1024 };
 /// One conversation's part of a queue.
 #[derive(Debug)]
 struct Conversation {
-    /// `None` once freed by a purge (the slot is reused by the next new conversation).
-    key: Option<ConversationKey>,
     /// Unfinished rows, in `(due_at, id)` order; the front is the head.
     open: VecDeque<(i64, i64)>,
     /// Rows with status `Claimed`, under a live lease or an expired one (usually at most one).
@@ -297,8 +295,7 @@ impl<T> Queue<T> {
         if let Some(&index) = self.conversation_index.get(key) {
             return index;
         }
-        let conversation =
-            Conversation { key: Some(key.clone()), open: VecDeque::new(), claimed: Vec::new(), gate: Gate::Idle };
+        let conversation = Conversation { open: VecDeque::new(), claimed: Vec::new(), gate: Gate::Idle };
         let index = match self.free_conversations.pop() {
             Some(index) => {
                 self.conversations[index] = conversation;
@@ -515,17 +512,18 @@ impl<T> Queue<T> {
     /// Deletes rows finished before `before`, and forgets conversations with nothing open;
     /// the number of rows deleted.
     pub(super) fn purge_finished(&mut self, before: i64) -> u64 {
-        for (index, conversation) in self.conversations.iter_mut().enumerate() {
-            let idle = conversation.open.is_empty() && conversation.claimed.is_empty();
-            if idle && conversation.gate == Gate::Idle {
-                if let Some(key) = conversation.key.take() {
-                    self.conversation_index.remove(&key);
-                    conversation.open = VecDeque::new();
-                    conversation.claimed = Vec::new();
-                    self.free_conversations.push(index);
-                }
+        let (conversations, free) = (&mut self.conversations, &mut self.free_conversations);
+        self.conversation_index.retain(|_, &mut index| {
+            let Some(conversation) = conversations.get_mut(index) else { return false };
+            let idle =
+                conversation.open.is_empty() && conversation.claimed.is_empty() && conversation.gate == Gate::Idle;
+            if idle {
+                // Free its buffers; the slot goes to the next new conversation.
+                *conversation = Conversation { open: VecDeque::new(), claimed: Vec::new(), gate: Gate::Idle };
+                free.push(index);
             }
-        }
+            !idle
+        });
         let before_len = self.rows.len();
         self.rows.retain(|r| {
             !(matches!(r.status, QueueStatus::Done | QueueStatus::Failed) && r.finished_at.is_some_and(|f| f < before))
