@@ -445,19 +445,34 @@ fn claim<T, R>(
     let now = request.now.as_unix_millis();
     let limit = request.limit.min(Page::MAX_LIMIT) as usize;
     let lease_until = request.lease_until().as_unix_millis();
-    let mut queues: Vec<&mut Queue<T>> = match request.org_id.as_deref() {
-        Some(org_id) => vec![queue(inner.org(org_id)?)],
-        None => inner.orgs.values_mut().map(queue).collect(),
+    let Some(org_id) = request.org_id.as_deref() else {
+        return Ok(claim_across(inner.orgs.values_mut().map(queue).collect(), now, limit, lease_until, output));
     };
-    // Each queue's own picks are in order and at most `limit`; across organizations the
-    // earliest `limit` win and the rest go back. Ids are unique across organizations.
+    let mut out = Vec::with_capacity(limit.min(64));
+    queue(inner.org(org_id)?).pick(now, limit, |queue, (_, id)| {
+        queue.take_claim(id, lease_until);
+        if let Some(row) = queue.rows.get(id) {
+            out.push(output(id, row));
+        }
+    });
+    Ok(out)
+}
+
+/// [`claim`] for every organization: each queue's picks are in order and at most `limit`;
+/// the earliest `limit` of all win and the rest go back. Ids are unique across
+/// organizations.
+fn claim_across<T, R>(
+    mut queues: Vec<&mut Queue<T>>,
+    now: i64,
+    limit: usize,
+    lease_until: i64,
+    output: impl Fn(i64, &QueueRow<T>) -> R,
+) -> Vec<R> {
     let mut candidates: Vec<((i64, i64), usize)> = Vec::new();
     for (q, queue) in queues.iter_mut().enumerate() {
-        candidates.extend(queue.pick(now, limit).into_iter().map(|c| (c, q)));
+        queue.pick(now, limit, |_, candidate| candidates.push((candidate, q)));
     }
-    if queues.len() > 1 {
-        candidates.sort_unstable();
-    }
+    candidates.sort_unstable();
     let mut out = Vec::with_capacity(candidates.len().min(limit));
     for (n, ((_, id), q)) in candidates.into_iter().enumerate() {
         let queue = &mut queues[q];
@@ -470,7 +485,7 @@ fn claim<T, R>(
             queue.release(id);
         }
     }
-    Ok(out)
+    out
 }
 
 #[async_trait]

@@ -310,14 +310,14 @@ impl<T> Queue<T> {
         index
     }
 
-    /// Takes the claimable heads at `now`, in `(due_at, id)` order, at most `limit`, out of
-    /// the index: each must then be [`take_claim`](Queue::take_claim)ed or
-    /// [`release`](Queue::release)d before the store's lock is let go.
-    pub(super) fn pick(&mut self, now: i64, limit: usize) -> Vec<(i64, i64)> {
+    /// Takes the claimable heads at `now` out of the index, in `(due_at, id)` order, at most
+    /// `limit`, handing each to `take` — which must [`take_claim`](Queue::take_claim) or
+    /// [`release`](Queue::release) it before the store's lock is let go.
+    pub(super) fn pick(&mut self, now: i64, limit: usize, mut take: impl FnMut(&mut Self, (i64, i64))) {
         self.open_gates(now);
-        let mut picked = Vec::new();
+        let mut taken = 0;
         let mut passed_over = Vec::new();
-        while picked.len() < limit {
+        while taken < limit {
             let Some(entry) = self.ready.peek() else { break };
             let (due_at, id, index) = entry;
             if due_at > now {
@@ -329,7 +329,8 @@ impl<T> Queue<T> {
             }
             if self.head_claimable(index, now) {
                 self.set_gate(index, Gate::Idle);
-                picked.push((due_at, id));
+                take(self, (due_at, id));
+                taken += 1;
             } else {
                 // Only when callers' clocks disagree (this one is behind a retry time or a
                 // lease end another claim already moved past): it stays ready.
@@ -337,7 +338,6 @@ impl<T> Queue<T> {
             }
         }
         self.ready.heap.extend(passed_over.into_iter().map(Reverse));
-        picked
     }
 
     /// Moves the conversations whose retry time came or whose leases all ended to `Ready`
@@ -658,11 +658,11 @@ mod tests {
                     let limit = rng.below(4) as usize;
                     let lease_until = now + rng.below(12);
                     let expected = model.claim(now, limit, lease_until);
-                    let picked = queue.pick(now, limit);
-                    for &(_, id) in &picked {
+                    let mut got = Vec::new();
+                    queue.pick(now, limit, |queue, (_, id)| {
                         queue.take_claim(id, lease_until);
-                    }
-                    let got: Vec<i64> = picked.iter().map(|&(_, id)| id).collect();
+                        got.push(id);
+                    });
                     assert_eq!(got, expected, "seed {seed} step {step}: claim at {now} limit {limit}");
                 }
                 65..=84 => {
