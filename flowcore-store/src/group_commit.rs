@@ -94,23 +94,51 @@ pub(crate) fn copy_error(error: &StoreError) -> StoreError {
     }
 }
 
-/// The queue writes wait in, and the writer tasks that drain it.
+impl Write {
+    /// Inbox inserts are what a webhook's `200` waits for; they go first.
+    fn is_urgent(&self) -> bool {
+        matches!(self, Write::InsertInbox { .. })
+    }
+
+    /// A unit of work is several statements; the rest are one row each.
+    fn cost(&self) -> usize {
+        match self {
+            Write::Commit { .. } => UNIT_OF_WORK_COST,
+            _ => 1,
+        }
+    }
+}
+
+/// What a unit of work counts for against a batch's `max_batch`.
+const UNIT_OF_WORK_COST: usize = 8;
+
+/// The queues writes wait in, and the writer tasks that drain them.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
-    sender: mpsc::UnboundedSender<Write>,
+    urgent: mpsc::UnboundedSender<Write>,
+    other: mpsc::UnboundedSender<Write>,
+}
+
+/// Both queues, read by one writer at a time.
+struct Queues {
+    urgent: mpsc::UnboundedReceiver<Write>,
+    other: mpsc::UnboundedReceiver<Write>,
 }
 
 impl GroupCommit {
-    /// Starts `lanes` writer tasks on the current tokio runtime; each takes up to `max_batch`
-    /// queued writes at a time and hands them to `run`. The tasks end when this value is
-    /// dropped.
+    /// Starts `lanes` writer tasks on the current tokio runtime; each takes every queued
+    /// inbox insert plus other writes up to a cost of `max_batch` (a unit of work counts
+    /// [`UNIT_OF_WORK_COST`]) and hands them to `run`. Small batches keep a webhook's wait
+    /// for its insert short even when many units of work are queued. The tasks end when this
+    /// value is dropped.
     pub(crate) fn start<F, Fut>(lanes: usize, max_batch: usize, run: F) -> GroupCommit
     where
         F: Fn(Vec<Write>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (urgent, urgent_receiver) = mpsc::unbounded_channel();
+        let (other, other_receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(Queues { urgent: urgent_receiver, other: other_receiver }));
         let run = Arc::new(run);
         let max_batch = max_batch.max(1);
         for _ in 0..lanes.max(1) {
@@ -122,28 +150,43 @@ impl GroupCommit {
                 }
             });
         }
-        GroupCommit { sender }
+        GroupCommit { urgent, other }
     }
 
     /// Queues a write built around its reply channel and waits for the result.
     pub(crate) async fn submit<T>(&self, write: impl FnOnce(Reply<T>) -> Write) -> StoreResult<T> {
         let (reply, result) = oneshot::channel();
-        self.sender.send(write(reply)).map_err(|_| StoreError::Closed)?;
+        let write = write(reply);
+        let queue = if write.is_urgent() { &self.urgent } else { &self.other };
+        queue.send(write).map_err(|_| StoreError::Closed)?;
         // The writer drops the reply only when its runtime is shutting down.
         result.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
-/// Waits for a write, then takes whatever else is queued, up to `max`. `None` once every
-/// sender is gone.
-async fn next_batch(receiver: &Mutex<mpsc::UnboundedReceiver<Write>>, max: usize) -> Option<Vec<Write>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = Vec::with_capacity(max.min(64));
+/// Waits for a write, then takes every queued insert and other writes up to a cost of
+/// `max`. `None` once every sender is gone.
+async fn next_batch(queues: &Mutex<Queues>, max: usize) -> Option<Vec<Write>> {
+    let mut queues = queues.lock().await;
+    let queues = &mut *queues;
+    let first = tokio::select! {
+        biased;
+        Some(write) = queues.urgent.recv() => write,
+        Some(write) = queues.other.recv() => write,
+        else => return None,
+    };
+    let mut cost = first.cost();
+    let mut batch = Vec::with_capacity(64);
     batch.push(first);
-    while batch.len() < max {
-        match receiver.try_recv() {
-            Ok(write) => batch.push(write),
+    while let Ok(write) = queues.urgent.try_recv() {
+        batch.push(write);
+    }
+    while cost < max {
+        match queues.other.try_recv() {
+            Ok(write) => {
+                cost += write.cost();
+                batch.push(write);
+            }
             Err(_) => break,
         }
     }
