@@ -247,6 +247,69 @@ mod tests {
         assert!(matches!(result, Err(StoreError::Database(m)) if m.contains("disk full")));
     }
 
+    /// On a current-thread runtime, so that the order things queue in is deterministic.
+    #[tokio::test]
+    async fn inserts_jump_the_queue_and_batches_are_capped() {
+        use crate::types::{ConversationKey, NewInboxEvent};
+        let batches = Arc::new(std::sync::Mutex::new(Vec::<Vec<&'static str>>::new()));
+        let (started, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let (seen, started_in, release_in) = (batches.clone(), started.clone(), release.clone());
+        let queue = Arc::new(GroupCommit::start(1, 16, move |batch: Vec<Write>| {
+            let (seen, started, release) = (seen.clone(), started_in.clone(), release_in.clone());
+            async move {
+                let kinds = batch
+                    .iter()
+                    .map(|w| match w {
+                        Write::InsertInbox { .. } => "insert",
+                        Write::Commit { .. } => "commit",
+                        Write::Finish { .. } => "finish",
+                    })
+                    .collect();
+                let first_batch = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(kinds);
+                    seen.len() == 1
+                };
+                if first_batch {
+                    // Hold the writer until everything below has queued up.
+                    started.notify_one();
+                    release.notified().await;
+                }
+                batch.into_iter().for_each(|write| write.fail(&StoreError::Closed));
+            }
+        }));
+        let now = Timestamp::from_unix_millis(1);
+        let mut tasks = Vec::new();
+        let q = queue.clone();
+        let claim = Claim { id: 0, attempt: 1 };
+        tasks.push(tokio::spawn(async move {
+            q.submit(|reply| Write::Finish { org_id: "o".into(), claim, change: done(0), reply }).await
+        }));
+        started.notified().await;
+        for _ in 0..4 {
+            let q = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                q.submit(|reply| Write::Commit { commit: Box::new(Commit::new("o", now)), reply }).await.map(drop)
+            }));
+        }
+        let q = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let event = NewInboxEvent::message(ConversationKey::new("o", "b", "c"), "m", serde_json::json!({}), now);
+            q.submit(|reply| Write::InsertInbox { event, reply }).await.map(drop)
+        }));
+        // Let every spawned task run up to its wait for a result (it has queued its write).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+        for task in tasks {
+            let _ = task.await.unwrap();
+        }
+        let batches = batches.lock().unwrap().clone();
+        // Queued last, the insert runs first; two units of work (cost 8 each) fill a batch.
+        assert_eq!(batches, vec![vec!["finish"], vec!["insert", "commit", "commit"], vec!["commit", "commit"]]);
+    }
+
     #[test]
     fn changes_name_their_queue() {
         assert!(!done(1).is_outbox());
