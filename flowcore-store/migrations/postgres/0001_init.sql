@@ -1,4 +1,12 @@
 -- flowcore-store schema v1 (PostgreSQL). Times are unix milliseconds (BIGINT).
+--
+-- The inbox and the outbox are queues handed out one conversation at a time, in (due_at, id)
+-- order. `head` marks the first unfinished row of its conversation: claims walk only the
+-- heads (a partial index as small as the number of busy conversations), so their cost does
+-- not grow with the rows waiting behind them. The store keeps `head` true on every
+-- conversation's first unfinished row, changing it only under a per-conversation advisory
+-- lock (see postgres.rs); a row that stopped being first (an earlier one was inserted)
+-- keeps its mark, and claims check the order again anyway.
 
 CREATE TABLE IF NOT EXISTS organizations (
     id         TEXT PRIMARY KEY,
@@ -61,11 +69,19 @@ CREATE TABLE IF NOT EXISTS inbox (
     retry_at           BIGINT,
     last_error         TEXT,
     finished_at        BIGINT,
+    head               BOOLEAN NOT NULL DEFAULT false,
     UNIQUE (org_id, message_id)
 );
-CREATE INDEX IF NOT EXISTS inbox_open ON inbox (due_at, id) WHERE status IN ('pending', 'claimed');
+-- What claims walk: the conversations' first unfinished rows, in order.
+CREATE INDEX IF NOT EXISTS inbox_heads ON inbox (due_at, id) WHERE head AND status IN ('pending', 'claimed');
+-- A conversation's unfinished rows in order: finding its first one, checking a claim's turn.
+-- The contact leads (the three are always given together): a lookup of one row by id and
+-- organization must not mistake these for a way in by organization.
 CREATE INDEX IF NOT EXISTS inbox_open_conversation
-    ON inbox (org_id, business_number_id, contact_id, due_at, id) WHERE status IN ('pending', 'claimed');
+    ON inbox (contact_id, business_number_id, org_id, due_at, id) WHERE status IN ('pending', 'claimed');
+-- Rows out with a worker: one live lease per conversation.
+CREATE INDEX IF NOT EXISTS inbox_claimed
+    ON inbox (contact_id, business_number_id, org_id) WHERE status = 'claimed';
 CREATE INDEX IF NOT EXISTS inbox_finished ON inbox (org_id, finished_at) WHERE status IN ('done', 'failed');
 
 CREATE TABLE IF NOT EXISTS outbox (
@@ -86,11 +102,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivery           TEXT,
     delivery_rank      BIGINT NOT NULL DEFAULT 0,
     delivery_at        BIGINT,
-    finished_at        BIGINT
+    finished_at        BIGINT,
+    head               BOOLEAN NOT NULL DEFAULT false
 );
-CREATE INDEX IF NOT EXISTS outbox_open ON outbox (due_at, id) WHERE status IN ('pending', 'claimed');
+-- What claims walk: the conversations' first unfinished rows, in order.
+CREATE INDEX IF NOT EXISTS outbox_heads ON outbox (due_at, id) WHERE head AND status IN ('pending', 'claimed');
+-- A conversation's unfinished rows in order: finding its first one, checking a claim's turn.
+-- The contact leads (the three are always given together): a lookup of one row by id and
+-- organization must not mistake these for a way in by organization.
 CREATE INDEX IF NOT EXISTS outbox_open_conversation
-    ON outbox (org_id, business_number_id, contact_id, due_at, id) WHERE status IN ('pending', 'claimed');
+    ON outbox (contact_id, business_number_id, org_id, due_at, id) WHERE status IN ('pending', 'claimed');
+-- Rows out with a worker: one live lease per conversation.
+CREATE INDEX IF NOT EXISTS outbox_claimed
+    ON outbox (contact_id, business_number_id, org_id) WHERE status = 'claimed';
 CREATE INDEX IF NOT EXISTS outbox_wamid ON outbox (org_id, wamid) WHERE wamid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_finished ON outbox (org_id, finished_at) WHERE status IN ('done', 'failed');
 
