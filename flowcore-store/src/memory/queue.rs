@@ -12,13 +12,16 @@
 //! - `Waiting`: its head backs off until `retry_at` — a claim first moves the ones whose
 //!   time came to `Ready`;
 //! - `Leased`: a row is claimed — a claim first moves the ones whose last lease ended;
-//! - `Idle`: no open rows.
+//! - `Idle`: no open rows (or, for the length of one claim, picked by it).
 //!
 //! The gates are min-heaps with lazy deletion: leaving a gate only changes the
 //! conversation's `gate` field, and a heap entry that no longer matches it is dropped when
 //! it surfaces (or when stale entries outnumber live ones, see [`GateHeap`]). Every claim
 //! still checks its candidates exactly against the request's clock, so callers whose clocks
 //! disagree get the same answers as from a scan, only the common case is fast.
+//!
+//! [`Queue::reclaim`] and [`Queue::purge_finished`] visit every conversation the queue
+//! knows (idle ones until a purge forgets them): they are housekeeping, not per message.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -46,7 +49,8 @@ pub(super) struct QueueRow<T> {
 }
 
 impl<T> QueueRow<T> {
-    fn claimed_at(&self, now: i64) -> bool {
+    /// Claimed under a lease still live at `now`.
+    fn under_live_lease(&self, now: i64) -> bool {
         self.status == QueueStatus::Claimed && self.lease_until.is_some_and(|l| l >= now)
     }
 
@@ -366,7 +370,7 @@ impl<T> Queue<T> {
     /// The exact claim rule for one conversation at `now`.
     fn head_claimable(&self, index: usize, now: i64) -> bool {
         let Some(conversation) = self.conversations.get(index) else { return false };
-        let busy = conversation.claimed.iter().any(|&id| self.rows.get(id).is_some_and(|r| r.claimed_at(now)));
+        let busy = conversation.claimed.iter().any(|&id| self.rows.get(id).is_some_and(|r| r.under_live_lease(now)));
         !busy
             && conversation
                 .open
