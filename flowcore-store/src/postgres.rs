@@ -332,13 +332,21 @@ async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) ->
 
 async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
-    let sql = format!(
-        "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status, head)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', NOT {})
+    // Takes no conversation lock (a webhook's `200` waits for this): it share-locks one
+    // earlier unfinished row instead, which cannot then be finished before this insert is
+    // committed, so whoever finishes it later sees this row. Rows locked by a finisher (or a
+    // claim) are skipped; if every earlier row is, this row is marked a head too — a stale
+    // mark at worst, which claims check.
+    let id: Option<i64> = sqlx::query_scalar(
+        "WITH earlier AS (
+             SELECT e.id FROM inbox e
+             WHERE e.org_id = $1 AND e.business_number_id = $2 AND e.contact_id = $3
+               AND e.status IN ('pending', 'claimed') AND e.due_at <= $8
+             LIMIT 1 FOR SHARE SKIP LOCKED)
+         INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status, head)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'pending', NOT EXISTS (SELECT 1 FROM earlier)
          ON CONFLICT (org_id, message_id) DO NOTHING RETURNING id",
-        earlier_unfinished("inbox", "$1", "$2", "$3", "$8")
-    );
-    let id: Option<i64> = sqlx::query_scalar(&sql)
+    )
         .bind(&c.org_id)
         .bind(&c.business_number_id)
         .bind(&c.contact_id)
@@ -481,11 +489,17 @@ const LOCK_SPACE: i32 = 0x666c_6f77;
 /// on each other in a cycle). Conversations come from the given inbox and outbox rows and
 /// from the (organization, business number, contact) arrays; a hash collision only makes
 /// two conversations wait for each other.
+/// The rows about to be finished are row-locked first: an inbox insert (which takes no
+/// conversation lock) skips them when it looks for an earlier row to lean on.
 const LOCK_CONVERSATIONS: &str = "
+WITH finishing_inbox AS (
+         SELECT org_id, business_number_id, contact_id FROM inbox WHERE id = ANY($2) FOR NO KEY UPDATE),
+     finishing_outbox AS (
+         SELECT org_id, business_number_id, contact_id FROM outbox WHERE id = ANY($3) FOR NO KEY UPDATE)
 SELECT pg_advisory_xact_lock($1, k) FROM (
     SELECT DISTINCT hashtext(org_id || chr(31) || business_number_id || chr(31) || contact_id) AS k FROM (
-        SELECT org_id, business_number_id, contact_id FROM inbox WHERE id = ANY($2)
-        UNION ALL SELECT org_id, business_number_id, contact_id FROM outbox WHERE id = ANY($3)
+        SELECT * FROM finishing_inbox
+        UNION ALL SELECT * FROM finishing_outbox
         UNION ALL SELECT * FROM unnest($4::text[], $5::text[], $6::text[])
     ) AS conversation (org_id, business_number_id, contact_id)
 ) AS keys ORDER BY k";
@@ -499,7 +513,8 @@ SELECT pg_advisory_xact_lock($1, k) FROM (
 /// open, the finish does not see the insert) and leave the conversation without a head,
 /// never claimed again. Under the lock, READ COMMITTED's next statement sees everything
 /// the previous holder committed. Claims, retries and reclaims leave the set of unfinished
-/// rows as it is and take no lock.
+/// rows as it is and take no lock; inbox inserts lean on a row lock instead (see
+/// `insert_inbox_tx`).
 #[derive(Default)]
 struct ConversationLocks<'a> {
     inbox_rows: Vec<i64>,
@@ -1203,15 +1218,11 @@ impl MessageLog for PostgresStore {
 impl Inbox for PostgresStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
         self.check_org(&event.conversation.org_id).await?;
-        // Not through the group commit: a webhook's `200` waits for this, and a queue shared
-        // with units of work (and their conversation locks) made that wait several times
-        // longer under load. Concurrent inserts still share WAL flushes (PostgreSQL groups
-        // the flushes of commits that arrive together).
+        // Not through the group commit and without a conversation lock: a webhook's `200`
+        // waits for this, and waiting behind units of work (and their conversation locks)
+        // made that wait several times longer under load. Concurrent inserts still share
+        // WAL flushes (PostgreSQL groups the flushes of commits that arrive together).
         let mut tx = self.begin().await?;
-        let c = &event.conversation;
-        let mut locks = ConversationLocks::default();
-        locks.conversation(&c.org_id, &c.business_number_id, &c.contact_id);
-        locks.take(&mut tx).await?;
         let inserted = insert_inbox_tx(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(inserted)

@@ -4,9 +4,9 @@
 -- order. `head` marks the first unfinished row of its conversation: claims walk only the
 -- heads (a partial index as small as the number of busy conversations), so their cost does
 -- not grow with the rows waiting behind them. The store keeps `head` true on every
--- conversation's first unfinished row, changing it only under a per-conversation advisory
--- lock (see postgres.rs); a row that stopped being first (an earlier one was inserted)
--- keeps its mark, and claims check the order again anyway.
+-- conversation's first unfinished row (finishes under a per-conversation advisory lock,
+-- inbox inserts leaning on a row lock; see postgres.rs). A row that stopped being first
+-- (an earlier one was inserted) keeps its mark, and claims check the order again anyway.
 
 CREATE TABLE IF NOT EXISTS organizations (
     id         TEXT PRIMARY KEY,
