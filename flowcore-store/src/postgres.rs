@@ -205,6 +205,17 @@ type Tx = Transaction<'static, Postgres>;
 
 crate::sql_rows::row_decoders!(PgRow);
 
+/// The version of the active session for `key`, if any: what a refused compare-and-set found.
+async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'")
+        .bind(&k.org_id)
+        .bind(&k.business_number_id)
+        .bind(&k.contact_id)
+        .bind(&k.flow_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
 async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<SavedSession> {
     let state_text = state::encode(&write.session);
     let (current_node, wake_at) = state::meta(&write.session);
@@ -256,15 +267,7 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
         None => {
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'",
-            )
-            .bind(&k.org_id)
-            .bind(&k.business_number_id)
-            .bind(&k.contact_id)
-            .bind(&k.flow_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let found = active_version(tx, k).await?;
             Err(StoreError::Conflict { key: k.to_string(), expected: write.expected_version, found })
         }
     }
@@ -809,15 +812,7 @@ async fn commit_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutcome> {
     // backends do), then the claim.
     if let Some(w) = w {
         let k = &w.key;
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'",
-        )
-        .bind(&k.org_id)
-        .bind(&k.business_number_id)
-        .bind(&k.contact_id)
-        .bind(&k.flow_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let found = active_version(tx, k).await?;
         let claim_ok = row.try_get::<Option<bool>, _>("claim_ok")?.unwrap_or(false);
         if claim_ok || found.unwrap_or(0) != w.expected_version {
             return Err(StoreError::Conflict { key: k.to_string(), expected: w.expected_version, found });

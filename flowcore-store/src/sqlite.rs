@@ -232,6 +232,17 @@ type Tx = Transaction<'static, Sqlite>;
 
 crate::sql_rows::row_decoders!(SqliteRow);
 
+/// The version of the active session for `key`, if any: what a refused compare-and-set found.
+async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT version FROM sessions WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'")
+        .bind(&k.org_id)
+        .bind(&k.business_number_id)
+        .bind(&k.contact_id)
+        .bind(&k.flow_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
 async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<SavedSession> {
     let state_text = state::encode(&write.session);
     let (current_node, wake_at) = state::meta(&write.session);
@@ -283,15 +294,7 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
         None => {
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM sessions WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'",
-            )
-            .bind(&k.org_id)
-            .bind(&k.business_number_id)
-            .bind(&k.contact_id)
-            .bind(&k.flow_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let found = active_version(tx, k).await?;
             Err(StoreError::Conflict { key: k.to_string(), expected: write.expected_version, found })
         }
     }
@@ -567,15 +570,7 @@ async fn commit_batch_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreRes
     if let Some(w) = &commit.session {
         if outcome.session.is_none() {
             let k = &w.key;
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM sessions WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'",
-            )
-            .bind(&k.org_id)
-            .bind(&k.business_number_id)
-            .bind(&k.contact_id)
-            .bind(&k.flow_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let found = active_version(tx, k).await?;
             return Err(StoreError::Conflict { key: k.to_string(), expected: w.expected_version, found });
         }
     }
