@@ -222,38 +222,29 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
     let now = write.now.as_unix_millis();
     let closed_at = (write.status == SessionStatus::Closed).then_some(now);
     let k = &write.key;
-    let row = if write.expected_version == 0 {
-        sqlx::query(
+    // The fifth parameter: the new session's flow version, or the version being replaced.
+    let (sql, fifth) = if write.expected_version == 0 {
+        (
             "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $12)
              ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
              RETURNING id, version",
+            write.flow_version,
         )
-        .bind(&k.org_id)
-        .bind(&k.business_number_id)
-        .bind(&k.contact_id)
-        .bind(&k.flow_id)
-        .bind(write.flow_version)
-        .bind(write.status.as_str())
-        .bind(state::STATE_SCHEMA_VERSION)
-        .bind(&state_text)
-        .bind(current_node)
-        .bind(wake_at.map(Timestamp::as_unix_millis))
-        .bind(now)
-        .bind(closed_at)
-        .fetch_optional(&mut **tx)
-        .await?
     } else {
-        sqlx::query(
+        (
             "UPDATE sessions SET version = version + 1, status = $6, state_schema = $7, state = $8, current_node = $9, wake_at = $10, updated_at = $11, closed_at = $12
              WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active' AND version = $5
              RETURNING id, version",
+            write.expected_version,
         )
+    };
+    let row = sqlx::query(sql)
         .bind(&k.org_id)
         .bind(&k.business_number_id)
         .bind(&k.contact_id)
         .bind(&k.flow_id)
-        .bind(write.expected_version)
+        .bind(fifth)
         .bind(write.status.as_str())
         .bind(state::STATE_SCHEMA_VERSION)
         .bind(&state_text)
@@ -262,8 +253,7 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
         .bind(now)
         .bind(closed_at)
         .fetch_optional(&mut **tx)
-        .await?
-    };
+        .await?;
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
         None => {
@@ -952,24 +942,6 @@ impl Organizations for PostgresStore {
             Err(e) => Err(e),
         }
     }
-}
-
-/// A session row selected with [`SESSION_INFO_COLS`], `state_schema` and `state`.
-fn stored_session(row: &PgRow) -> StoreResult<StoredSession> {
-    let info = session_info(row)?;
-    let text: String = row.try_get("state")?;
-    let session = state::decode(info.id, row.try_get("state_schema")?, &text)?;
-    Ok(StoredSession {
-        id: info.id,
-        key: info.key,
-        flow_version: info.flow_version,
-        version: info.version,
-        status: info.status,
-        session,
-        created_at: info.created_at,
-        updated_at: info.updated_at,
-        closed_at: info.closed_at,
-    })
 }
 
 #[async_trait]

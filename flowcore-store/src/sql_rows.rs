@@ -33,8 +33,8 @@ pub(crate) fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreRes
     }
 }
 
-/// Defines `conversation_of`, `session_info`, `inbox_event`, `outbox_message` and
-/// `log_entry` over the backend's row type.
+/// Defines `conversation_of`, `session_info`, `stored_session`, `inbox_event`,
+/// `outbox_message` and `log_entry` over the backend's row type.
 macro_rules! row_decoders {
     ($row:ty) => {
         fn conversation_of(row: &$row) -> StoreResult<ConversationKey> {
@@ -62,6 +62,24 @@ macro_rules! row_decoders {
                 created_at: ts(row.try_get("created_at")?),
                 updated_at: ts(row.try_get("updated_at")?),
                 closed_at: row.try_get::<Option<i64>, _>("closed_at")?.map(ts),
+            })
+        }
+
+        /// A session row selected with `SESSION_INFO_COLS`, `state_schema` and `state`.
+        fn stored_session(row: &$row) -> StoreResult<StoredSession> {
+            let info = session_info(row)?;
+            let text: &str = row.try_get("state")?;
+            let session = state::decode(info.id, row.try_get("state_schema")?, text)?;
+            Ok(StoredSession {
+                id: info.id,
+                key: info.key,
+                flow_version: info.flow_version,
+                version: info.version,
+                status: info.status,
+                session,
+                created_at: info.created_at,
+                updated_at: info.updated_at,
+                closed_at: info.closed_at,
             })
         }
 
