@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p flowcore-benches --bench store`
 //! (PostgreSQL runs when `FLOWCORE_TEST_POSTGRES_URL` is set, in a fresh schema that is
-//! dropped at the end even when a run fails; `FLOWCORE_BENCH_SCALE=0.1` shortens every run.)
+//! dropped at the end even when a run fails; `FLOWCORE_BENCH_SCALE=0.1` shortens every run;
+//! `FLOWCORE_BENCH_ONLY=sqlite` and `FLOWCORE_BENCH_TASKS=8` pick backends and concurrency.)
 //!
 //! - *unit of work*: one `Store::commit` = compare-and-set session save + 2 log rows +
 //!   1 outbox row + the (already claimed) inbox row marked done;
@@ -212,7 +213,7 @@ async fn inbox_round_trips(store: Arc<dyn Store>, tasks: u64, per_task: u64, tag
 
 async fn run(name: &str, store: Arc<dyn Store>, units: u64) {
     store.register_organization(ORG).await.unwrap();
-    for tasks in TASKS {
+    for tasks in TASKS.into_iter().filter(|t| tasks_enabled(*t)) {
         let per_task = scale(units) / tasks;
         let u = units_of_work(store.clone(), tasks, per_task, &format!("u{tasks}")).await;
         let cpu = LAST_CPU_SHARE.load(Ordering::Relaxed);
@@ -261,7 +262,8 @@ impl Drop for DropSchemas {
 /// Runs the PostgreSQL benches, each configuration in a fresh schema; the schemas are dropped
 /// at the end, also when a run fails.
 async fn postgres(url: String) {
-    let configs = [("postgres", false), ("pg-async", true)];
+    let configs: Vec<_> =
+        [("postgres", false), ("pg-async", true)].into_iter().filter(|(name, _)| enabled(name)).collect();
     let schemas: Vec<String> = configs
         .iter()
         .map(|(name, _)| format!("flowcore_bench_{}_{}", std::process::id(), name.replace('-', "_")))
@@ -280,7 +282,13 @@ async fn postgres(url: String) {
     }
 }
 
-/// `FLOWCORE_BENCH_ONLY=memory,sqlite,postgres` (default all) picks the backends.
+/// `FLOWCORE_BENCH_TASKS=1,8` (default all of [`TASKS`]) picks the concurrency levels.
+fn tasks_enabled(tasks: u64) -> bool {
+    std::env::var("FLOWCORE_BENCH_TASKS").map_or(true, |only| only.split(',').any(|t| t.trim() == tasks.to_string()))
+}
+
+/// `FLOWCORE_BENCH_ONLY=memory,sqlite,postgres,pg-async` (default all) picks the backends
+/// (`pg-async`, PostgreSQL with asynchronous commit, runs with `postgres` only).
 fn enabled(backend: &str) -> bool {
     std::env::var("FLOWCORE_BENCH_ONLY").map_or(true, |only| only.split(',').any(|b| b.trim() == backend))
 }

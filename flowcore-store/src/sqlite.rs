@@ -24,6 +24,7 @@ use crate::state;
 use crate::traits::*;
 use crate::types::*;
 
+mod grouped_units;
 mod writer;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use super::{commit_batch_tx, commit_scheduled_tx, finish_claim_tx, insert_inbox_tx, Tx};
+use super::{commit_batch_tx, commit_scheduled_tx, finish_claim_tx, grouped_units, insert_inbox_tx, Tx};
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{copy_error, ClaimChange, Reply, Write};
 use crate::types::{Claim, Commit, CommitOutcome, InboxInsert, NewInboxEvent};
@@ -301,8 +301,37 @@ fn change_values(change: &ClaimChange) -> (i64, Option<String>) {
     }
 }
 
-/// The batch's units of work, each in its savepoint.
+/// The batch's units of work: grouped into one query when every unit's checks hold (see
+/// `grouped_units.rs`), else each in its savepoint.
 async fn commit_all(
+    tx: &mut Tx,
+    commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
+    answers: &mut Vec<Answer>,
+) -> StoreResult<()> {
+    let units: Vec<&Commit> = commits.iter().map(|(commit, _)| &**commit).collect();
+    if grouped_units::worth_grouping(&units) {
+        let grouped = grouped_units::commit_grouped(tx, &units).await;
+        drop(units);
+        match grouped {
+            Ok(Some(outcomes)) => {
+                for ((_, reply), outcome) in commits.into_iter().zip(outcomes) {
+                    answers.push(Answer::Commit(reply, Ok(outcome)));
+                }
+                return Ok(());
+            }
+            // A check did not hold: one by one below, each refusal diagnosed on its own.
+            Ok(None) => {}
+            Err(e) => {
+                commits.into_iter().for_each(|(_, reply)| answers.push(Answer::Commit(reply, Err(copy_error(&e)))));
+                return Err(e);
+            }
+        }
+    }
+    one_by_one(tx, commits, answers).await
+}
+
+/// Units of work, each in its savepoint.
+async fn one_by_one(
     tx: &mut Tx,
     commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
     answers: &mut Vec<Answer>,

@@ -1,0 +1,605 @@
+//! A batch's units of work as one query: every session save, handled inbox row, log row,
+//! reply and wake-up of the batch in one multi-row statement per kind, behind one savepoint.
+//!
+//! Run one by one, each unit is a query of its own, and each query and each row it returns
+//! is a hand-off between the async side and sqlx's connection thread (a thread wake-up
+//! each), which costs more than SQLite's own work. Grouped, a batch is one query and about
+//! ten hand-offs, whatever its size.
+//!
+//! The grouped statements cannot tell which unit a refused check belongs to, so they only
+//! count: every compare-and-set must match, every claim must hold, every wake-up must be new.
+//! If any count falls short, the savepoint is rolled back and the caller runs the units one
+//! by one, where each refusal is diagnosed on its own. Refusals are rare (a lost race, a
+//! lost lease), so the common batch costs one query.
+
+use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteQueryResult, SqliteRow};
+use sqlx::{Either, Row, Sqlite};
+
+use super::Tx;
+use crate::error::{StoreError, StoreResult};
+use crate::state;
+use crate::types::{Commit, CommitOutcome, InboxInsert, SavedSession, SessionStatus};
+
+/// SQLite's bound on parameters per statement is 32,766: batches that would need more run
+/// one by one.
+const MAX_PARAMETERS_PER_STATEMENT: usize = 30_000;
+
+/// What a statement of the grouped query is, to read its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Savepoint,
+    /// One row: the ids of the active sessions about to be updated, in unit order.
+    SessionIds,
+    /// Compare-and-set updates; must change this many rows.
+    SessionUpdates(usize),
+    /// New sessions; must insert this many rows.
+    SessionInserts(usize),
+    /// Handled inbox rows marked done; must change this many rows.
+    InboxDone(usize),
+    LogRows(usize),
+    Replies(usize),
+    /// Wake-ups; must insert this many rows (a duplicate is diagnosed one by one).
+    WakeUps(usize),
+}
+
+impl Step {
+    /// Rows the statement must change for the batch to stand.
+    fn expected_changes(self) -> Option<usize> {
+        match self {
+            Step::Savepoint | Step::SessionIds => None,
+            Step::SessionUpdates(n)
+            | Step::SessionInserts(n)
+            | Step::InboxDone(n)
+            | Step::LogRows(n)
+            | Step::Replies(n)
+            | Step::WakeUps(n) => Some(n),
+        }
+    }
+}
+
+/// The grouped query under construction: its text, its arguments in order, its statements.
+struct GroupedQuery<'q> {
+    /// One statement per line, `;`-terminated.
+    sql: String,
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    steps: Vec<Step>,
+}
+
+impl<'q> GroupedQuery<'q> {
+    fn new() -> Self {
+        GroupedQuery { sql: String::with_capacity(4096), query: sqlx::query(""), steps: Vec::with_capacity(8) }
+    }
+
+    /// Appends `head`, then `rows` tuples of `width` placeholders, then `tail`; `bind` binds
+    /// each row's values in order.
+    fn multi_row<T>(
+        &mut self,
+        step: Step,
+        head: &str,
+        rows: &[T],
+        width: usize,
+        tail: &str,
+        mut bind: impl FnMut(
+            sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+            &T,
+        ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let tuple = format!("({})", vec!["?"; width].join(", "));
+        self.sql.push_str(head);
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.sql.push_str(&tuple);
+            let query = std::mem::replace(&mut self.query, sqlx::query(""));
+            self.query = bind(query, row);
+        }
+        self.sql.push_str(tail);
+        self.sql.push_str(";\n");
+        self.steps.push(step);
+    }
+}
+
+/// Whether `commits` may run grouped: more than one, and no statement over SQLite's bound.
+pub(super) fn worth_grouping(commits: &[&Commit]) -> bool {
+    let rows = |f: fn(&Commit) -> usize| commits.iter().map(|c| f(c)).sum::<usize>();
+    commits.len() > 1
+        && rows(|c| c.log.len()) * 11 <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.outbox.len()) * 6 <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.schedule.len()) * 8 <= MAX_PARAMETERS_PER_STATEMENT
+        && commits.len() * 13 <= MAX_PARAMETERS_PER_STATEMENT
+}
+
+/// Writes `commits` as one query. `Ok(None)`: some unit's check did not hold; nothing of
+/// them was written (the savepoint was rolled back) and the caller runs them one by one.
+/// `Err`: the transaction cannot go on.
+pub(super) async fn commit_grouped(tx: &mut Tx, commits: &[&Commit]) -> StoreResult<Option<Vec<CommitOutcome>>> {
+    let query = build(commits);
+    match run(tx, query).await {
+        Ok(Some(results)) => Ok(Some(outcomes(commits, &results)?)),
+        Err(e @ StoreError::Closed) => Err(e),
+        // A check fell short, or a statement failed (one unit's bad value, say): nothing of
+        // the group stays, and each unit meets its own result one by one.
+        Ok(None) | Err(_) => {
+            sqlx::query("ROLLBACK TO grouped; RELEASE grouped;").execute(&mut **tx).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The units whose session save updates an active session.
+fn updates<'c>(commits: &[&'c Commit]) -> Vec<&'c Commit> {
+    commits.iter().copied().filter(|c| c.session.as_ref().is_some_and(|w| w.expected_version > 0)).collect()
+}
+
+/// The units whose session save creates a session.
+fn creates<'c>(commits: &[&'c Commit]) -> Vec<&'c Commit> {
+    commits.iter().copied().filter(|c| c.session.as_ref().is_some_and(|w| w.expected_version == 0)).collect()
+}
+
+/// The grouped query, every value bound (owned): statements in a fixed order, each kind of
+/// row in unit order.
+fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
+    let (updates, creates) = (updates(commits), creates(commits));
+    let done: Vec<&Commit> = commits.iter().copied().filter(|c| c.inbox_done.is_some()).collect();
+    let log: Vec<_> = commits.iter().flat_map(|c| c.log.iter().map(move |e| (c.org_id.as_str(), e))).collect();
+    let outbox: Vec<_> = commits.iter().flat_map(|c| c.outbox.iter().map(move |m| (c.org_id.as_str(), m))).collect();
+    let schedule: Vec<_> = commits.iter().flat_map(|c| c.schedule.iter()).collect();
+
+    let mut q = GroupedQuery::new();
+    q.sql.push_str("SAVEPOINT grouped;\n");
+    q.steps.push(Step::Savepoint);
+    q.multi_row(
+        Step::SessionIds,
+        "SELECT group_concat(COALESCE((SELECT s.id FROM sessions s
+                 WHERE s.org_id = v.column2 AND s.business_number_id = v.column3 AND s.contact_id = v.column4
+                   AND s.flow_id = v.column5 AND s.status = 'active'), 0), ',' ORDER BY v.column1)
+         FROM (VALUES ",
+        &updates.iter().enumerate().collect::<Vec<_>>(),
+        5,
+        ") AS v",
+        |query, (n, c)| {
+            let k = &c.session.as_ref().expect("an update").key;
+            query
+                .bind(*n as i64)
+                .bind(k.org_id.clone())
+                .bind(k.business_number_id.clone())
+                .bind(k.contact_id.clone())
+                .bind(k.flow_id.clone())
+        },
+    );
+    q.multi_row(
+        Step::SessionUpdates(updates.len()),
+        "UPDATE sessions SET version = sessions.version + 1, status = v.column6, state_schema = v.column7,
+                state = v.column8, current_node = v.column9, wake_at = v.column10, updated_at = v.column11,
+                closed_at = v.column12
+         FROM (VALUES ",
+        &updates,
+        12,
+        ") AS v
+         WHERE sessions.org_id = v.column1 AND sessions.business_number_id = v.column2
+           AND sessions.contact_id = v.column3 AND sessions.flow_id = v.column4
+           AND sessions.status = 'active' AND sessions.version = v.column5",
+        |query, c| {
+            let w = c.session.as_ref().expect("an update");
+            let (current_node, wake_at) = state::meta(&w.session);
+            let now = w.now.as_unix_millis();
+            query
+                .bind(w.key.org_id.clone())
+                .bind(w.key.business_number_id.clone())
+                .bind(w.key.contact_id.clone())
+                .bind(w.key.flow_id.clone())
+                .bind(w.expected_version)
+                .bind(w.status.as_str())
+                .bind(state::STATE_SCHEMA_VERSION)
+                .bind(state::encode(&w.session))
+                .bind(current_node)
+                .bind(wake_at.map(|t| t.as_unix_millis()))
+                .bind(now)
+                .bind((w.status == SessionStatus::Closed).then_some(now))
+        },
+    );
+    q.multi_row(
+        Step::SessionInserts(creates.len()),
+        "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status,
+                               state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
+         VALUES ",
+        &creates,
+        14,
+        " ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING",
+        |query, c| {
+            let w = c.session.as_ref().expect("a new session");
+            let (current_node, wake_at) = state::meta(&w.session);
+            let now = w.now.as_unix_millis();
+            query
+                .bind(w.key.org_id.clone())
+                .bind(w.key.business_number_id.clone())
+                .bind(w.key.contact_id.clone())
+                .bind(w.key.flow_id.clone())
+                .bind(w.flow_version)
+                .bind(1_i64)
+                .bind(w.status.as_str())
+                .bind(state::STATE_SCHEMA_VERSION)
+                .bind(state::encode(&w.session))
+                .bind(current_node)
+                .bind(wake_at.map(|t| t.as_unix_millis()))
+                .bind(now)
+                .bind(now)
+                .bind((w.status == SessionStatus::Closed).then_some(now))
+        },
+    );
+    q.multi_row(
+        Step::InboxDone(done.len()),
+        "UPDATE inbox SET status = 'done', lease_until = NULL, finished_at = v.column4 FROM (VALUES ",
+        &done,
+        4,
+        ") AS v WHERE inbox.org_id = v.column1 AND inbox.id = v.column2 AND inbox.status = 'claimed'
+                AND inbox.attempts = v.column3",
+        |query, c| {
+            let claim = c.inbox_done.expect("a handled row");
+            query.bind(c.org_id.clone()).bind(claim.id).bind(claim.attempt).bind(c.now.as_unix_millis())
+        },
+    );
+    q.multi_row(
+        Step::LogRows(log.len()),
+        "INSERT INTO message_log (org_id, business_number_id, contact_id, flow_id, direction, content_text,
+                                  content_json, node_id, wamid, at, metadata)
+         VALUES ",
+        &log,
+        11,
+        "",
+        |query, (org_id, e)| {
+            let (text, json) = e.content.to_columns();
+            query
+                .bind(org_id.to_string())
+                .bind(e.conversation.business_number_id.clone())
+                .bind(e.conversation.contact_id.clone())
+                .bind(e.flow_id.clone())
+                .bind(e.direction.as_str())
+                .bind(text.map(str::to_owned))
+                .bind(json)
+                .bind(e.node_id.clone())
+                .bind(e.wamid.clone())
+                .bind(e.at.as_unix_millis())
+                .bind(e.metadata.to_string())
+        },
+    );
+    q.multi_row(
+        Step::Replies(outbox.len()),
+        "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status) VALUES ",
+        &outbox,
+        7,
+        "",
+        |query, (org_id, m)| {
+            query
+                .bind(org_id.to_string())
+                .bind(m.conversation.business_number_id.clone())
+                .bind(m.conversation.contact_id.clone())
+                .bind(m.payload.to_string())
+                .bind(m.inbox_id)
+                .bind(m.due_at.as_unix_millis())
+                .bind("pending")
+        },
+    );
+    q.multi_row(
+        Step::WakeUps(schedule.len()),
+        "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status)
+         VALUES ",
+        &schedule,
+        9,
+        " ON CONFLICT (org_id, message_id) DO NOTHING",
+        |query, e| {
+            let c = &e.conversation;
+            query
+                .bind(c.org_id.clone())
+                .bind(c.business_number_id.clone())
+                .bind(c.contact_id.clone())
+                .bind(e.message_id.clone())
+                .bind(e.kind.as_str())
+                .bind(e.payload.to_string())
+                .bind(e.received_at.as_unix_millis())
+                .bind(e.due_at.as_unix_millis())
+                .bind("pending")
+        },
+    );
+    q
+}
+
+/// What the grouped statements reported: the session ids row, and the last row id each
+/// insert wrote.
+#[derive(Default)]
+struct Results {
+    updated_ids: Vec<i64>,
+    last_created_session: i64,
+    last_log_row: i64,
+    last_reply: i64,
+    last_wake_up: i64,
+}
+
+/// Runs the grouped query; `None` if a count fell short.
+async fn run(tx: &mut Tx, q: GroupedQuery<'static>) -> StoreResult<Option<Results>> {
+    let GroupedQuery { sql, mut query, steps } = q;
+    let args =
+        sqlx::Execute::take_arguments(&mut query).map_err(|e| StoreError::Database(e.to_string()))?.unwrap_or_default();
+    let items = fetch_results(tx, &sql, args).await?;
+    let mut steps = steps.into_iter();
+    let mut results = Results::default();
+    let mut short = false;
+    for item in items {
+        match item {
+            Either::Right(row) => {
+                let ids: Option<String> = row.try_get(0)?;
+                results.updated_ids = ids
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .map(|id| id.parse::<i64>().map_err(|e| StoreError::Database(format!("session id {id:?}: {e}"))))
+                    .collect::<StoreResult<_>>()?;
+            }
+            Either::Left(done) => {
+                let step =
+                    steps.next().ok_or_else(|| StoreError::Database("grouped units: an extra statement".into()))?;
+                short |= step.expected_changes().is_some_and(|n| done.rows_affected() != n as u64);
+                record(&mut results, step, &done);
+            }
+        }
+    }
+    if steps.next().is_some() {
+        return Err(StoreError::Database("grouped units: a statement did not run".into()));
+    }
+    Ok((!short).then_some(results))
+}
+
+/// Every statement's rows and result, in order. Boxed: the stream's borrows then meet the
+/// writer's `Send` bound at one concrete lifetime.
+fn fetch_results<'e>(
+    conn: &'e mut SqliteConnection,
+    sql: &'e str,
+    args: SqliteArguments<'e>,
+) -> BoxFuture<'e, Result<Vec<Either<SqliteQueryResult, SqliteRow>>, sqlx::Error>> {
+    Box::pin(sqlx::Executor::fetch_many(conn, sqlx::query_with::<Sqlite, _>(sql, args)).try_collect())
+}
+
+fn record(results: &mut Results, step: Step, done: &SqliteQueryResult) {
+    let last = done.last_insert_rowid();
+    match step {
+        Step::SessionInserts(_) => results.last_created_session = last,
+        Step::LogRows(_) => results.last_log_row = last,
+        Step::Replies(_) => results.last_reply = last,
+        Step::WakeUps(_) => results.last_wake_up = last,
+        Step::Savepoint | Step::SessionIds | Step::SessionUpdates(_) | Step::InboxDone(_) => {}
+    }
+}
+
+/// Each unit's outcome. Rows one statement inserted have consecutive ids in the order of its
+/// `VALUES` (SQLite gives each new row the largest id so far plus one), ending at the
+/// statement's last inserted row id.
+fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOutcome>> {
+    let (updates, creates) = (updates(commits), creates(commits));
+    if results.updated_ids.len() != updates.len() || results.updated_ids.contains(&0) {
+        return Err(StoreError::Database("grouped units: a session id is missing".into()));
+    }
+    let first = |last: i64, count: usize| last - count as i64 + 1;
+    let total = |f: fn(&Commit) -> usize| commits.iter().map(|c| f(c)).sum::<usize>();
+    let mut next_updated = results.updated_ids.iter();
+    let mut next_created = first(results.last_created_session, creates.len());
+    let mut next_log = first(results.last_log_row, total(|c| c.log.len()));
+    let mut next_reply = first(results.last_reply, total(|c| c.outbox.len()));
+    let mut next_wake_up = first(results.last_wake_up, total(|c| c.schedule.len()));
+    let take = |next: &mut i64, count: usize| {
+        let ids: Vec<i64> = (*next..*next + count as i64).collect();
+        *next += count as i64;
+        ids
+    };
+    let mut out = Vec::with_capacity(commits.len());
+    for commit in commits {
+        let session = match &commit.session {
+            None => None,
+            Some(w) if w.expected_version > 0 => {
+                Some(SavedSession { id: *next_updated.next().expect("counted above"), version: w.expected_version + 1 })
+            }
+            Some(_) => Some(SavedSession { id: take(&mut next_created, 1)[0], version: 1 }),
+        };
+        out.push(CommitOutcome {
+            session,
+            log_ids: take(&mut next_log, commit.log.len()),
+            outbox_ids: take(&mut next_reply, commit.outbox.len()),
+            scheduled: take(&mut next_wake_up, commit.schedule.len()).into_iter().map(InboxInsert::Inserted).collect(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flowcore::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testkit::sample_state;
+    use crate::traits::{Inbox, Organizations, SessionStore, Store};
+    use crate::types::{
+        Claim, ClaimRequest, Content, ConversationKey, Direction, NewInboxEvent, NewLogEntry, NewOutboxMessage, Page,
+        SessionWrite,
+    };
+    use crate::{MessageLog, SqliteOptions, SqliteStore};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(1_700_000_000 + seconds)
+    }
+
+    fn chat(contact: &str) -> ConversationKey {
+        ConversationKey::new("o", "b", contact)
+    }
+
+    fn log(contact: &str, text: &str) -> NewLogEntry {
+        NewLogEntry {
+            conversation: chat(contact),
+            flow_id: Some("f".into()),
+            direction: Direction::Outbound,
+            content: Content::Text(text.into()),
+            node_id: Some("n".into()),
+            wamid: None,
+            at: at(5),
+            metadata: json!({"k": text}),
+        }
+    }
+
+    fn reply(contact: &str, text: &str) -> NewOutboxMessage {
+        NewOutboxMessage { conversation: chat(contact), payload: json!({"text": text}), due_at: at(5), inbox_id: None }
+    }
+
+    fn save(contact: &str, expected: i64, status: SessionStatus) -> SessionWrite {
+        SessionWrite {
+            key: chat(contact).session("f"),
+            expected_version: expected,
+            flow_version: 3,
+            session: sample_state(contact),
+            status,
+            now: at(5),
+        }
+    }
+
+    /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
+    /// message each; the claims in contact order.
+    async fn prepared() -> (tempfile::TempDir, SqliteStore, Vec<Claim>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+        store.register_organization("o").await.unwrap();
+        for contact in ["c1", "c3"] {
+            store.save_session(save(contact, 0, SessionStatus::Active)).await.unwrap();
+        }
+        for contact in ["c1", "c2", "c3"] {
+            store
+                .insert_inbox(NewInboxEvent::message(chat(contact), format!("m-{contact}"), json!({}), at(0)))
+                .await
+                .unwrap();
+        }
+        let mut claimed =
+            store.claim_inbox(&ClaimRequest::for_org("o", at(1), Duration::from_secs(60), 10)).await.unwrap();
+        claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
+        (dir, store, claimed.iter().map(|e| e.claim()).collect())
+    }
+
+    /// An update with two log rows and a reply, a new session with a wake-up and two
+    /// replies, and a session closed: every statement of the grouped query.
+    fn units(claims: &[Claim]) -> Vec<Commit> {
+        vec![
+            Commit {
+                session: Some(save("c1", 1, SessionStatus::Active)),
+                log: vec![log("c1", "a"), log("c1", "b")],
+                outbox: vec![reply("c1", "a")],
+                inbox_done: Some(claims[0]),
+                ..Commit::new("o", at(5))
+            },
+            Commit {
+                session: Some(save("c2", 0, SessionStatus::Active)),
+                log: vec![log("c2", "c")],
+                outbox: vec![reply("c2", "c"), reply("c2", "d")],
+                schedule: vec![NewInboxEvent::wake_up(chat("c2"), "wake:c2:1", json!({}), at(5), at(60))],
+                inbox_done: Some(claims[1]),
+                ..Commit::new("o", at(5))
+            },
+            Commit {
+                session: Some(save("c3", 1, SessionStatus::Closed)),
+                log: vec![log("c3", "e")],
+                inbox_done: Some(claims[2]),
+                ..Commit::new("o", at(5))
+            },
+        ]
+    }
+
+    async fn grouped(store: &SqliteStore, commits: &[Commit]) -> Option<Vec<CommitOutcome>> {
+        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let units: Vec<&Commit> = commits.iter().collect();
+        assert!(worth_grouping(&units));
+        let outcome = commit_grouped(&mut tx, &units).await.unwrap();
+        tx.commit().await.unwrap();
+        outcome
+    }
+
+    async fn log_rows(store: &SqliteStore, contact: &str) -> Vec<(String, i64)> {
+        let rows = store.history(&chat(contact), Page::first(100)).await.unwrap();
+        rows.iter().map(|e| (format!("{:?}", e.content), e.id)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_grouped_batch_writes_what_units_one_by_one_write() {
+        let (_a, grouped_store, claims) = prepared().await;
+        let (_b, single_store, same_claims) = prepared().await;
+        assert_eq!(claims, same_claims);
+        let grouped_outcomes = grouped(&grouped_store, &units(&claims)).await.expect("every check holds");
+        let mut single_outcomes = Vec::new();
+        for commit in units(&claims) {
+            single_outcomes.push(single_store.commit(commit).await.unwrap());
+        }
+        assert_eq!(grouped_outcomes, single_outcomes);
+        assert_eq!(grouped_outcomes[1].scheduled.len(), 1);
+        for contact in ["c1", "c2", "c3"] {
+            assert_eq!(log_rows(&grouped_store, contact).await, log_rows(&single_store, contact).await);
+            let key = chat(contact).session("f");
+            let (g, s) =
+                (grouped_store.load_session(&key).await.unwrap(), single_store.load_session(&key).await.unwrap());
+            assert_eq!(
+                g.map(|s| (s.id, s.version, s.status, s.flow_version)),
+                s.map(|s| (s.id, s.version, s.status, s.flow_version))
+            );
+        }
+        for claim in &claims {
+            let (g, s) = (
+                grouped_store.get_inbox("o", claim.id).await.unwrap(),
+                single_store.get_inbox("o", claim.id).await.unwrap(),
+            );
+            assert_eq!(g.map(|e| e.status), s.map(|e| e.status));
+        }
+        let wake = grouped_outcomes[1].scheduled[0].id();
+        assert_eq!(
+            grouped_store.get_inbox("o", wake).await.unwrap().map(|e| e.message_id),
+            Some("wake:c2:1".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_check_leaves_nothing_of_the_group() {
+        for spoil in 0..3 {
+            let (_dir, store, claims) = prepared().await;
+            let mut commits = units(&claims);
+            match spoil {
+                // A stale version, a lost lease, a wake-up scheduled already.
+                0 => commits[0].session.as_mut().unwrap().expected_version = 7,
+                1 => commits[1].inbox_done = Some(Claim { attempt: 9, ..claims[1] }),
+                _ => {
+                    store
+                        .insert_inbox(NewInboxEvent::wake_up(chat("c2"), "wake:c2:1", json!({}), at(1), at(60)))
+                        .await
+                        .unwrap();
+                }
+            }
+            assert_eq!(grouped(&store, &commits).await, None, "spoiled unit {spoil}");
+            for contact in ["c1", "c2", "c3"] {
+                assert_eq!(log_rows(&store, contact).await, vec![], "spoiled unit {spoil}");
+            }
+            assert_eq!(store.load_session(&chat("c1").session("f")).await.unwrap().unwrap().version, 1);
+            assert_eq!(store.load_session(&chat("c2").session("f")).await.unwrap(), None);
+            // The batch through the writer: the refused unit alone fails.
+            let results: Vec<_> = futures_util::future::join_all(commits.into_iter().map(|c| store.commit(c))).await;
+            match spoil {
+                0 => assert!(matches!(results[0], Err(StoreError::Conflict { .. })), "{results:?}"),
+                1 => assert!(matches!(results[1], Err(StoreError::LeaseLost { .. })), "{results:?}"),
+                _ => assert!(matches!(results[1].as_ref().unwrap().scheduled[0], InboxInsert::Duplicate(_))),
+            }
+            let failed = if spoil == 2 { None } else { Some(spoil) };
+            for (i, result) in results.iter().enumerate() {
+                assert_eq!(result.is_ok(), Some(i) != failed, "unit {i} with unit {spoil} spoiled: {results:?}");
+            }
+        }
+    }
+}
