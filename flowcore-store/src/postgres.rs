@@ -451,6 +451,12 @@ async fn claim_refused<T>(tx: &mut Tx, table: &str, what: &'static str, org_id: 
 /// conversation before them (a head can be stale: an earlier row was inserted after it)
 /// and no other row of their conversation out under a live lease. Each check is one index
 /// probe, so a claim costs about the number of heads it passes, not the backlog.
+///
+/// The checks are scalar subqueries, not `NOT EXISTS`: PostgreSQL turns those into anti
+/// joins, and without statistics (a new table, or a server with autovacuum off) it joined
+/// every head with every open row of the organization: 35 s for one claim of 1,000 rows over
+/// a backlog of 12,000. A scalar subquery stays a per-row probe of the conversation index,
+/// whatever the statistics say (32 ms for the same claim).
 fn claim_sql(table: &str, cols: &str) -> String {
     format!(
         "UPDATE {table} SET status = 'claimed', attempts = attempts + 1, lease_until = $4
@@ -459,14 +465,16 @@ fn claim_sql(table: &str, cols: &str) -> String {
            WHERE i.head AND i.status IN ('pending', 'claimed') AND i.due_at <= $1 AND ($2::text IS NULL OR i.org_id = $2)
              AND ((i.status = 'pending' AND (i.retry_at IS NULL OR i.retry_at <= $1))
                   OR (i.status = 'claimed' AND i.lease_until < $1))
-             AND NOT EXISTS (
+             AND i.id = (
+               SELECT j.id FROM {table} j
+               WHERE j.contact_id = i.contact_id AND j.business_number_id = i.business_number_id AND j.org_id = i.org_id
+                 AND j.status IN ('pending', 'claimed')
+               ORDER BY j.due_at, j.id LIMIT 1)
+             AND (
                SELECT 1 FROM {table} j
-               WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
-                 AND j.status IN ('pending', 'claimed') AND (j.due_at, j.id) < (i.due_at, i.id))
-             AND NOT EXISTS (
-               SELECT 1 FROM {table} j
-               WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
-                 AND j.status = 'claimed' AND j.lease_until >= $1 AND j.id <> i.id)
+               WHERE j.contact_id = i.contact_id AND j.business_number_id = i.business_number_id AND j.org_id = i.org_id
+                 AND j.status = 'claimed' AND j.lease_until >= $1 AND j.id <> i.id
+               LIMIT 1) IS NULL
            ORDER BY i.due_at, i.id
            LIMIT $3
            FOR UPDATE OF i SKIP LOCKED)
