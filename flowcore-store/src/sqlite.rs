@@ -27,7 +27,10 @@ use crate::types::*;
 mod grouped_units;
 mod writer;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
+];
 
 /// How much one transaction takes besides the queued inbox inserts (8 units of work, or 64
 /// claim changes): bounds how long a webhook's insert waits behind a running transaction.
@@ -412,20 +415,30 @@ const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = ?4
      delivery_at = CASE WHEN delivery_rank < 1 THEN ?4 ELSE delivery_at END,
      delivery_rank = MAX(delivery_rank, 1)";
 
+/// Claims walk the heads (see the second migration) in `(due_at, id)` order and take those
+/// whose turn it is: due, not waiting for a retry, not out under a live lease, the first
+/// unfinished row of their conversation (a head can be stale) and no other row of their
+/// conversation out under a live lease. Each check is one probe of the conversation index
+/// (named: SQLite's planner, without statistics, would otherwise walk the organization's
+/// rows), so a claim costs about the number of waiting conversations it passes, not the
+/// backlog.
 fn claim_sql(table: &str, cols: &str) -> String {
     format!(
         "UPDATE {table} SET status = 'claimed', attempts = attempts + 1, lease_until = ?4
          WHERE id IN (
-           SELECT i.id FROM {table} i
-           WHERE i.status IN ('pending', 'claimed') AND i.due_at <= ?1 AND (?2 IS NULL OR i.org_id = ?2)
+           SELECT i.id FROM {table} i INDEXED BY {table}_heads
+           WHERE i.head = 1 AND i.status IN ('pending', 'claimed') AND i.due_at <= ?1 AND (?2 IS NULL OR i.org_id = ?2)
              AND ((i.status = 'pending' AND (i.retry_at IS NULL OR i.retry_at <= ?1))
                   OR (i.status = 'claimed' AND i.lease_until < ?1))
-             AND NOT EXISTS (
-               SELECT 1 FROM {table} j
+             AND i.id = (
+               SELECT j.id FROM {table} j INDEXED BY {table}_open_conversation
                WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
-                 AND j.status IN ('pending', 'claimed') AND j.id <> i.id
-                 AND ((j.status = 'claimed' AND j.lease_until >= ?1)
-                      OR (j.due_at <= ?1 AND (j.due_at < i.due_at OR (j.due_at = i.due_at AND j.id < i.id)))))
+                 AND j.status IN ('pending', 'claimed')
+               ORDER BY j.due_at, j.id LIMIT 1)
+             AND NOT EXISTS (
+               SELECT 1 FROM {table} j INDEXED BY {table}_open_conversation
+               WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
+                 AND j.status IN ('pending', 'claimed') AND j.status = 'claimed' AND j.lease_until >= ?1 AND j.id <> i.id)
            ORDER BY i.due_at, i.id
            LIMIT ?3)
          RETURNING {cols}"
