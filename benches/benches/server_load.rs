@@ -147,13 +147,19 @@ fn run_backend(
     // 1. Throughput.
     let before = accepted.load(Ordering::Relaxed);
     let expected = before + 2 * messages as u64;
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
     let acks = client_rt.block_on(send_all(&bases, messages, conversations, concurrency, "tp", 0));
     let webhooks_done = started.elapsed();
     let ok = client_rt.block_on(wait_for(accepted, expected, Duration::from_secs(600)));
     let total = started.elapsed();
+    let cpu = match (cpu_before, process_cpu()) {
+        (Some(before), Some(after)) => {
+            format!("; cpu {:.0} µs per message", (after - before).as_secs_f64() * 1e6 / messages as f64)
+        }
+        _ => String::new(),
+    };
     println!(
-        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms",
+        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms{cpu}",
         total.as_secs_f64(),
         messages as f64 / total.as_secs_f64(),
         messages as f64 / webhooks_done.as_secs_f64(),
@@ -182,6 +188,16 @@ fn run_backend(
         rt.block_on(server.shutdown());
         rt.shutdown_timeout(Duration::from_secs(5));
     }
+}
+
+/// This process's CPU time (user + system, all threads: server, load generator and fake API)
+/// from `/proc/self/stat`, where there is one. CPU per message compares runs on a machine
+/// too noisy for wall times alone (the database server's own CPU is not included).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
 }
 
 fn pct(samples: &[Duration], p: f64) -> f64 {

@@ -625,15 +625,16 @@ impl SqliteStore {
         if let Some(org) = &request.org_id {
             self.check_org(org).await?;
         }
-        let mut tx = self.begin().await?;
+        // One statement in its own transaction: one hop to the connection's thread instead of
+        // three. A writing statement takes the write lock when it starts (waiting as
+        // `BEGIN IMMEDIATE` would), so it reads the rows it updates at their latest.
         let rows = sqlx::query(&claim_sql(table, cols))
             .bind(request.now.as_unix_millis())
             .bind(request.org_id.as_deref())
             .bind(i64::from(request.limit.min(Page::MAX_LIMIT)))
             .bind(request.lease_until().as_unix_millis())
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.writer)
             .await?;
-        tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push((row.try_get("due_at")?, row.try_get("id")?, map(row)?));
