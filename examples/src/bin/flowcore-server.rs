@@ -22,7 +22,9 @@ async fn main() -> ExitCode {
     if std::env::var("FLOWCORE_LOG_FORMAT").as_deref() == Ok("json") {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only for a terminal: escape codes in a log file or a collector are noise.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     }
     let settings = match EnvSettings::from_env() {
         Ok(s) => s,

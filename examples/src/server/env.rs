@@ -25,7 +25,7 @@
 //! | `FLOWCORE_SEND_BACKOFF_MS` | 1000 | base of the outbox's exponential backoff |
 //! | `FLOWCORE_SHUTDOWN_GRACE_SECS` | 20 | how long shutdown waits for in-flight turns |
 //! | `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL` | unset | enable the `ai_prompt` handler (chat completions) |
-//! | `RUST_LOG` | `info` | log filter; `FLOWCORE_LOG_FORMAT=json` for JSON lines |
+//! | `RUST_LOG` | `info` | log filter; `FLOWCORE_LOG_FORMAT=json` for JSON lines; colours only on a terminal without `NO_COLOR` |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
