@@ -105,14 +105,23 @@ impl<'q> GroupedQuery<'q> {
     }
 }
 
+/// Parameters per row of each grouped statement.
+const SESSION_ID_WIDTH: usize = 5;
+const SESSION_UPDATE_WIDTH: usize = 12;
+const SESSION_INSERT_WIDTH: usize = 14;
+const INBOX_DONE_WIDTH: usize = 4;
+const LOG_ROW_WIDTH: usize = 11;
+const REPLY_WIDTH: usize = 7;
+const WAKE_UP_WIDTH: usize = 9;
+
 /// Whether `commits` may run grouped: more than one, and no statement over SQLite's bound.
 pub(super) fn worth_grouping(commits: &[&Commit]) -> bool {
     let rows = |f: fn(&Commit) -> usize| commits.iter().map(|c| f(c)).sum::<usize>();
     commits.len() > 1
-        && rows(|c| c.log.len()) * 11 <= MAX_PARAMETERS_PER_STATEMENT
-        && rows(|c| c.outbox.len()) * 6 <= MAX_PARAMETERS_PER_STATEMENT
-        && rows(|c| c.schedule.len()) * 8 <= MAX_PARAMETERS_PER_STATEMENT
-        && commits.len() * 13 <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.log.len()) * LOG_ROW_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.outbox.len()) * REPLY_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.schedule.len()) * WAKE_UP_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
+        && commits.len() * SESSION_INSERT_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
 }
 
 /// Writes `commits` as one query. `Ok(None)`: some unit's check did not hold; nothing of
@@ -161,7 +170,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                    AND s.flow_id = v.column5 AND s.status = 'active'), 0), ',' ORDER BY v.column1)
          FROM (VALUES ",
         &updates.iter().enumerate().collect::<Vec<_>>(),
-        5,
+        SESSION_ID_WIDTH,
         ") AS v",
         |query, (n, c)| {
             let k = &c.session.as_ref().expect("an update").key;
@@ -180,7 +189,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                 closed_at = v.column12
          FROM (VALUES ",
         &updates,
-        12,
+        SESSION_UPDATE_WIDTH,
         ") AS v
          WHERE sessions.org_id = v.column1 AND sessions.business_number_id = v.column2
            AND sessions.contact_id = v.column3 AND sessions.flow_id = v.column4
@@ -210,7 +219,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                                state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
          VALUES ",
         &creates,
-        14,
+        SESSION_INSERT_WIDTH,
         " ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING",
         |query, c| {
             let w = c.session.as_ref().expect("a new session");
@@ -237,7 +246,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         Step::InboxDone(done.len()),
         "UPDATE inbox SET status = 'done', lease_until = NULL, finished_at = v.column4 FROM (VALUES ",
         &done,
-        4,
+        INBOX_DONE_WIDTH,
         ") AS v WHERE inbox.org_id = v.column1 AND inbox.id = v.column2 AND inbox.status = 'claimed'
                 AND inbox.attempts = v.column3",
         |query, c| {
@@ -251,7 +260,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                                   content_json, node_id, wamid, at, metadata)
          VALUES ",
         &log,
-        11,
+        LOG_ROW_WIDTH,
         "",
         |query, (org_id, e)| {
             let (text, json) = e.content.to_columns();
@@ -273,7 +282,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         Step::Replies(outbox.len()),
         "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status) VALUES ",
         &outbox,
-        7,
+        REPLY_WIDTH,
         "",
         |query, (org_id, m)| {
             query
@@ -291,7 +300,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status)
          VALUES ",
         &schedule,
-        9,
+        WAKE_UP_WIDTH,
         " ON CONFLICT (org_id, message_id) DO NOTHING",
         |query, e| {
             let c = &e.conversation;
