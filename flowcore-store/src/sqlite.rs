@@ -340,6 +340,31 @@ async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) ->
     Ok(ids)
 }
 
+/// A query's bound arguments, to run with a text built after the binds.
+fn take_arguments<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> StoreResult<sqlx::sqlite::SqliteArguments<'q>> {
+    Ok(sqlx::Execute::take_arguments(&mut query).map_err(|e| StoreError::Database(e.to_string()))?.unwrap_or_default())
+}
+
+/// Binds a new inbox row's values in the column order `org_id, business_number_id,
+/// contact_id, message_id, kind, payload, received_at, due_at` (one row of a multi-row insert).
+fn bind_inbox_event<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    e: &NewInboxEvent,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let c = &e.conversation;
+    query
+        .bind(c.org_id.clone())
+        .bind(c.business_number_id.clone())
+        .bind(c.contact_id.clone())
+        .bind(e.message_id.clone())
+        .bind(e.kind.as_str())
+        .bind(e.payload.to_string())
+        .bind(e.received_at.as_unix_millis())
+        .bind(e.due_at.as_unix_millis())
+}
+
 async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
     let id: Option<i64> = sqlx::query_scalar(
@@ -558,8 +583,7 @@ async fn commit_batch_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreRes
     let mut outcome = CommitOutcome::default();
     // The text was built after the binds; a query's text is fixed at creation, so rebuild it
     // around the same arguments.
-    let args =
-        sqlx::Execute::take_arguments(&mut q).map_err(|e| StoreError::Database(e.to_string()))?.unwrap_or_default();
+    let args = take_arguments(q)?;
     let rows = sqlx::query_with::<Sqlite, _>(&sql, args).fetch_all(&mut **tx).await?;
     let mut done = false;
     for row in &rows {

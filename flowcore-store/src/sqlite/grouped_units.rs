@@ -17,7 +17,7 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Either, Row, Sqlite};
 
-use super::Tx;
+use super::{bind_inbox_event, take_arguments, Tx};
 use crate::error::{StoreError, StoreResult};
 use crate::state;
 use crate::types::{Commit, CommitOutcome, InboxInsert, SavedSession, SessionStatus};
@@ -302,19 +302,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         &schedule,
         WAKE_UP_WIDTH,
         " ON CONFLICT (org_id, message_id) DO NOTHING",
-        |query, e| {
-            let c = &e.conversation;
-            query
-                .bind(c.org_id.clone())
-                .bind(c.business_number_id.clone())
-                .bind(c.contact_id.clone())
-                .bind(e.message_id.clone())
-                .bind(e.kind.as_str())
-                .bind(e.payload.to_string())
-                .bind(e.received_at.as_unix_millis())
-                .bind(e.due_at.as_unix_millis())
-                .bind("pending")
-        },
+        |query, e| bind_inbox_event(query, e).bind("pending"),
     );
     q
 }
@@ -332,9 +320,8 @@ struct Results {
 
 /// Runs the grouped query; `None` if a count fell short.
 async fn run(tx: &mut Tx, q: GroupedQuery<'static>) -> StoreResult<Option<Results>> {
-    let GroupedQuery { sql, mut query, steps } = q;
-    let args =
-        sqlx::Execute::take_arguments(&mut query).map_err(|e| StoreError::Database(e.to_string()))?.unwrap_or_default();
+    let GroupedQuery { sql, query, steps } = q;
+    let args = take_arguments(query)?;
     let items = fetch_results(tx, &sql, args).await?;
     let mut steps = steps.into_iter();
     let mut results = Results::default();

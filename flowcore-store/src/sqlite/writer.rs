@@ -16,7 +16,10 @@ use std::collections::HashMap;
 
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
-use super::{commit_batch_tx, commit_scheduled_tx, finish_claim_tx, grouped_units, insert_inbox_tx, Tx};
+use super::{
+    bind_inbox_event, commit_batch_tx, commit_scheduled_tx, finish_claim_tx, grouped_units, insert_inbox_tx,
+    take_arguments, Tx,
+};
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{copy_error, ClaimChange, Reply, Write};
 use crate::types::{Claim, Commit, CommitOutcome, InboxInsert, NewInboxEvent};
@@ -123,16 +126,7 @@ async fn insert_all(
             } else {
                 ", (?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
             });
-            let c = &e.conversation;
-            query = query
-                .bind(c.org_id.clone())
-                .bind(c.business_number_id.clone())
-                .bind(c.contact_id.clone())
-                .bind(e.message_id.clone())
-                .bind(e.kind.as_str())
-                .bind(e.payload.to_string())
-                .bind(e.received_at.as_unix_millis())
-                .bind(e.due_at.as_unix_millis());
+            query = bind_inbox_event(query, e);
         }
         sql.push_str(" ON CONFLICT (org_id, message_id) DO NOTHING RETURNING id, org_id, message_id");
         let args = take_arguments(query)?;
@@ -358,13 +352,6 @@ async fn one_by_one(
         answers.push(Answer::Commit(reply, result));
     }
     Ok(())
-}
-
-/// A query's bound arguments, to run with a text built after the binds.
-fn take_arguments<'q>(
-    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-) -> StoreResult<sqlx::sqlite::SqliteArguments<'q>> {
-    Ok(sqlx::Execute::take_arguments(&mut query).map_err(|e| StoreError::Database(e.to_string()))?.unwrap_or_default())
 }
 
 #[cfg(test)]
