@@ -1,0 +1,559 @@
+//! Units of work as one call of `flowcore_commit_units` (migration 2), however many a
+//! batch holds.
+//!
+//! Every part of every unit (handled inbox rows, session saves, log rows, replies) is bound
+//! as a column array, so the call is one prepared statement, one round trip per batch, and
+//! outside a transaction its own transaction. One statement per unit made a batch of eight
+//! pay eight round trips, plannings and executor start-ups, and its commit (the WAL flush
+//! every caller waits for) came that much later.
+//!
+//! The function checks before it writes (see the migration). If a check fails it writes
+//! nothing and says so; the caller then runs the units one at a time (a batch of one is
+//! this same call), where each refusal is diagnosed on its own. Refusals are rare (a lost
+//! race, a lost lease), so the common batch costs one call. A write that falls short of what
+//! the checks promised is an error: the transaction is rolled back, never half applied.
+
+use std::collections::HashSet;
+
+use flowcore::Timestamp;
+use sqlx::Row;
+
+use super::{ConversationLocks, LOCK_SPACE};
+use crate::error::{StoreError, StoreResult};
+use crate::state;
+use crate::types::{Commit, CommitOutcome, SavedSession, SessionStatus, SessionWrite};
+
+/// The call; its parameters are in the order [`Columns::bind`] binds them.
+const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
+    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48)";
+
+/// Whether `commits` can share one call: no two save the same session or handle the same
+/// inbox row (one statement cannot apply two changes to one row).
+pub(super) fn can_share_a_statement(commits: &[&Commit]) -> bool {
+    let mut sessions = HashSet::with_capacity(commits.len());
+    let mut claims = HashSet::with_capacity(commits.len());
+    commits.iter().all(|c| {
+        c.session.as_ref().is_none_or(|w| sessions.insert(&w.key)) && c.inbox_done.is_none_or(|k| claims.insert(k.id))
+    })
+}
+
+/// What came of the call.
+pub(super) enum UnitsWritten {
+    /// Every check held: each unit's outcome, in order (without its wake-ups, which the
+    /// caller schedules).
+    Written(Vec<CommitOutcome>),
+    /// A check failed and nothing was written. `claims_held`: every handled inbox row was
+    /// still claimed as the units said.
+    Refused { claims_held: bool },
+}
+
+/// Writes `commits` (see [`can_share_a_statement`]) in one call, on `executor`: a
+/// transaction, or a connection of the pool (the call is then its own transaction).
+pub(super) async fn commit_units<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    commits: &[&Commit],
+) -> Result<UnitsWritten, CallFailed> {
+    let columns = Columns::of(commits);
+    let counts = columns.counts();
+    let mut locks = ConversationLocks::default();
+    commits.iter().for_each(|commit| locks.commit_conversations(commit));
+    let query = sqlx::query(COMMIT_UNITS).bind(LOCK_SPACE).bind(locks.orgs).bind(locks.numbers).bind(locks.contacts);
+    let row = columns.bind(query).fetch_one(executor).await.map_err(CallFailed::from)?;
+    // From here on the call went through: an error reading its answer leaves it unknown.
+    let read = |e: sqlx::Error| CallFailed::Unknown(e.into());
+    if !row.try_get::<Option<bool>, _>("units_ok").map_err(read)?.unwrap_or(false) {
+        let claims_held = row.try_get::<i64, _>("claims_held").map_err(read)? == counts.claims as i64;
+        return Ok(UnitsWritten::Refused { claims_held });
+    }
+    let written = Written {
+        updated_ids: row.try_get("updated_ids").map_err(read)?,
+        updated_versions: row.try_get("updated_versions").map_err(read)?,
+        created_ids: row.try_get("created_ids").map_err(read)?,
+        done: row.try_get("done_count").map_err(read)?,
+        log_ids: row.try_get("log_ids").map_err(read)?,
+        outbox_ids: row.try_get("outbox_ids").map_err(read)?,
+    };
+    written.check(&counts).map_err(CallFailed::Unknown)?;
+    Ok(UnitsWritten::Written(written.outcomes(commits)))
+}
+
+/// Why a call of `flowcore_commit_units` failed.
+#[derive(Debug)]
+pub(super) enum CallFailed {
+    /// PostgreSQL refused it (and rolled it back), or it never reached PostgreSQL: nothing
+    /// of it was written.
+    NothingWritten(StoreError),
+    /// The link failed on the way, or the answer made no sense: outside a transaction, it
+    /// may have been committed.
+    Unknown(StoreError),
+}
+
+impl From<sqlx::Error> for CallFailed {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                CallFailed::NothingWritten(e.into())
+            }
+            other => CallFailed::Unknown(other.into()),
+        }
+    }
+}
+
+impl From<CallFailed> for StoreError {
+    fn from(e: CallFailed) -> Self {
+        match e {
+            CallFailed::NothingWritten(e) | CallFailed::Unknown(e) => e,
+        }
+    }
+}
+
+/// How many rows of each kind the units write.
+struct Counts {
+    claims: usize,
+    updates: usize,
+    creates: usize,
+    log: usize,
+    outbox: usize,
+}
+
+/// What the call wrote, each kind of row in unit order.
+struct Written {
+    updated_ids: Vec<i64>,
+    updated_versions: Vec<i64>,
+    created_ids: Vec<i64>,
+    done: i64,
+    log_ids: Vec<i64>,
+    outbox_ids: Vec<i64>,
+}
+
+impl Written {
+    /// Every row the checks promised was written (the function raises an error otherwise;
+    /// this guards the mapping of ids to units).
+    fn check(&self, counts: &Counts) -> StoreResult<()> {
+        let complete = self.updated_ids.len() == counts.updates
+            && self.updated_versions.len() == counts.updates
+            && self.created_ids.len() == counts.creates
+            && self.done == counts.claims as i64
+            && self.log_ids.len() == counts.log
+            && self.outbox_ids.len() == counts.outbox;
+        if complete {
+            Ok(())
+        } else {
+            Err(StoreError::Database(
+                "units of work: a row the checks promised was not written (a session written outside the store?)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Hands each unit its rows, in unit order.
+    fn outcomes(self, commits: &[&Commit]) -> Vec<CommitOutcome> {
+        let mut updated = self.updated_ids.into_iter().zip(self.updated_versions);
+        let mut created = self.created_ids.into_iter();
+        let mut log = self.log_ids.into_iter();
+        let mut outbox = self.outbox_ids.into_iter();
+        commits
+            .iter()
+            .map(|commit| {
+                let session = commit.session.as_ref().and_then(|w| {
+                    if w.expected_version == 0 {
+                        created.next().map(|id| SavedSession { id, version: 1 })
+                    } else {
+                        updated.next().map(|(id, version)| SavedSession { id, version })
+                    }
+                });
+                CommitOutcome {
+                    session,
+                    log_ids: log.by_ref().take(commit.log.len()).collect(),
+                    outbox_ids: outbox.by_ref().take(commit.outbox.len()).collect(),
+                    scheduled: Vec::new(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The call's parameters after the locks'.
+#[derive(Default)]
+struct Columns<'c> {
+    claim_org: Vec<&'c str>,
+    claim_id: Vec<i64>,
+    claim_attempt: Vec<i64>,
+    claim_now: Vec<i64>,
+    updates: SessionColumns<'c>,
+    creates: SessionColumns<'c>,
+    log: LogColumns<'c>,
+    outbox: OutboxColumns<'c>,
+}
+
+/// Session saves; `version` is the expected version of an update, the flow version of a
+/// new session.
+#[derive(Default)]
+struct SessionColumns<'c> {
+    org: Vec<&'c str>,
+    number: Vec<&'c str>,
+    contact: Vec<&'c str>,
+    flow: Vec<&'c str>,
+    version: Vec<i64>,
+    status: Vec<&'static str>,
+    state: Vec<String>,
+    node: Vec<Option<String>>,
+    wake: Vec<Option<i64>>,
+    now: Vec<i64>,
+    closed: Vec<Option<i64>>,
+}
+
+#[derive(Default)]
+struct LogColumns<'c> {
+    org: Vec<&'c str>,
+    number: Vec<&'c str>,
+    contact: Vec<&'c str>,
+    flow: Vec<Option<&'c str>>,
+    direction: Vec<&'static str>,
+    text: Vec<Option<&'c str>>,
+    json: Vec<Option<String>>,
+    node: Vec<Option<&'c str>>,
+    wamid: Vec<Option<&'c str>>,
+    at: Vec<i64>,
+    metadata: Vec<String>,
+}
+
+#[derive(Default)]
+struct OutboxColumns<'c> {
+    org: Vec<&'c str>,
+    number: Vec<&'c str>,
+    contact: Vec<&'c str>,
+    payload: Vec<String>,
+    inbox_id: Vec<Option<i64>>,
+    due_at: Vec<i64>,
+}
+
+impl<'c> SessionColumns<'c> {
+    fn push(&mut self, w: &'c SessionWrite, version: i64) {
+        let (node, wake) = state::meta(&w.session);
+        let now = w.now.as_unix_millis();
+        self.org.push(&w.key.org_id);
+        self.number.push(&w.key.business_number_id);
+        self.contact.push(&w.key.contact_id);
+        self.flow.push(&w.key.flow_id);
+        self.version.push(version);
+        self.status.push(w.status.as_str());
+        self.state.push(state::encode(&w.session));
+        self.node.push(node);
+        self.wake.push(wake.map(Timestamp::as_unix_millis));
+        self.now.push(now);
+        self.closed.push((w.status == SessionStatus::Closed).then_some(now));
+    }
+}
+
+impl<'c> Columns<'c> {
+    fn of(commits: &[&'c Commit]) -> Columns<'c> {
+        let mut c = Columns::default();
+        for commit in commits {
+            if let Some(claim) = commit.inbox_done {
+                c.claim_org.push(&commit.org_id);
+                c.claim_id.push(claim.id);
+                c.claim_attempt.push(claim.attempt);
+                c.claim_now.push(commit.now.as_unix_millis());
+            }
+            match &commit.session {
+                Some(w) if w.expected_version == 0 => c.creates.push(w, w.flow_version),
+                Some(w) => c.updates.push(w, w.expected_version),
+                None => {}
+            }
+            for e in &commit.log {
+                let (text, json) = e.content.to_columns();
+                let l = &mut c.log;
+                l.org.push(&commit.org_id);
+                l.number.push(&e.conversation.business_number_id);
+                l.contact.push(&e.conversation.contact_id);
+                l.flow.push(e.flow_id.as_deref());
+                l.direction.push(e.direction.as_str());
+                l.text.push(text);
+                l.json.push(json);
+                l.node.push(e.node_id.as_deref());
+                l.wamid.push(e.wamid.as_deref());
+                l.at.push(e.at.as_unix_millis());
+                l.metadata.push(e.metadata.to_string());
+            }
+            for m in &commit.outbox {
+                let o = &mut c.outbox;
+                o.org.push(&commit.org_id);
+                o.number.push(&m.conversation.business_number_id);
+                o.contact.push(&m.conversation.contact_id);
+                o.payload.push(m.payload.to_string());
+                o.inbox_id.push(m.inbox_id);
+                o.due_at.push(m.due_at.as_unix_millis());
+            }
+        }
+        c
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            claims: self.claim_id.len(),
+            updates: self.updates.org.len(),
+            creates: self.creates.org.len(),
+            log: self.log.org.len(),
+            outbox: self.outbox.org.len(),
+        }
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'c: 'q,
+    {
+        let query = query.bind(self.claim_org).bind(self.claim_id).bind(self.claim_attempt).bind(self.claim_now);
+        let query = self.updates.bind(query);
+        let query = self.creates.bind(query).bind(state::STATE_SCHEMA_VERSION);
+        let l = self.log;
+        let query = query
+            .bind(l.org)
+            .bind(l.number)
+            .bind(l.contact)
+            .bind(l.flow)
+            .bind(l.direction)
+            .bind(l.text)
+            .bind(l.json)
+            .bind(l.node)
+            .bind(l.wamid)
+            .bind(l.at)
+            .bind(l.metadata);
+        let o = self.outbox;
+        query.bind(o.org).bind(o.number).bind(o.contact).bind(o.payload).bind(o.inbox_id).bind(o.due_at)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl<'c> SessionColumns<'c> {
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'c: 'q,
+    {
+        query
+            .bind(self.org)
+            .bind(self.number)
+            .bind(self.contact)
+            .bind(self.flow)
+            .bind(self.version)
+            .bind(self.status)
+            .bind(self.state)
+            .bind(self.node)
+            .bind(self.wake)
+            .bind(self.now)
+            .bind(self.closed)
+    }
+}
+
+/// Run when `FLOWCORE_TEST_POSTGRES_URL` is set, each store in a fresh schema dropped at the
+/// end (see `tests/postgres.rs`).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::testkit::sample_state;
+    use crate::traits::{Inbox, MessageLog, Organizations, SessionStore, Store};
+    use crate::types::{
+        Claim, ClaimRequest, Content, ConversationKey, Direction, NewInboxEvent, NewLogEntry, NewOutboxMessage, Page,
+    };
+    use crate::{PostgresOptions, PostgresStore};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(1_700_000_000 + seconds)
+    }
+
+    fn chat(contact: &str) -> ConversationKey {
+        ConversationKey::new("o", "b", contact)
+    }
+
+    fn log(contact: &str, text: &str) -> NewLogEntry {
+        NewLogEntry {
+            conversation: chat(contact),
+            flow_id: Some("f".into()),
+            direction: Direction::Outbound,
+            content: Content::Text(text.into()),
+            node_id: Some("n".into()),
+            wamid: None,
+            at: at(5),
+            metadata: json!({"k": text}),
+        }
+    }
+
+    fn reply(contact: &str, text: &str) -> NewOutboxMessage {
+        NewOutboxMessage { conversation: chat(contact), payload: json!({"text": text}), due_at: at(5), inbox_id: None }
+    }
+
+    fn save(contact: &str, expected: i64, status: SessionStatus) -> SessionWrite {
+        SessionWrite {
+            key: chat(contact).session("f"),
+            expected_version: expected,
+            flow_version: 3,
+            session: sample_state(contact),
+            status,
+            now: at(5),
+        }
+    }
+
+    /// A store in a fresh schema, dropped when the test is done with it.
+    struct Fresh {
+        store: PostgresStore,
+        schema: String,
+    }
+
+    impl Fresh {
+        async fn open() -> Option<Fresh> {
+            let url = std::env::var("FLOWCORE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+            let Some(url) = url else {
+                eprintln!("SKIPPED: PostgreSQL tests need FLOWCORE_TEST_POSTGRES_URL");
+                return None;
+            };
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+            let schema = format!("flowcore_grouped_{}_{nanos}_{n}", std::process::id());
+            let store =
+                PostgresStore::open(&url, PostgresOptions::default().with_schema(schema.clone())).await.unwrap();
+            Some(Fresh { store, schema })
+        }
+
+        async fn drop_schema(self) {
+            let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+            sqlx::raw_sql(&sql).execute(self.store.pool()).await.unwrap();
+            self.store.close().await;
+        }
+    }
+
+    /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
+    /// message each, with a second message waiting behind `c2`'s; the claims in contact order.
+    async fn prepared() -> Option<(Fresh, Vec<Claim>)> {
+        let fresh = Fresh::open().await?;
+        let store = &fresh.store;
+        store.register_organization("o").await.unwrap();
+        for contact in ["c1", "c3"] {
+            store.save_session(save(contact, 0, SessionStatus::Active)).await.unwrap();
+        }
+        for (contact, message) in [("c1", "m1"), ("c2", "m2"), ("c3", "m3"), ("c2", "m2-next")] {
+            store.insert_inbox(NewInboxEvent::message(chat(contact), message, json!({}), at(0))).await.unwrap();
+        }
+        let mut claimed =
+            store.claim_inbox(&ClaimRequest::for_org("o", at(1), Duration::from_secs(60), 10)).await.unwrap();
+        claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
+        let claims = claimed.iter().map(|e| e.claim()).collect();
+        Some((fresh, claims))
+    }
+
+    /// An update with two log rows and a reply, a new session with two replies, and a
+    /// session closed.
+    fn units(claims: &[Claim]) -> Vec<Commit> {
+        vec![
+            Commit {
+                session: Some(save("c1", 1, SessionStatus::Active)),
+                log: vec![log("c1", "a"), log("c1", "b")],
+                outbox: vec![reply("c1", "a")],
+                inbox_done: Some(claims[0]),
+                ..Commit::new("o", at(5))
+            },
+            Commit {
+                session: Some(save("c2", 0, SessionStatus::Active)),
+                log: vec![log("c2", "c")],
+                outbox: vec![reply("c2", "c"), reply("c2", "d")],
+                inbox_done: Some(claims[1]),
+                ..Commit::new("o", at(5))
+            },
+            Commit {
+                session: Some(save("c3", 1, SessionStatus::Closed)),
+                log: vec![log("c3", "e")],
+                inbox_done: Some(claims[2]),
+                ..Commit::new("o", at(5))
+            },
+        ]
+    }
+
+    async fn grouped(store: &PostgresStore, commits: &[Commit]) -> UnitsWritten {
+        let units: Vec<&Commit> = commits.iter().collect();
+        assert!(can_share_a_statement(&units));
+        commit_units(store.pool(), &units).await.unwrap()
+    }
+
+    /// Everything the units may have written, to compare two stores.
+    async fn contents(store: &PostgresStore) -> Vec<String> {
+        let mut out = Vec::new();
+        for contact in ["c1", "c2", "c3"] {
+            let log = store.history(&chat(contact), Page::first(100)).await.unwrap();
+            out.push(format!("{contact} log {:?}", log.iter().map(|e| (e.id, &e.content)).collect::<Vec<_>>()));
+            let session = store.load_session(&chat(contact).session("f")).await.unwrap();
+            out.push(format!("{contact} {:?}", session.map(|s| (s.id, s.version, s.status, s.flow_version))));
+        }
+        let rows: Vec<(String, i64, String, bool)> =
+            sqlx::query_as("SELECT 'inbox', id, status, head FROM inbox UNION ALL SELECT 'outbox', id, status, head FROM outbox ORDER BY 1, 2")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        out.extend(rows.iter().map(|row| format!("{row:?}")));
+        out
+    }
+
+    #[tokio::test]
+    async fn a_grouped_call_writes_what_units_one_by_one_write() {
+        let Some((grouped_store, claims)) = prepared().await else { return };
+        let (single_store, same_claims) = prepared().await.unwrap();
+        assert_eq!(claims, same_claims);
+        let UnitsWritten::Written(grouped_outcomes) = grouped(&grouped_store.store, &units(&claims)).await else {
+            panic!("every check holds");
+        };
+        let mut single_outcomes = Vec::new();
+        for commit in units(&claims) {
+            single_outcomes.push(single_store.store.commit(commit).await.unwrap());
+        }
+        assert_eq!(grouped_outcomes, single_outcomes);
+        assert_eq!(grouped_outcomes[1].outbox_ids.len(), 2);
+        let written = contents(&grouped_store.store).await;
+        assert_eq!(written, contents(&single_store.store).await);
+        // c2's next message became its conversation's head; of c2's replies only the first is one.
+        assert!(written.iter().any(|row| row.starts_with("(\"inbox\", 4, \"pending\", true)")), "{written:#?}");
+        assert!(written.iter().any(|row| row.starts_with("(\"outbox\", 3, \"pending\", false)")), "{written:#?}");
+        grouped_store.drop_schema().await;
+        single_store.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_check_leaves_nothing_of_the_call() {
+        for spoil in 0..3 {
+            let Some((fresh, claims)) = prepared().await else { return };
+            let store = &fresh.store;
+            let before = contents(store).await;
+            let mut commits = units(&claims);
+            match spoil {
+                // A stale version, a lost lease, a session created meanwhile.
+                0 => commits[0].session.as_mut().unwrap().expected_version = 7,
+                1 => commits[1].inbox_done = Some(Claim { attempt: 9, ..claims[1] }),
+                _ => {
+                    store.save_session(save("c2", 0, SessionStatus::Active)).await.unwrap();
+                }
+            }
+            let before = if spoil == 2 { contents(store).await } else { before };
+            let UnitsWritten::Refused { claims_held } = grouped(store, &commits).await else {
+                panic!("spoiled unit {spoil} was written");
+            };
+            assert_eq!(claims_held, spoil != 1, "spoiled unit {spoil}");
+            assert_eq!(contents(store).await, before, "spoiled unit {spoil}");
+            // The same units through the store's group commit: the refused one alone fails.
+            let results: Vec<_> = futures_util::future::join_all(commits.into_iter().map(|c| store.commit(c))).await;
+            let refused = spoil.min(1);
+            for (i, result) in results.iter().enumerate() {
+                match result {
+                    Err(StoreError::Conflict { .. }) if i == refused && spoil != 1 => {}
+                    Err(StoreError::LeaseLost { .. }) if i == refused && spoil == 1 => {}
+                    Ok(_) if i != refused => {}
+                    other => panic!("unit {i} with unit {spoil} spoiled: {other:?}"),
+                }
+            }
+            fresh.drop_schema().await;
+        }
+    }
+}
