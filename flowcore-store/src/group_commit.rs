@@ -175,6 +175,10 @@ async fn next_batch(queues: &Mutex<Queues>, max: usize) -> Option<Vec<Write>> {
         Some(write) = queues.other.recv() => write,
         else => return None,
     };
+    // Callers answered together (by the batch before) write again together: let the others
+    // queue up behind the first, so that their writes share this batch instead of each
+    // taking one of its own. A lone caller loses one turn of the scheduler.
+    tokio::task::yield_now().await;
     let mut cost = first.cost();
     let mut batch = Vec::with_capacity(64);
     batch.push(first);
