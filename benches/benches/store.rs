@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p flowcore-benches --bench store`
 //! (PostgreSQL runs when `FLOWCORE_TEST_POSTGRES_URL` is set, in a fresh schema that is
 //! dropped at the end even when a run fails; `FLOWCORE_BENCH_SCALE=0.1` shortens every run;
-//! `FLOWCORE_BENCH_ONLY=sqlite` and `FLOWCORE_BENCH_TASKS=8` pick backends and concurrency.)
+//! `FLOWCORE_BENCH_ONLY=sqlite`, `FLOWCORE_BENCH_TASKS=8` and `FLOWCORE_BENCH_PARTS=units` pick
+//! backends, concurrency and parts.)
 //!
 //! - *unit of work*: one `Store::commit` = compare-and-set session save + 2 log rows +
 //!   1 outbox row + the (already claimed) inbox row marked done;
@@ -217,7 +218,11 @@ async fn run(name: &str, store: Arc<dyn Store>, units: u64) {
         let per_task = scale(units) / tasks;
         let u = units_of_work(store.clone(), tasks, per_task, &format!("u{tasks}")).await;
         let cpu = LAST_CPU_SHARE.load(Ordering::Relaxed);
-        let r = inbox_round_trips(store.clone(), tasks, per_task, &format!("r{tasks}")).await;
+        let r = if part_enabled("inbox") {
+            inbox_round_trips(store.clone(), tasks, per_task, &format!("r{tasks}")).await
+        } else {
+            0.0
+        };
         println!(
             "store/{name:<8} tasks={tasks}  unit of work: {u:>10.0} units/s (bench cpu {cpu:>3}% of wall)   inbox insert+claim+done: {r:>10.0} /s   ({} each)",
             tasks * per_task
@@ -285,6 +290,12 @@ async fn postgres(url: String) {
 /// `FLOWCORE_BENCH_TASKS=1,8` (default all of [`TASKS`]) picks the concurrency levels.
 fn tasks_enabled(tasks: u64) -> bool {
     std::env::var("FLOWCORE_BENCH_TASKS").map_or(true, |only| only.split(',').any(|t| t.trim() == tasks.to_string()))
+}
+
+/// `FLOWCORE_BENCH_PARTS=units` (default `units,inbox`) skips the inbox round trips, to
+/// profile the units of work alone.
+fn part_enabled(part: &str) -> bool {
+    std::env::var("FLOWCORE_BENCH_PARTS").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
 
 /// `FLOWCORE_BENCH_ONLY=memory,sqlite,postgres,pg-async` (default all) picks the backends
