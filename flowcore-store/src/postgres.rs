@@ -637,12 +637,16 @@ async fn commit_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutcome> {
     }
 }
 
-/// A batch's units of work: one call for all of them when every check holds, else each on
-/// its own. `Err` only when the transaction cannot go on; a refused unit's error is its own
-/// result.
-async fn commit_batch_tx(tx: &mut Tx, commits: &[&Commit]) -> StoreResult<Vec<StoreResult<CommitOutcome>>> {
+/// A batch's units of work: one call for all of them when every check holds (unless
+/// `grouped_refused`: that call was refused already), else each on its own. `Err` only when
+/// the transaction cannot go on; a refused unit's error is its own result.
+async fn commit_batch_tx(
+    tx: &mut Tx,
+    commits: &[&Commit],
+    grouped_refused: bool,
+) -> StoreResult<Vec<StoreResult<CommitOutcome>>> {
     let mut results = Vec::with_capacity(commits.len());
-    if commits.len() > 1 && grouped_units::can_share_a_statement(commits) {
+    if !grouped_refused && commits.len() > 1 && grouped_units::can_share_a_statement(commits) {
         if let UnitsWritten::Written(outcomes) = grouped_units::commit_units(&mut **tx, commits).await? {
             for (commit, mut outcome) in commits.iter().zip(outcomes) {
                 outcome.scheduled = schedule_tx(tx, commit).await?;
@@ -782,9 +786,11 @@ async fn run_batch(pool: PgPool, batch: Vec<Write>) {
 /// work last and together, the commit). The writes of a batch come from different callers,
 /// so their order is free.
 async fn write_batch(pool: &PgPool, batch: &[Write]) -> Result<Vec<Outcome>, BatchFailed> {
-    if let Some(outcomes) = units_alone(pool, batch).await? {
-        return Ok(outcomes);
-    }
+    let grouped_refused = match units_alone(pool, batch).await? {
+        UnitsAlone::Written(outcomes) => return Ok(outcomes),
+        UnitsAlone::NotAlone => false,
+        UnitsAlone::Refused => true,
+    };
     let before_commit = |e: StoreError| BatchFailed::BeforeCommit(e);
     let mut tx = pool.begin().await.map_err(|e| before_commit(e.into()))?;
     let mut locks = ConversationLocks::default();
@@ -807,7 +813,7 @@ async fn write_batch(pool: &PgPool, batch: &[Write]) -> Result<Vec<Outcome>, Bat
         outcomes[i] = Some(outcome.failure().map_err(before_commit)?);
     }
     let commits: Vec<&Commit> = units.iter().map(|(_, commit)| *commit).collect();
-    let results = commit_batch_tx(&mut tx, &commits).await.map_err(before_commit)?;
+    let results = commit_batch_tx(&mut tx, &commits, grouped_refused).await.map_err(before_commit)?;
     for ((i, _), result) in units.iter().zip(results) {
         outcomes[*i] = Some(Outcome::Committed(result));
     }
@@ -818,25 +824,33 @@ async fn write_batch(pool: &PgPool, batch: &[Write]) -> Result<Vec<Outcome>, Bat
         .collect()
 }
 
+/// What came of a batch tried as units of work alone.
+enum UnitsAlone {
+    Written(Vec<Outcome>),
+    /// Not only units of work without wake-ups, or not able to share a call.
+    NotAlone,
+    /// A unit's check failed: nothing was written, the transaction path tells which.
+    Refused,
+}
+
 /// A batch of units of work without wake-ups, written by one call outside a transaction:
-/// one round trip. `None`: not such a batch, or a unit's check failed (nothing was
-/// written; the transaction path tells which).
-async fn units_alone(pool: &PgPool, batch: &[Write]) -> Result<Option<Vec<Outcome>>, BatchFailed> {
+/// one round trip.
+async fn units_alone(pool: &PgPool, batch: &[Write]) -> Result<UnitsAlone, BatchFailed> {
     let mut commits = Vec::with_capacity(batch.len());
     for write in batch {
         match write {
             Write::Commit { commit, .. } if commit.schedule.is_empty() => commits.push(&**commit),
-            _ => return Ok(None),
+            _ => return Ok(UnitsAlone::NotAlone),
         }
     }
     if !grouped_units::can_share_a_statement(&commits) {
-        return Ok(None);
+        return Ok(UnitsAlone::NotAlone);
     }
     match grouped_units::commit_units(pool, &commits).await {
         Ok(UnitsWritten::Written(outcomes)) => {
-            Ok(Some(outcomes.into_iter().map(|outcome| Outcome::Committed(Ok(outcome))).collect()))
+            Ok(UnitsAlone::Written(outcomes.into_iter().map(|outcome| Outcome::Committed(Ok(outcome))).collect()))
         }
-        Ok(UnitsWritten::Refused { .. }) => Ok(None),
+        Ok(UnitsWritten::Refused { .. }) => Ok(UnitsAlone::Refused),
         Err(CallFailed::NothingWritten(e)) => Err(BatchFailed::BeforeCommit(e)),
         Err(CallFailed::Unknown(e)) => Err(BatchFailed::AtCommit(e)),
     }
