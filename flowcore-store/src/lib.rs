@@ -139,6 +139,8 @@ mod sql_rows;
 mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+mod unit_fixtures;
 
 pub use error::{StoreError, StoreResult};
 #[cfg(feature = "memory")]

@@ -356,48 +356,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testkit::sample_state;
     use crate::traits::{Inbox, MessageLog, Organizations, SessionStore, Store};
-    use crate::types::{
-        Claim, ClaimRequest, Content, ConversationKey, Direction, NewInboxEvent, NewLogEntry, NewOutboxMessage, Page,
-    };
+    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page};
+    use crate::unit_fixtures::{at, chat, log, reply, save};
     use crate::{PostgresOptions, PostgresStore};
-
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_unix_seconds(1_700_000_000 + seconds)
-    }
-
-    fn chat(contact: &str) -> ConversationKey {
-        ConversationKey::new("o", "b", contact)
-    }
-
-    fn log(contact: &str, text: &str) -> NewLogEntry {
-        NewLogEntry {
-            conversation: chat(contact),
-            flow_id: Some("f".into()),
-            direction: Direction::Outbound,
-            content: Content::Text(text.into()),
-            node_id: Some("n".into()),
-            wamid: None,
-            at: at(5),
-            metadata: json!({"k": text}),
-        }
-    }
-
-    fn reply(contact: &str, text: &str) -> NewOutboxMessage {
-        NewOutboxMessage { conversation: chat(contact), payload: json!({"text": text}), due_at: at(5), inbox_id: None }
-    }
-
-    fn save(contact: &str, expected: i64, status: SessionStatus) -> SessionWrite {
-        SessionWrite {
-            key: chat(contact).session("f"),
-            expected_version: expected,
-            flow_version: 3,
-            session: sample_state(contact),
-            status,
-            now: at(5),
-        }
-    }
 
     /// A store in a fresh schema, dropped when the test is done with it.
     struct Fresh {
