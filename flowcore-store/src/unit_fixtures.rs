@@ -1,11 +1,17 @@
 //! Parts of units of work for the SQL backends' grouped-units tests: organization `o`,
 //! business number `b`, flow `f`, everything at one time.
 
+use std::time::Duration;
+
 use flowcore::Timestamp;
 use serde_json::json;
 
 use crate::testkit::sample_state;
-use crate::types::{Content, ConversationKey, Direction, NewLogEntry, NewOutboxMessage, SessionStatus, SessionWrite};
+use crate::traits::Inbox;
+use crate::types::{
+    Claim, ClaimRequest, Commit, Content, ConversationKey, Direction, NewLogEntry, NewOutboxMessage, SessionStatus,
+    SessionWrite,
+};
 
 pub(crate) fn at(seconds: i64) -> Timestamp {
     Timestamp::from_unix_seconds(1_700_000_000 + seconds)
@@ -43,4 +49,40 @@ pub(crate) fn save(contact: &str, expected: i64, status: SessionStatus) -> Sessi
         status,
         now: at(5),
     }
+}
+
+/// An update of `c1` with two log rows and a reply, a new session for `c2` with two
+/// replies, and `c3`'s session closed; each handles its claimed message (`claims` in contact
+/// order).
+pub(crate) fn units(claims: &[Claim]) -> Vec<Commit> {
+    vec![
+        Commit {
+            session: Some(save("c1", 1, SessionStatus::Active)),
+            log: vec![log("c1", "a"), log("c1", "b")],
+            outbox: vec![reply("c1", "a")],
+            inbox_done: Some(claims[0]),
+            ..Commit::new("o", at(5))
+        },
+        Commit {
+            session: Some(save("c2", 0, SessionStatus::Active)),
+            log: vec![log("c2", "c")],
+            outbox: vec![reply("c2", "c"), reply("c2", "d")],
+            inbox_done: Some(claims[1]),
+            ..Commit::new("o", at(5))
+        },
+        Commit {
+            session: Some(save("c3", 1, SessionStatus::Closed)),
+            log: vec![log("c3", "e")],
+            inbox_done: Some(claims[2]),
+            ..Commit::new("o", at(5))
+        },
+    ]
+}
+
+/// Claims every due message of organization `o`, one per conversation, in contact order.
+pub(crate) async fn claims_in_contact_order(store: &dyn Inbox) -> Vec<Claim> {
+    let request = ClaimRequest::for_org("o", at(1), Duration::from_secs(60), 10);
+    let mut claimed = store.claim_inbox(&request).await.unwrap();
+    claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
+    claimed.iter().map(|e| e.claim()).collect()
 }

@@ -351,14 +351,12 @@ impl<'c> SessionColumns<'c> {
 /// end (see `tests/postgres.rs`).
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
     use crate::traits::{Inbox, MessageLog, Organizations, SessionStore, Store};
-    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page};
-    use crate::unit_fixtures::{at, chat, log, reply, save};
+    use crate::types::{Claim, NewInboxEvent, Page};
+    use crate::unit_fixtures::{at, chat, claims_in_contact_order, save, units};
     use crate::{PostgresOptions, PostgresStore};
 
     /// A store in a fresh schema, dropped when the test is done with it.
@@ -402,38 +400,8 @@ mod tests {
         for (contact, message) in [("c1", "m1"), ("c2", "m2"), ("c3", "m3"), ("c2", "m2-next")] {
             store.insert_inbox(NewInboxEvent::message(chat(contact), message, json!({}), at(0))).await.unwrap();
         }
-        let mut claimed =
-            store.claim_inbox(&ClaimRequest::for_org("o", at(1), Duration::from_secs(60), 10)).await.unwrap();
-        claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
-        let claims = claimed.iter().map(|e| e.claim()).collect();
+        let claims = claims_in_contact_order(store).await;
         Some((fresh, claims))
-    }
-
-    /// An update with two log rows and a reply, a new session with two replies, and a
-    /// session closed.
-    fn units(claims: &[Claim]) -> Vec<Commit> {
-        vec![
-            Commit {
-                session: Some(save("c1", 1, SessionStatus::Active)),
-                log: vec![log("c1", "a"), log("c1", "b")],
-                outbox: vec![reply("c1", "a")],
-                inbox_done: Some(claims[0]),
-                ..Commit::new("o", at(5))
-            },
-            Commit {
-                session: Some(save("c2", 0, SessionStatus::Active)),
-                log: vec![log("c2", "c")],
-                outbox: vec![reply("c2", "c"), reply("c2", "d")],
-                inbox_done: Some(claims[1]),
-                ..Commit::new("o", at(5))
-            },
-            Commit {
-                session: Some(save("c3", 1, SessionStatus::Closed)),
-                log: vec![log("c3", "e")],
-                inbox_done: Some(claims[2]),
-                ..Commit::new("o", at(5))
-            },
-        ]
     }
 
     async fn grouped(store: &PostgresStore, commits: &[Commit]) -> UnitsWritten {

@@ -413,14 +413,12 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
     use crate::traits::{Inbox, Organizations, SessionStore, Store};
-    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page};
-    use crate::unit_fixtures::{at, chat, log, reply, save};
+    use crate::types::{Claim, NewInboxEvent, Page};
+    use crate::unit_fixtures::{self, at, chat, claims_in_contact_order, save};
     use crate::{MessageLog, SqliteOptions, SqliteStore};
 
     /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
@@ -439,38 +437,16 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut claimed =
-            store.claim_inbox(&ClaimRequest::for_org("o", at(1), Duration::from_secs(60), 10)).await.unwrap();
-        claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
-        (dir, store, claimed.iter().map(|e| e.claim()).collect())
+        let claims = claims_in_contact_order(&store).await;
+        (dir, store, claims)
     }
 
-    /// An update with two log rows and a reply, a new session with a wake-up and two
-    /// replies, and a session closed: every statement of the grouped query.
+    /// The shared units, the new session's with a wake-up: every statement of the grouped
+    /// query.
     fn units(claims: &[Claim]) -> Vec<Commit> {
-        vec![
-            Commit {
-                session: Some(save("c1", 1, SessionStatus::Active)),
-                log: vec![log("c1", "a"), log("c1", "b")],
-                outbox: vec![reply("c1", "a")],
-                inbox_done: Some(claims[0]),
-                ..Commit::new("o", at(5))
-            },
-            Commit {
-                session: Some(save("c2", 0, SessionStatus::Active)),
-                log: vec![log("c2", "c")],
-                outbox: vec![reply("c2", "c"), reply("c2", "d")],
-                schedule: vec![NewInboxEvent::wake_up(chat("c2"), "wake:c2:1", json!({}), at(5), at(60))],
-                inbox_done: Some(claims[1]),
-                ..Commit::new("o", at(5))
-            },
-            Commit {
-                session: Some(save("c3", 1, SessionStatus::Closed)),
-                log: vec![log("c3", "e")],
-                inbox_done: Some(claims[2]),
-                ..Commit::new("o", at(5))
-            },
-        ]
+        let mut units = unit_fixtures::units(claims);
+        units[1].schedule.push(NewInboxEvent::wake_up(chat("c2"), "wake:c2:1", json!({}), at(5), at(60)));
+        units
     }
 
     async fn grouped(store: &SqliteStore, commits: &[Commit]) -> Option<Vec<CommitOutcome>> {
