@@ -46,7 +46,12 @@ fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
 
     // The load generator and the fake Graph API run here; each server has its own runtime.
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-harness")
+        .enable_all()
+        .build()
+        .unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let graph_uri = client_rt.block_on(fake_graph(accepted.clone()));
     let dir = workdir();
@@ -116,7 +121,12 @@ fn run_backend(
     let servers: Vec<(tokio::runtime::Runtime, RunningServer)> = urls
         .iter()
         .map(|url| {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("server")
+                .enable_all()
+                .build()
+                .unwrap();
             let mut env = HashMap::new();
             for (k, v) in [
                 ("FLOWCORE_ADDR", "127.0.0.1:0".to_owned()),

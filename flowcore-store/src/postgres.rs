@@ -18,7 +18,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
-use crate::sql_rows::{json_col, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
+use crate::sql_rows::{json_col, newest_first, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
@@ -209,6 +209,15 @@ impl PostgresStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// A conversation's active sessions (organization, business number and contact as
+/// parameters 1 to 3), in no particular order: see `newest_first`.
+fn conversation_sessions_sql(cols: &str) -> String {
+    format!(
+        "SELECT {cols} FROM sessions
+         WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND status = 'active'"
+    )
+}
 
 crate::sql_rows::row_decoders!(PgRow);
 
@@ -896,32 +905,26 @@ impl SessionStore for PostgresStore {
     async fn active_session(&self, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
         self.check_org(&c.org_id).await?;
         // One read for what the default method does in two.
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_INFO_COLS}, state_schema, state FROM sessions
-             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND status = 'active'
-             ORDER BY updated_at DESC, id DESC LIMIT 1"
-        ))
-        .bind(&c.org_id)
-        .bind(&c.business_number_id)
-        .bind(&c.contact_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(stored_session).transpose()
+        let rows = sqlx::query(&conversation_sessions_sql(&format!("{SESSION_INFO_COLS}, state_schema, state")))
+            .bind(&c.org_id)
+            .bind(&c.business_number_id)
+            .bind(&c.contact_id)
+            .fetch_all(&self.reader)
+            .await?;
+        newest_stored_session(&rows)
     }
 
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
         self.check_org(&c.org_id).await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_INFO_COLS} FROM sessions
-             WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND status = 'active'
-             ORDER BY updated_at DESC, id DESC"
-        ))
-        .bind(&c.org_id)
-        .bind(&c.business_number_id)
-        .bind(&c.contact_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(session_info).collect()
+        let rows = sqlx::query(&conversation_sessions_sql(SESSION_INFO_COLS))
+            .bind(&c.org_id)
+            .bind(&c.business_number_id)
+            .bind(&c.contact_id)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut sessions = rows.iter().map(session_info).collect::<StoreResult<Vec<_>>>()?;
+        newest_first(&mut sessions);
+        Ok(sessions)
     }
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
@@ -1354,5 +1357,35 @@ impl Store for PostgresStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unit_fixtures::FreshPostgres;
+
+    #[tokio::test]
+    async fn a_conversations_sessions_are_found_through_its_own_key() {
+        let Some(fresh) = FreshPostgres::open().await else { return };
+        let store = &fresh.store;
+        store.register_organization("o").await.unwrap();
+        // Many active sessions in one organization and no statistics (as right after the
+        // migration, or on a server without autovacuum): walking them all for each turn is
+        // what this guards against.
+        sqlx::raw_sql(
+            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status,
+                                   state_schema, state, created_at, updated_at)
+             SELECT 'o', 'b', 'c' || i, 'f', 1, 1, 'active', 1, '{}', i, i FROM generate_series(1, 2000) AS i",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let explain = format!("EXPLAIN {}", conversation_sessions_sql(SESSION_INFO_COLS));
+        let plan: Vec<String> =
+            sqlx::query_scalar(&explain).bind("o").bind("b").bind("c7").fetch_all(store.pool()).await.unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using sessions_active_key on sessions"), "{plan}");
+        fresh.drop_schema().await;
     }
 }

@@ -6,7 +6,7 @@
 use flowcore::Timestamp;
 
 use crate::error::{StoreError, StoreResult};
-use crate::types::ConversationKey;
+use crate::types::{ConversationKey, SessionInfo};
 
 pub(crate) fn ts(ms: i64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
@@ -21,6 +21,17 @@ pub(crate) const SESSION_INFO_COLS: &str = "id, org_id, business_number_id, cont
 pub(crate) const INBOX_COLS: &str = "id, org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status, attempts, lease_until, retry_at, last_error";
 
 pub(crate) const OUTBOX_COLS: &str = "id, org_id, business_number_id, contact_id, payload, inbox_id, due_at, status, attempts, lease_until, retry_at, last_error, wamid, sent_at, delivery, delivery_at";
+
+/// Orders a conversation's sessions newest first: most recently saved, then highest id.
+///
+/// The queries for one conversation's active sessions leave the order to this function on
+/// purpose. With `ORDER BY updated_at` in the query, both SQLite and PostgreSQL (the latter
+/// without statistics, as right after a migration) chose `sessions_org_status`: a walk over
+/// every active session of the organization, where `sessions_active_key` holds only the
+/// conversation's few rows (one per flow).
+pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {
+    sessions.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
+}
 
 pub(crate) fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
     if conversation.org_id == org_id {
@@ -81,6 +92,18 @@ macro_rules! row_decoders {
                 updated_at: info.updated_at,
                 closed_at: info.closed_at,
             })
+        }
+
+        /// The newest of a conversation's active session rows (see `newest_first`), decoded.
+        fn newest_stored_session(rows: &[$row]) -> StoreResult<Option<StoredSession>> {
+            let mut newest: Option<((i64, i64), &$row)> = None;
+            for row in rows {
+                let key = (row.try_get::<i64, _>("updated_at")?, row.try_get::<i64, _>("id")?);
+                if newest.as_ref().is_none_or(|(newest_key, _)| key > *newest_key) {
+                    newest = Some((key, row));
+                }
+            }
+            newest.map(|(_, row)| stored_session(row)).transpose()
         }
 
         fn inbox_event(row: &$row) -> StoreResult<InboxEvent> {

@@ -19,7 +19,7 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
-use crate::sql_rows::{json_col, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
+use crate::sql_rows::{json_col, newest_first, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
@@ -233,6 +233,15 @@ impl SqliteStore {
 }
 
 type Tx = Transaction<'static, Sqlite>;
+
+/// A conversation's active sessions (organization, business number and contact as
+/// parameters 1 to 3), in no particular order: see `newest_first`.
+fn conversation_sessions_sql(cols: &str) -> String {
+    format!(
+        "SELECT {cols} FROM sessions
+         WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND status = 'active'"
+    )
+}
 
 crate::sql_rows::row_decoders!(SqliteRow);
 
@@ -724,32 +733,26 @@ impl SessionStore for SqliteStore {
 
     async fn active_session(&self, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
         self.check_org(&c.org_id).await?;
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_INFO_COLS}, state_schema, state FROM sessions
-             WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND status = 'active'
-             ORDER BY updated_at DESC, id DESC LIMIT 1"
-        ))
-        .bind(&c.org_id)
-        .bind(&c.business_number_id)
-        .bind(&c.contact_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(stored_session).transpose()
+        let rows = sqlx::query(&conversation_sessions_sql(&format!("{SESSION_INFO_COLS}, state_schema, state")))
+            .bind(&c.org_id)
+            .bind(&c.business_number_id)
+            .bind(&c.contact_id)
+            .fetch_all(&self.reader)
+            .await?;
+        newest_stored_session(&rows)
     }
 
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
         self.check_org(&c.org_id).await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_INFO_COLS} FROM sessions
-             WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND status = 'active'
-             ORDER BY updated_at DESC, id DESC"
-        ))
-        .bind(&c.org_id)
-        .bind(&c.business_number_id)
-        .bind(&c.contact_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(session_info).collect()
+        let rows = sqlx::query(&conversation_sessions_sql(SESSION_INFO_COLS))
+            .bind(&c.org_id)
+            .bind(&c.business_number_id)
+            .bind(&c.contact_id)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut sessions = rows.iter().map(session_info).collect::<StoreResult<Vec<_>>>()?;
+        newest_first(&mut sessions);
+        Ok(sessions)
     }
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
@@ -1159,5 +1162,37 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_conversations_sessions_are_found_through_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+        store.register_organization("o").await.unwrap();
+        // Many active sessions in one organization: walking them all for each turn is what
+        // this guards against.
+        sqlx::raw_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status,
+                                   state_schema, state, created_at, updated_at)
+             SELECT 'o', 'b', 'c' || i, 'f', 1, 1, 'active', 1, '{}', i, i FROM n",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {}", conversation_sessions_sql(SESSION_INFO_COLS));
+        let rows = sqlx::query(&explain).bind("o").bind("b").bind("c7").fetch_all(store.pool()).await.unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        assert_eq!(
+            plan,
+            ["SEARCH sessions USING INDEX sessions_active_key (org_id=? AND business_number_id=? AND contact_id=?)"]
+        );
+        store.close().await;
     }
 }

@@ -86,3 +86,35 @@ pub(crate) async fn claims_in_contact_order(store: &dyn Inbox) -> Vec<Claim> {
     claimed.sort_by(|a, b| a.conversation.contact_id.cmp(&b.conversation.contact_id));
     claimed.iter().map(|e| e.claim()).collect()
 }
+
+/// A PostgreSQL store in a fresh schema (of `FLOWCORE_TEST_POSTGRES_URL`), dropped when the
+/// test is done with it; `None`, with a skip line, when the variable is not set.
+#[cfg(feature = "postgres")]
+pub(crate) struct FreshPostgres {
+    pub(crate) store: crate::PostgresStore,
+    schema: String,
+}
+
+#[cfg(feature = "postgres")]
+impl FreshPostgres {
+    pub(crate) async fn open() -> Option<FreshPostgres> {
+        let url = std::env::var("FLOWCORE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+        let Some(url) = url else {
+            eprintln!("SKIPPED: PostgreSQL tests need FLOWCORE_TEST_POSTGRES_URL");
+            return None;
+        };
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let schema = format!("flowcore_unit_{}_{nanos}_{n}", std::process::id());
+        let options = crate::PostgresOptions::default().with_schema(schema.clone());
+        let store = crate::PostgresStore::open(&url, options).await.unwrap();
+        Some(FreshPostgres { store, schema })
+    }
+
+    pub(crate) async fn drop_schema(self) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        sqlx::raw_sql(&sql).execute(self.store.pool()).await.unwrap();
+        crate::traits::Store::close(&self.store).await;
+    }
+}

@@ -356,37 +356,8 @@ mod tests {
     use super::*;
     use crate::traits::{Inbox, MessageLog, Organizations, SessionStore, Store};
     use crate::types::{Claim, NewInboxEvent, Page};
-    use crate::unit_fixtures::{at, chat, claims_in_contact_order, save, units};
-    use crate::{PostgresOptions, PostgresStore};
-
-    /// A store in a fresh schema, dropped when the test is done with it.
-    struct Fresh {
-        store: PostgresStore,
-        schema: String,
-    }
-
-    impl Fresh {
-        async fn open() -> Option<Fresh> {
-            let url = std::env::var("FLOWCORE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
-            let Some(url) = url else {
-                eprintln!("SKIPPED: PostgreSQL tests need FLOWCORE_TEST_POSTGRES_URL");
-                return None;
-            };
-            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-            let schema = format!("flowcore_grouped_{}_{nanos}_{n}", std::process::id());
-            let store =
-                PostgresStore::open(&url, PostgresOptions::default().with_schema(schema.clone())).await.unwrap();
-            Some(Fresh { store, schema })
-        }
-
-        async fn drop_schema(self) {
-            let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
-            sqlx::raw_sql(&sql).execute(self.store.pool()).await.unwrap();
-            self.store.close().await;
-        }
-    }
+    use crate::unit_fixtures::{at, chat, claims_in_contact_order, save, units, FreshPostgres as Fresh};
+    use crate::PostgresStore;
 
     /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
     /// message each, with a second message waiting behind `c2`'s; the claims in contact order.
