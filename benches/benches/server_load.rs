@@ -138,7 +138,7 @@ fn run_backend(
                 ("META_GRAPH_API_BASE", format!("{graph_uri}/v21.0")),
                 ("FLOWCORE_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
                 ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
-                ("FLOWCORE_WORKERS", "16".to_owned()),
+                ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 16).to_string()),
             ] {
                 env.insert(k.to_owned(), v);
             }

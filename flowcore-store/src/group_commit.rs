@@ -94,10 +94,33 @@ pub(crate) fn copy_error(error: &StoreError) -> StoreError {
     }
 }
 
-impl Write {
+/// Which queue a write waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queue {
+    /// Runs on its own, before anything else waiting (rare writes that manage their own
+    /// transaction).
+    Alone,
+    /// Joins the next batch whatever its size: what a webhook's `200` waits for.
+    Urgent,
+    /// Joins a batch up to its cost bound.
+    Batched,
+}
+
+/// A write the group commit can queue.
+pub(crate) trait Queued: Send + 'static {
+    /// Its queue.
+    fn queue(&self) -> Queue;
+    /// What it counts for against a batch's bound.
+    fn cost(&self) -> usize;
+}
+
+impl Queued for Write {
     /// Inbox inserts are what a webhook's `200` waits for; they go first.
-    fn is_urgent(&self) -> bool {
-        matches!(self, Write::InsertInbox { .. })
+    fn queue(&self) -> Queue {
+        match self {
+            Write::InsertInbox { .. } => Queue::Urgent,
+            _ => Queue::Batched,
+        }
     }
 
     /// A unit of work is several statements; the rest are one row each.
@@ -110,35 +133,38 @@ impl Write {
 }
 
 /// What a unit of work counts for against a batch's `max_batch`.
-const UNIT_OF_WORK_COST: usize = 8;
+pub(crate) const UNIT_OF_WORK_COST: usize = 8;
 
 /// The queues writes wait in, and the writer tasks that drain them.
 #[derive(Debug)]
-pub(crate) struct GroupCommit {
-    urgent: mpsc::UnboundedSender<Write>,
-    other: mpsc::UnboundedSender<Write>,
+pub(crate) struct GroupCommit<W> {
+    alone: mpsc::UnboundedSender<W>,
+    urgent: mpsc::UnboundedSender<W>,
+    batched: mpsc::UnboundedSender<W>,
 }
 
-/// Both queues, read by one writer at a time.
-struct Queues {
-    urgent: mpsc::UnboundedReceiver<Write>,
-    other: mpsc::UnboundedReceiver<Write>,
+/// The queues, read by one writer at a time.
+struct Queues<W> {
+    alone: mpsc::UnboundedReceiver<W>,
+    urgent: mpsc::UnboundedReceiver<W>,
+    batched: mpsc::UnboundedReceiver<W>,
 }
 
-impl GroupCommit {
-    /// Starts `lanes` writer tasks on the current tokio runtime; each takes every queued
-    /// inbox insert plus other writes up to a cost of `max_batch` (a unit of work counts
-    /// [`UNIT_OF_WORK_COST`]) and hands them to `run`. Small batches keep a webhook's wait
-    /// for its insert short even when many units of work are queued. The tasks end when this
-    /// value is dropped.
-    pub(crate) fn start<F, Fut>(lanes: usize, max_batch: usize, run: F) -> GroupCommit
+impl<W: Queued> GroupCommit<W> {
+    /// Starts `lanes` writer tasks on the current tokio runtime; each takes a write that runs
+    /// alone, or else every queued urgent write plus batched ones up to a cost of `max_batch`,
+    /// and hands them to `run`. Small batches keep a webhook's wait for its insert short
+    /// even when many units of work are queued. The tasks end when this value is dropped.
+    pub(crate) fn start<F, Fut>(lanes: usize, max_batch: usize, run: F) -> GroupCommit<W>
     where
-        F: Fn(Vec<Write>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<W>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let (alone, alone_receiver) = mpsc::unbounded_channel();
         let (urgent, urgent_receiver) = mpsc::unbounded_channel();
-        let (other, other_receiver) = mpsc::unbounded_channel();
-        let receiver = Arc::new(Mutex::new(Queues { urgent: urgent_receiver, other: other_receiver }));
+        let (batched, batched_receiver) = mpsc::unbounded_channel();
+        let receiver =
+            Arc::new(Mutex::new(Queues { alone: alone_receiver, urgent: urgent_receiver, batched: batched_receiver }));
         let run = Arc::new(run);
         let max_batch = max_batch.max(1);
         for _ in 0..lanes.max(1) {
@@ -150,29 +176,35 @@ impl GroupCommit {
                 }
             });
         }
-        GroupCommit { urgent, other }
+        GroupCommit { alone, urgent, batched }
     }
 
     /// Queues a write built around its reply channel and waits for the result.
-    pub(crate) async fn submit<T>(&self, write: impl FnOnce(Reply<T>) -> Write) -> StoreResult<T> {
+    pub(crate) async fn submit<T>(&self, write: impl FnOnce(Reply<T>) -> W) -> StoreResult<T> {
         let (reply, result) = oneshot::channel();
         let write = write(reply);
-        let queue = if write.is_urgent() { &self.urgent } else { &self.other };
+        let queue = match write.queue() {
+            Queue::Alone => &self.alone,
+            Queue::Urgent => &self.urgent,
+            Queue::Batched => &self.batched,
+        };
         queue.send(write).map_err(|_| StoreError::Closed)?;
         // The writer drops the reply only when its runtime is shutting down.
         result.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
-/// Waits for a write, then takes every queued insert and other writes up to a cost of
-/// `max`. `None` once every sender is gone.
-async fn next_batch(queues: &Mutex<Queues>, max: usize) -> Option<Vec<Write>> {
+/// Waits for a write. One that runs alone is a batch of its own (they are rare, and go
+/// first so that a steady stream of batches cannot hold them back); otherwise every queued
+/// urgent write and batched ones up to a cost of `max`. `None` once every sender is gone.
+async fn next_batch<W: Queued>(queues: &Mutex<Queues<W>>, max: usize) -> Option<Vec<W>> {
     let mut queues = queues.lock().await;
     let queues = &mut *queues;
     let first = tokio::select! {
         biased;
+        Some(write) = queues.alone.recv() => return Some(vec![write]),
         Some(write) = queues.urgent.recv() => write,
-        Some(write) = queues.other.recv() => write,
+        Some(write) = queues.batched.recv() => write,
         else => return None,
     };
     // Callers answered together (by the batch before) write again together: let the others
@@ -186,7 +218,7 @@ async fn next_batch(queues: &Mutex<Queues>, max: usize) -> Option<Vec<Write>> {
         batch.push(write);
     }
     while cost < max {
-        match queues.other.try_recv() {
+        match queues.batched.try_recv() {
             Ok(write) => {
                 cost += write.cost();
                 batch.push(write);

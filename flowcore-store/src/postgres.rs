@@ -107,7 +107,7 @@ pub struct PostgresStore {
     reader: PgPool,
     known_orgs: RwLock<HashSet<String>>,
     /// Inbox inserts, commits and changes to claimed rows, several per transaction.
-    writes: GroupCommit,
+    writes: GroupCommit<Write>,
 }
 
 impl PostgresStore {

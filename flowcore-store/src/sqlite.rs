@@ -1,21 +1,25 @@
 //! The SQLite backend: one file, WAL mode, a busy timeout, migrations embedded and run on open.
 //!
-//! Writes go through one connection (SQLite has one writer at a time anyway; queuing them in
-//! the pool avoids `SQLITE_BUSY` between this process's own tasks) and start with
-//! `BEGIN IMMEDIATE`; reads use a pool of connections that see committed data through WAL.
-//! The hot writes (inbox inserts, units of work, claim changes) are grouped: what many tasks
-//! queue while a transaction runs goes into the next one together (see `group_commit`).
-//! Other processes on the same file wait up to the busy timeout.
+//! Every write goes through one task that owns the write connection (see `writer`): SQLite
+//! has one writer at a time anyway, and queuing the writes in this process avoids
+//! `SQLITE_BUSY` between its own tasks. Reads use a pool of connections that see committed
+//! data through WAL. The hot writes (inbox inserts, units of work, claim changes, claims)
+//! are grouped: what many tasks queue while a transaction runs goes into the next one
+//! together (see `group_commit`). Other processes on the same file wait up to the busy
+//! timeout.
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
@@ -23,6 +27,7 @@ use crate::sql_rows::{json_col, newest_first, same_org, ts, INBOX_COLS, OUTBOX_C
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
+use writer::{SqliteWrite, WriteConnection};
 
 mod grouped_units;
 mod writer;
@@ -90,11 +95,14 @@ impl Default for SqliteOptions {
 /// ```
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// For hosts' own tables ([`SqliteStore::pool`]); the store writes through `writes`.
     writer: SqlitePool,
     reader: SqlitePool,
     known_orgs: RwLock<HashSet<String>>,
-    /// Inserts, units of work and claim changes, grouped into shared transactions.
-    writes: GroupCommit,
+    /// Every write of the store, run by the task that owns the write connection.
+    writes: GroupCommit<SqliteWrite>,
+    /// That connection, closed with the store.
+    write_connection: Arc<WriteConnection>,
     /// The background checkpointer, stopped with the store.
     checkpoints: Option<BackgroundTask>,
 }
@@ -171,15 +179,22 @@ impl SqliteStore {
                 .connect_with(connect.read_only(true))
                 .await?
         };
-        let pool = writer.clone();
-        let writes = GroupCommit::start(1, MAX_BATCH_COST, move |batch| writer::run(pool.clone(), batch));
-        let store = SqliteStore { writer, reader, known_orgs: RwLock::default(), writes, checkpoints };
-        store.migrate().await?;
-        Ok(store)
+        migrate(&writer).await?;
+        // The writer task's own connection, out of the pool for good: no pool round trips
+        // per batch, and the pool stays free for hosts' own tables.
+        let write_connection = Arc::new(WriteConnection::new(Some(writer.acquire().await?.detach())));
+        let connection = write_connection.clone();
+        let writes = GroupCommit::start(1, MAX_BATCH_COST, move |batch| {
+            let connection = connection.clone();
+            async move { writer::run(&connection, batch).await }
+        });
+        Ok(SqliteStore { writer, reader, known_orgs: RwLock::default(), writes, write_connection, checkpoints })
     }
+}
 
-    async fn migrate(&self) -> StoreResult<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+async fn migrate(writer: &SqlitePool) -> StoreResult<()> {
+    {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS flowcore_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )
@@ -203,8 +218,12 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
 
-    /// The write pool (one connection), for hosts that add their own tables.
+impl SqliteStore {
+    /// A pool of one write connection, for hosts that add their own tables. The store's own
+    /// writes use another connection: writes through this pool take turns with them through
+    /// SQLite's lock (waiting up to the busy timeout).
     pub fn pool(&self) -> &SqlitePool {
         &self.writer
     }
@@ -227,12 +246,34 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Runs `job` on the write connection, alone between batches (rare writes).
+    async fn alone<T, F>(&self, job: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+    {
+        self.writes.submit(|reply| SqliteWrite::Alone(writer::job(job, reply))).await
+    }
+
+    /// Runs `work` in a `BEGIN IMMEDIATE` transaction of its own on the write connection.
+    async fn in_transaction<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'t, 'c> FnOnce(&'t mut Tx<'c>) -> BoxFuture<'t, StoreResult<T>> + Send + 'static,
+    {
+        self.alone(move |connection| {
+            Box::pin(async move {
+                let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+                let result = work(&mut tx).await?;
+                tx.commit().await?;
+                Ok(result)
+            })
+        })
+        .await
     }
 }
 
-type Tx = Transaction<'static, Sqlite>;
+type Tx<'c> = Transaction<'c, Sqlite>;
 
 /// A conversation's active sessions (organization, business number and contact as
 /// parameters 1 to 3), in no particular order: see `newest_first`.
@@ -246,7 +287,7 @@ fn conversation_sessions_sql(cols: &str) -> String {
 crate::sql_rows::row_decoders!(SqliteRow);
 
 /// The version of the active session for `key`, if any: what a refused compare-and-set found.
-async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>> {
+async fn active_version(tx: &mut Tx<'_>, k: &SessionKey) -> StoreResult<Option<i64>> {
     Ok(sqlx::query_scalar("SELECT version FROM sessions WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'")
         .bind(&k.org_id)
         .bind(&k.business_number_id)
@@ -256,7 +297,7 @@ async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>>
         .await?)
 }
 
-async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<SavedSession> {
+async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<SavedSession> {
     let state_text = state::encode(&write.session);
     let (current_node, wake_at) = state::meta(&write.session);
     let now = write.now.as_unix_millis();
@@ -303,7 +344,7 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
     }
 }
 
-async fn append_log_tx(tx: &mut Tx, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
+async fn append_log_tx(tx: &mut Tx<'_>, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         let (text, json) = e.content.to_columns();
@@ -329,7 +370,7 @@ async fn append_log_tx(tx: &mut Tx, org_id: &str, entries: &[NewLogEntry]) -> St
     Ok(ids)
 }
 
-async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
+async fn enqueue_tx(tx: &mut Tx<'_>, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
     let mut ids = Vec::with_capacity(messages.len());
     for m in messages {
         let id: i64 = sqlx::query_scalar(
@@ -374,7 +415,7 @@ fn bind_inbox_event<'q>(
         .bind(e.due_at.as_unix_millis())
 }
 
-async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
+async fn insert_inbox_tx(tx: &mut Tx<'_>, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status)
@@ -403,7 +444,7 @@ async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxIns
 }
 
 /// Applies `change` to a claimed row if the claim still holds; otherwise tells why not.
-async fn finish_claim_tx(tx: &mut Tx, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
+async fn finish_claim_tx(tx: &mut Tx<'_>, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
     let (table, set, at, text) = match change {
         ClaimChange::InboxDone { now } => ("inbox", INBOX_DONE, now, None),
         ClaimChange::InboxRetry { at, error } => {
@@ -484,7 +525,7 @@ fn claim_sql(table: &str, cols: &str) -> String {
 /// replies, each statement tagging the rows it returns. Runs inside the caller's
 /// `BEGIN IMMEDIATE` transaction; when the session or the claim did not match, the caller's
 /// transaction is dropped (rolled back) with the error, so nothing of the unit lands.
-async fn commit_batch_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
+async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
     // Plain `?` parameters only: sqlx hands each statement of a multi-statement query the
     // next arguments in order (numbered `?N` would be bound wrongly past the first statement).
     let org_id = commit.org_id.as_str();
@@ -630,7 +671,7 @@ async fn commit_batch_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreRes
 
 /// The unit of work with scheduled wake-ups (rare: a `delay` or an idle timeout), statement by
 /// statement after `prefix` (the savepoint the writer runs it in).
-async fn commit_scheduled_tx(tx: &mut Tx, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
+async fn commit_scheduled_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
     sqlx::query(prefix).execute(&mut **tx).await?;
     let mut outcome = CommitOutcome::default();
     if let Some(w) = &commit.session {
@@ -658,16 +699,11 @@ impl SqliteStore {
         if let Some(org) = &request.org_id {
             self.check_org(org).await?;
         }
-        // One statement in its own transaction: one hop to the connection's thread instead of
-        // three. A writing statement takes the write lock when it starts (waiting as
-        // `BEGIN IMMEDIATE` would), so it reads the rows it updates at their latest.
-        let rows = sqlx::query(&claim_sql(table, cols))
-            .bind(request.now.as_unix_millis())
-            .bind(request.org_id.as_deref())
-            .bind(i64::from(request.limit.min(Page::MAX_LIMIT)))
-            .bind(request.lease_until().as_unix_millis())
-            .fetch_all(&self.writer)
-            .await?;
+        // In the writer's next batch: it reads the rows it updates at their latest, after the
+        // batch's own inserts and finished rows.
+        let sql = claim_sql(table, cols);
+        let request = request.clone();
+        let rows = self.writes.submit(|reply| SqliteWrite::Claim { sql, request, reply }).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push((row.try_get("due_at")?, row.try_get("id")?, map(row)?));
@@ -683,24 +719,37 @@ impl SqliteStore {
         let sql = format!(
             "UPDATE {table} SET status = 'pending', lease_until = NULL WHERE status = 'claimed' AND lease_until < ?1 AND (?2 IS NULL OR org_id = ?2)"
         );
-        let r = sqlx::query(&sql).bind(now.as_unix_millis()).bind(org_id).execute(&self.writer).await?;
-        Ok(r.rows_affected())
+        let org_id = org_id.map(str::to_owned);
+        self.alone(move |connection| {
+            Box::pin(async move {
+                let r = sqlx::query(&sql).bind(now.as_unix_millis()).bind(org_id).execute(connection).await?;
+                Ok(r.rows_affected())
+            })
+        })
+        .await
     }
 
     async fn finish(&self, org_id: &str, claim: Claim, change: ClaimChange) -> StoreResult<()> {
         self.check_org(org_id).await?;
         let org_id = org_id.to_owned();
-        self.writes.submit(|reply| Write::Finish { org_id, claim, change, reply }).await
+        self.writes.submit(|reply| SqliteWrite::Shared(Write::Finish { org_id, claim, change, reply })).await
     }
 }
 
 #[async_trait]
 impl Organizations for SqliteStore {
     async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
-        sqlx::query("INSERT INTO organizations (id, created_at) VALUES (?1, 0) ON CONFLICT (id) DO NOTHING")
-            .bind(org_id)
-            .execute(&self.writer)
-            .await?;
+        let id = org_id.to_owned();
+        self.alone(move |connection| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO organizations (id, created_at) VALUES (?1, 0) ON CONFLICT (id) DO NOTHING")
+                    .bind(id)
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
         self.known_orgs.write().unwrap_or_else(|p| p.into_inner()).insert(org_id.to_owned());
         Ok(())
     }
@@ -757,26 +806,29 @@ impl SessionStore for SqliteStore {
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
         self.check_org(&write.key.org_id).await?;
-        let mut tx = self.begin().await?;
-        let saved = save_session_tx(&mut tx, &write).await?;
-        tx.commit().await?;
-        Ok(saved)
+        self.in_transaction(move |tx| Box::pin(async move { save_session_tx(tx, &write).await })).await
     }
 
     async fn close_session(&self, key: &SessionKey, now: Timestamp) -> StoreResult<bool> {
         self.check_org(&key.org_id).await?;
-        let r = sqlx::query(
-            "UPDATE sessions SET status = 'closed', version = version + 1, updated_at = ?5, closed_at = ?5
-             WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'",
-        )
-        .bind(&key.org_id)
-        .bind(&key.business_number_id)
-        .bind(&key.contact_id)
-        .bind(&key.flow_id)
-        .bind(now.as_unix_millis())
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        let key = key.clone();
+        self.alone(move |connection| {
+            Box::pin(async move {
+                let r = sqlx::query(
+                    "UPDATE sessions SET status = 'closed', version = version + 1, updated_at = ?5, closed_at = ?5
+                     WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active'",
+                )
+                .bind(&key.org_id)
+                .bind(&key.business_number_id)
+                .bind(&key.contact_id)
+                .bind(&key.flow_id)
+                .bind(now.as_unix_millis())
+                .execute(connection)
+                .await?;
+                Ok(r.rows_affected() > 0)
+            })
+        })
+        .await
     }
 
     async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
@@ -798,35 +850,49 @@ impl SessionStore for SqliteStore {
         let now = now.as_unix_millis();
         let expired_before = now.saturating_sub(duration_ms(policy.session_ttl));
         let retained_after = now.saturating_sub(duration_ms(policy.retention));
-        let mut tx = self.begin().await?;
-        let expired = sqlx::query("DELETE FROM sessions WHERE org_id = ?1 AND status = 'active' AND updated_at < ?2")
-            .bind(org_id)
-            .bind(expired_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let closed = sqlx::query("DELETE FROM sessions WHERE org_id = ?1 AND status = 'closed' AND closed_at < ?2")
-            .bind(org_id)
-            .bind(retained_after)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let inbox =
-            sqlx::query("DELETE FROM inbox WHERE org_id = ?1 AND status IN ('done', 'failed') AND finished_at < ?2")
+        let org_id = org_id.to_owned();
+        self.in_transaction(move |tx| {
+            Box::pin(async move {
+                let org_id = org_id.as_str();
+                let expired =
+                    sqlx::query("DELETE FROM sessions WHERE org_id = ?1 AND status = 'active' AND updated_at < ?2")
+                        .bind(org_id)
+                        .bind(expired_before)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                let closed =
+                    sqlx::query("DELETE FROM sessions WHERE org_id = ?1 AND status = 'closed' AND closed_at < ?2")
+                        .bind(org_id)
+                        .bind(retained_after)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                let inbox = sqlx::query(
+                    "DELETE FROM inbox WHERE org_id = ?1 AND status IN ('done', 'failed') AND finished_at < ?2",
+                )
                 .bind(org_id)
                 .bind(retained_after)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
-        let outbox =
-            sqlx::query("DELETE FROM outbox WHERE org_id = ?1 AND status IN ('done', 'failed') AND finished_at < ?2")
+                let outbox = sqlx::query(
+                    "DELETE FROM outbox WHERE org_id = ?1 AND status IN ('done', 'failed') AND finished_at < ?2",
+                )
                 .bind(org_id)
                 .bind(retained_after)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
-        tx.commit().await?;
-        Ok(PurgeReport { expired_sessions: expired, closed_sessions: closed, inbox_rows: inbox, outbox_rows: outbox })
+                Ok(PurgeReport {
+                    expired_sessions: expired,
+                    closed_sessions: closed,
+                    inbox_rows: inbox,
+                    outbox_rows: outbox,
+                })
+            })
+        })
+        .await
     }
 }
 
@@ -837,10 +903,8 @@ impl MessageLog for SqliteStore {
         for e in entries {
             same_org(org_id, &e.conversation)?;
         }
-        let mut tx = self.begin().await?;
-        let ids = append_log_tx(&mut tx, org_id, entries).await?;
-        tx.commit().await?;
-        Ok(ids)
+        let (org_id, entries) = (org_id.to_owned(), entries.to_vec());
+        self.in_transaction(move |tx| Box::pin(async move { append_log_tx(tx, &org_id, &entries).await })).await
     }
 
     async fn history(&self, c: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
@@ -948,7 +1012,7 @@ impl MessageLog for SqliteStore {
 impl Inbox for SqliteStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
         self.check_org(&event.conversation.org_id).await?;
-        self.writes.submit(|reply| Write::InsertInbox { event, reply }).await
+        self.writes.submit(|reply| SqliteWrite::Shared(Write::InsertInbox { event, reply })).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
@@ -998,10 +1062,8 @@ impl Outbox for SqliteStore {
         for m in messages {
             same_org(org_id, &m.conversation)?;
         }
-        let mut tx = self.begin().await?;
-        let ids = enqueue_tx(&mut tx, org_id, messages).await?;
-        tx.commit().await?;
-        Ok(ids)
+        let (org_id, messages) = (org_id.to_owned(), messages.to_vec());
+        self.in_transaction(move |tx| Box::pin(async move { enqueue_tx(tx, &org_id, &messages).await })).await
     }
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
@@ -1033,28 +1095,33 @@ impl Outbox for SqliteStore {
         at: Timestamp,
     ) -> StoreResult<bool> {
         self.check_org(org_id).await?;
-        let mut tx = self.begin().await?;
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE org_id = ?1 AND wamid = ?2 LIMIT 1")
-            .bind(org_id)
-            .bind(wamid)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if found.is_none() {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE outbox SET delivery = ?3, delivery_rank = ?4, delivery_at = ?5
-             WHERE org_id = ?1 AND wamid = ?2 AND delivery_rank < ?4",
-        )
-        .bind(org_id)
-        .bind(wamid)
-        .bind(status.as_str())
-        .bind(status.rank())
-        .bind(at.as_unix_millis())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let (org_id, wamid) = (org_id.to_owned(), wamid.to_owned());
+        self.in_transaction(move |tx| {
+            Box::pin(async move {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM outbox WHERE org_id = ?1 AND wamid = ?2 LIMIT 1")
+                        .bind(&org_id)
+                        .bind(&wamid)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if found.is_none() {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE outbox SET delivery = ?3, delivery_rank = ?4, delivery_at = ?5
+                     WHERE org_id = ?1 AND wamid = ?2 AND delivery_rank < ?4",
+                )
+                .bind(&org_id)
+                .bind(&wamid)
+                .bind(status.as_str())
+                .bind(status.rank())
+                .bind(at.as_unix_millis())
+                .execute(&mut **tx)
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
@@ -1082,20 +1149,23 @@ fn stored_flow(row: &SqliteRow) -> StoreResult<StoredFlow> {
 impl FlowStore for SqliteStore {
     async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
         self.check_org(org_id).await?;
-        let mut tx = self.begin().await?;
-        let version: i64 = sqlx::query_scalar(
-            "INSERT INTO flows (org_id, flow_id, version, definition, published_at)
-             VALUES (?1, ?2, (SELECT COALESCE(MAX(version), 0) + 1 FROM flows WHERE org_id = ?1 AND flow_id = ?2), ?3, ?4)
-             RETURNING version",
-        )
-        .bind(org_id)
-        .bind(flow_id)
-        .bind(definition)
-        .bind(now.as_unix_millis())
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(version)
+        let (org_id, flow_id, definition) = (org_id.to_owned(), flow_id.to_owned(), definition.to_owned());
+        self.alone(move |connection| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar(
+                    "INSERT INTO flows (org_id, flow_id, version, definition, published_at)
+                     VALUES (?1, ?2, (SELECT COALESCE(MAX(version), 0) + 1 FROM flows WHERE org_id = ?1 AND flow_id = ?2), ?3, ?4)
+                     RETURNING version",
+                )
+                .bind(org_id)
+                .bind(flow_id)
+                .bind(definition)
+                .bind(now.as_unix_millis())
+                .fetch_one(connection)
+                .await?)
+            })
+        })
+        .await
     }
 
     async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
@@ -1149,7 +1219,7 @@ impl Store for SqliteStore {
         {
             same_org(org_id, c)?;
         }
-        self.writes.submit(|reply| Write::Commit { commit: Box::new(commit), reply }).await
+        self.writes.submit(|reply| SqliteWrite::Shared(Write::Commit { commit: Box::new(commit), reply })).await
     }
 
     async fn close(&self) {
@@ -1157,6 +1227,11 @@ impl Store for SqliteStore {
             checkpoints.0.abort();
         }
         self.writer.close().await;
+        // Waits for the batch in progress; later writes find the connection gone.
+        let connection = self.write_connection.lock().await.take();
+        if let Some(connection) = connection {
+            let _ = connection.close().await;
+        }
         self.reader.close().await;
     }
 

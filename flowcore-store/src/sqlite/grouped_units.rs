@@ -127,7 +127,7 @@ pub(super) fn worth_grouping(commits: &[&Commit]) -> bool {
 /// Writes `commits` as one query. `Ok(None)`: some unit's check did not hold; nothing of
 /// them was written (the savepoint was rolled back) and the caller runs them one by one.
 /// `Err`: the transaction cannot go on.
-pub(super) async fn commit_grouped(tx: &mut Tx, commits: &[&Commit]) -> StoreResult<Option<Vec<CommitOutcome>>> {
+pub(super) async fn commit_grouped(tx: &mut Tx<'_>, commits: &[&Commit]) -> StoreResult<Option<Vec<CommitOutcome>>> {
     let query = build(commits);
     match run(tx, query).await {
         Ok(Some(results)) => Ok(Some(outcomes(commits, &results)?)),
@@ -319,7 +319,7 @@ struct Results {
 }
 
 /// Runs the grouped query; `None` if a count fell short.
-async fn run(tx: &mut Tx, q: GroupedQuery<'static>) -> StoreResult<Option<Results>> {
+async fn run(tx: &mut Tx<'_>, q: GroupedQuery<'static>) -> StoreResult<Option<Results>> {
     let GroupedQuery { sql, query, steps } = q;
     let args = take_arguments(query)?;
     let items = fetch_results(tx, &sql, args).await?;

@@ -1,34 +1,134 @@
-//! The SQLite writer: runs a batch of queued writes in one `BEGIN IMMEDIATE` transaction.
+//! The SQLite writer: the one task that writes. It owns the store's write connection and
+//! runs each batch of queued writes in one `BEGIN IMMEDIATE` transaction.
+//!
+//! SQLite has one writer at a time. Two write connections would take turns through
+//! SQLite's lock, and a writer that finds it taken sleeps (1 ms, then longer) before it
+//! tries again. So every write of the store comes here: inserts, units of work, claim
+//! changes and claims share batches, and rare writes (an operator's close, a purge) run
+//! alone between batches, each in a transaction of its own.
 //!
 //! Every statement is a round trip to sqlx's connection thread (two thread wake-ups), which
 //! costs more than SQLite's own work for these small writes. So a batch's inbox inserts go
 //! in one multi-row statement, its claim changes in one statement per kind of change, and
-//! each unit of work in one multi-statement query.
+//! its units of work in one grouped query. Owning the connection also spares each batch
+//! sqlx's pool round trips: taking a connection from a pool and its test on the way back.
 //!
 //! Each write is still checked exactly as it would be alone: an insert that hits an existing
 //! message id is a duplicate, a claim change whose claim no longer holds changes nothing and
 //! is diagnosed on its own, and a unit of work runs inside a savepoint that is rolled back when
 //! any of its checks fails. Writes of one batch were issued concurrently, so running them
-//! grouped by kind does not reorder anything a caller could have ordered. Results are handed
+//! grouped by kind does not reorder anything a caller could have ordered; claims run last, so
+//! they see the rows the batch inserted and the conversations it freed. Results are handed
 //! out only after the transaction committed: until then nothing is durable.
 
 use std::collections::HashMap;
 
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Connection, Row, Sqlite};
+use tokio::sync::Mutex;
 
 use super::{
     bind_inbox_event, commit_batch_tx, commit_scheduled_tx, finish_claim_tx, grouped_units, insert_inbox_tx,
     take_arguments, Tx,
 };
 use crate::error::{StoreError, StoreResult};
-use crate::group_commit::{copy_error, ClaimChange, Reply, Write};
-use crate::types::{Claim, Commit, CommitOutcome, InboxInsert, NewInboxEvent};
+use crate::group_commit::{copy_error, ClaimChange, Queue, Queued, Reply, Write, UNIT_OF_WORK_COST};
+use crate::types::{Claim, ClaimRequest, Commit, CommitOutcome, InboxInsert, NewInboxEvent, Page};
+
+/// A write for SQLite's writer.
+pub(super) enum SqliteWrite {
+    /// An insert, a unit of work or a claim change.
+    Shared(Write),
+    /// A claim of the inbox or the outbox: `UPDATE … RETURNING` the claimed rows.
+    Claim { sql: String, request: ClaimRequest, reply: Reply<Vec<SqliteRow>> },
+    /// A rare write with its own transaction; it answers its caller itself (dropped
+    /// unanswered, the caller sees [`StoreError::Closed`]).
+    Alone(Job),
+}
+
+/// A write that runs alone on the write connection.
+pub(super) type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
+
+/// Wraps `job` so that its result goes to `reply`.
+pub(super) fn job<T, F>(job: F, reply: Reply<T>) -> Job
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+{
+    Box::new(move |connection: &mut SqliteConnection| {
+        let answered: BoxFuture<'_, ()> = Box::pin(async move {
+            // A caller that stopped waiting has nobody to tell.
+            let _ = reply.send(job(connection).await);
+        });
+        answered
+    })
+}
+
+impl std::fmt::Debug for SqliteWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqliteWrite::Shared(write) => write.fmt(f),
+            SqliteWrite::Claim { request, .. } => f.debug_struct("Claim").field("request", request).finish(),
+            SqliteWrite::Alone(_) => f.write_str("Alone"),
+        }
+    }
+}
+
+impl Queued for SqliteWrite {
+    fn queue(&self) -> Queue {
+        match self {
+            SqliteWrite::Shared(write) => write.queue(),
+            SqliteWrite::Claim { .. } => Queue::Batched,
+            SqliteWrite::Alone(_) => Queue::Alone,
+        }
+    }
+
+    /// A claim walks the waiting conversations and updates each row it takes: about a unit
+    /// of work's worth.
+    fn cost(&self) -> usize {
+        match self {
+            SqliteWrite::Shared(write) => write.cost(),
+            SqliteWrite::Claim { .. } => UNIT_OF_WORK_COST,
+            SqliteWrite::Alone(_) => 1,
+        }
+    }
+}
+
+impl SqliteWrite {
+    fn fail(self, error: &StoreError) {
+        match self {
+            SqliteWrite::Shared(write) => write.fail(error),
+            SqliteWrite::Claim { reply, .. } => drop(reply.send(Err(copy_error(error)))),
+            SqliteWrite::Alone(job) => drop(job),
+        }
+    }
+}
+
+/// The write connection; `None` once the store is closed.
+pub(super) type WriteConnection = Mutex<Option<SqliteConnection>>;
+
+/// Runs `batch` (one job that runs alone, or writes that share a transaction) and answers
+/// every write.
+pub(super) async fn run(connection: &WriteConnection, batch: Vec<SqliteWrite>) {
+    let mut connection = connection.lock().await;
+    let Some(connection) = connection.as_mut() else {
+        batch.into_iter().for_each(|write| write.fail(&StoreError::Closed));
+        return;
+    };
+    let mut batch = batch.into_iter();
+    match (batch.next(), batch.len()) {
+        (Some(SqliteWrite::Alone(job)), 0) => job(connection).await,
+        (first, _) => run_batch(connection, first.into_iter().chain(batch).collect()).await,
+    }
+}
 
 /// A write's result, waiting for the batch's commit.
 enum Answer {
     Insert(Reply<InboxInsert>, StoreResult<InboxInsert>),
     Commit(Reply<CommitOutcome>, StoreResult<CommitOutcome>),
     Finish(Reply<()>, StoreResult<()>),
+    Claim(Reply<Vec<SqliteRow>>, StoreResult<Vec<SqliteRow>>),
 }
 
 impl Answer {
@@ -45,6 +145,7 @@ impl Answer {
             Answer::Insert(reply, result) => drop(reply.send(pick(result, commit_error))),
             Answer::Commit(reply, result) => drop(reply.send(pick(result, commit_error))),
             Answer::Finish(reply, result) => drop(reply.send(pick(result, commit_error))),
+            Answer::Claim(reply, result) => drop(reply.send(pick(result, commit_error))),
         }
     }
 }
@@ -60,9 +161,9 @@ const RELEASE_AND_SAVEPOINT: &str = "RELEASE unit; SAVEPOINT unit;";
 /// Rows per multi-row statement: well under SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Runs `batch` in one transaction on the writer pool and answers every write.
-pub(super) async fn run(pool: SqlitePool, batch: Vec<Write>) {
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+/// Runs `batch` in one transaction and answers every write.
+async fn run_batch(connection: &mut SqliteConnection, batch: Vec<SqliteWrite>) {
+    let mut tx = match connection.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
             let e = StoreError::from(e);
@@ -73,37 +174,72 @@ pub(super) async fn run(pool: SqlitePool, batch: Vec<Write>) {
     let mut inserts = Vec::new();
     let mut finishes = Vec::new();
     let mut commits = Vec::new();
+    let mut claims = Vec::new();
     for write in batch {
         match write {
-            Write::InsertInbox { event, reply } => inserts.push((event, reply)),
-            Write::Finish { org_id, claim, change, reply } => finishes.push((org_id, claim, change, reply)),
-            Write::Commit { commit, reply } => commits.push((commit, reply)),
+            SqliteWrite::Shared(Write::InsertInbox { event, reply }) => inserts.push((event, reply)),
+            SqliteWrite::Shared(Write::Finish { org_id, claim, change, reply }) => {
+                finishes.push((org_id, claim, change, reply))
+            }
+            SqliteWrite::Shared(Write::Commit { commit, reply }) => commits.push((commit, reply)),
+            SqliteWrite::Claim { sql, request, reply } => claims.push((sql, request, reply)),
+            // `run` gives a job that runs alone a batch of its own.
+            alone @ SqliteWrite::Alone(_) => {
+                alone.fail(&StoreError::Database("a write that runs alone was batched".into()))
+            }
         }
     }
-    let mut answers = Vec::with_capacity(inserts.len() + finishes.len() + commits.len());
+    let mut answers = Vec::with_capacity(inserts.len() + finishes.len() + commits.len() + claims.len());
     let ran = async {
         insert_all(&mut tx, inserts, &mut answers).await?;
         finish_all(&mut tx, finishes, &mut answers).await?;
-        commit_all(&mut tx, commits, &mut answers).await
+        commit_all(&mut tx, commits, &mut answers).await?;
+        claim_all(&mut tx, claims, &mut answers).await
     }
     .await;
     let outcome = match ran {
         // The transaction is in an unknown state: nothing of the batch lands.
         Err(e) => Err(e),
-        Ok(()) => commit(tx).await,
+        Ok(()) => tx.commit().await.map_err(StoreError::from),
     };
     answers.into_iter().for_each(|answer| answer.send(outcome.as_ref().err()));
 }
 
-async fn commit(tx: Transaction<'static, Sqlite>) -> StoreResult<()> {
-    Ok(tx.commit().await?)
+/// The batch's claims, in the order they were queued.
+///
+/// `Err` only when the transaction cannot go on; the claims it names are answered already.
+async fn claim_all(
+    tx: &mut Tx<'_>,
+    claims: Vec<(String, ClaimRequest, Reply<Vec<SqliteRow>>)>,
+    answers: &mut Vec<Answer>,
+) -> StoreResult<()> {
+    let mut claims = claims.into_iter();
+    while let Some((sql, request, reply)) = claims.next() {
+        let result = sqlx::query(&sql)
+            .bind(request.now.as_unix_millis())
+            .bind(request.org_id.as_deref())
+            .bind(i64::from(request.limit.min(Page::MAX_LIMIT)))
+            .bind(request.lease_until().as_unix_millis())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::from);
+        if let Err(StoreError::Closed) = result {
+            answers.push(Answer::Claim(reply, Err(StoreError::Closed)));
+            claims.for_each(|(_, _, reply)| answers.push(Answer::Claim(reply, Err(StoreError::Closed))));
+            return Err(StoreError::Closed);
+        }
+        // A claim that failed changed nothing (SQLite undoes the statement), and the
+        // transaction goes on.
+        answers.push(Answer::Claim(reply, result));
+    }
+    Ok(())
 }
 
 /// The batch's inbox inserts, as multi-row `INSERT … ON CONFLICT DO NOTHING` statements.
 ///
 /// `Err` only when the transaction cannot go on; the writes it names are answered already.
 async fn insert_all(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     inserts: Vec<(NewInboxEvent, Reply<InboxInsert>)>,
     answers: &mut Vec<Answer>,
 ) -> StoreResult<()> {
@@ -173,7 +309,7 @@ async fn insert_all(
 
 /// The batch's claim changes: one `UPDATE … FROM (VALUES …)` per kind of change; a change
 /// whose claim did not hold (or that names a row twice) is then run and diagnosed alone.
-async fn finish_all(tx: &mut Tx, finishes: Vec<PendingFinish>, answers: &mut Vec<Answer>) -> StoreResult<()> {
+async fn finish_all(tx: &mut Tx<'_>, finishes: Vec<PendingFinish>, answers: &mut Vec<Answer>) -> StoreResult<()> {
     let mut by_kind: Vec<Vec<PendingFinish>> = Vec::new();
     for finish in finishes {
         match by_kind.iter_mut().find(|group| same_kind(&group[0].2, &finish.2)) {
@@ -235,7 +371,7 @@ fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
 }
 
 /// One kind of claim change for several rows; the ids of the rows it changed.
-async fn finish_statement(tx: &mut Tx, chunk: &[PendingFinish]) -> StoreResult<std::collections::HashSet<i64>> {
+async fn finish_statement(tx: &mut Tx<'_>, chunk: &[PendingFinish]) -> StoreResult<std::collections::HashSet<i64>> {
     let Some(first) = chunk.first() else { return Ok(Default::default()) };
     let (table, set) = grouped_set_clause(&first.2);
     let mut sql = format!(
@@ -298,7 +434,7 @@ fn change_values(change: &ClaimChange) -> (i64, Option<String>) {
 /// The batch's units of work: grouped into one query when every unit's checks hold (see
 /// `grouped_units.rs`), else each in its savepoint.
 async fn commit_all(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
     answers: &mut Vec<Answer>,
 ) -> StoreResult<()> {
@@ -326,7 +462,7 @@ async fn commit_all(
 
 /// Units of work, each in its savepoint.
 async fn one_by_one(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
     answers: &mut Vec<Answer>,
 ) -> StoreResult<()> {
@@ -394,7 +530,7 @@ mod tests {
             batch.push(Write::InsertInbox { event: message("c1", id), reply });
             results.push(result);
         }
-        run(store.pool().clone(), batch).await;
+        run_shared(&store, batch).await;
         let results: Vec<InboxInsert> = futures_results(results).await;
         assert!(matches!(results[0], InboxInsert::Inserted(_)), "{results:?}");
         assert_eq!(results[1], InboxInsert::Duplicate(stored));
@@ -428,7 +564,7 @@ mod tests {
             batch.push(Write::Finish { org_id: "o".into(), claim, change: done.clone(), reply });
             results.push(result);
         }
-        run(store.pool().clone(), batch).await;
+        run_shared(&store, batch).await;
         let mut results = results.into_iter();
         for _ in 0..2 {
             results.next().unwrap().await.unwrap().unwrap();
@@ -464,8 +600,8 @@ mod tests {
         let (r1, w1) = oneshot::channel();
         let (r2, w2) = oneshot::channel();
         let sent = ClaimChange::OutboxSent { wamid: "wamid.X".into(), now: at(3) };
-        run(
-            store.pool().clone(),
+        run_shared(
+            &store,
             vec![
                 Write::Finish { org_id: "o".into(), claim: reply_claim, change: sent.clone(), reply: r1 },
                 Write::Finish { org_id: "o".into(), claim: Claim { id: ids[0], attempt: 5 }, change: sent, reply: r2 },
@@ -475,6 +611,12 @@ mod tests {
         w1.await.unwrap().unwrap();
         assert!(matches!(w2.await.unwrap(), Err(StoreError::LeaseLost { .. })));
         assert_eq!(store.get_outbox("o", ids[0]).await.unwrap().unwrap().wamid.as_deref(), Some("wamid.X"));
+    }
+
+    /// Runs `batch` as the writer would, on a write connection of the test's own.
+    async fn run_shared(store: &SqliteStore, batch: Vec<Write>) {
+        let connection = WriteConnection::new(Some(store.pool().acquire().await.unwrap().detach()));
+        run(&connection, batch.into_iter().map(SqliteWrite::Shared).collect()).await;
     }
 
     async fn futures_results<T: std::fmt::Debug>(results: Vec<oneshot::Receiver<StoreResult<T>>>) -> Vec<T> {
