@@ -8,13 +8,14 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgPool, Postgres, Row, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
@@ -108,6 +109,8 @@ pub struct PostgresStore {
     known_orgs: RwLock<HashSet<String>>,
     /// Inbox inserts, commits and changes to claimed rows, several per transaction.
     writes: GroupCommit<Write>,
+    /// The connections the write lanes keep, given back on close.
+    lanes: Arc<LaneConnections>,
 }
 
 impl PostgresStore {
@@ -144,10 +147,13 @@ impl PostgresStore {
         if let Some(schema) = &options.schema {
             sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&pool).await?;
         }
-        let writer = pool.clone();
-        let writes =
-            GroupCommit::start(WRITE_LANES, MAX_WRITES_PER_TRANSACTION, move |batch| run_batch(writer.clone(), batch));
-        let store = PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default(), writes };
+        let lanes = Arc::new(LaneConnections::new(pool.clone(), WRITE_LANES));
+        let running = lanes.clone();
+        let writes = GroupCommit::start(WRITE_LANES, MAX_WRITES_PER_TRANSACTION, move |batch| {
+            let lanes = running.clone();
+            async move { lanes.run(batch).await }
+        });
+        let store = PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default(), writes, lanes };
         store.migrate().await?;
         Ok(store)
     }
@@ -208,7 +214,7 @@ impl PostgresStore {
     }
 }
 
-type Tx = Transaction<'static, Postgres>;
+type Tx<'c> = Transaction<'c, Postgres>;
 
 /// A conversation's active sessions (organization, business number and contact as
 /// parameters 1 to 3), in no particular order: see `newest_first`.
@@ -222,7 +228,7 @@ fn conversation_sessions_sql(cols: &str) -> String {
 crate::sql_rows::row_decoders!(PgRow);
 
 /// The version of the active session for `key`, if any: what a refused compare-and-set found.
-async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>> {
+async fn active_version(tx: &mut Tx<'_>, k: &SessionKey) -> StoreResult<Option<i64>> {
     Ok(sqlx::query_scalar("SELECT version FROM sessions WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active'")
         .bind(&k.org_id)
         .bind(&k.business_number_id)
@@ -232,7 +238,7 @@ async fn active_version(tx: &mut Tx, k: &SessionKey) -> StoreResult<Option<i64>>
         .await?)
 }
 
-async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<SavedSession> {
+async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<SavedSession> {
     let state_text = state::encode(&write.session);
     let (current_node, wake_at) = state::meta(&write.session);
     let now = write.now.as_unix_millis();
@@ -279,7 +285,7 @@ async fn save_session_tx(tx: &mut Tx, write: &SessionWrite) -> StoreResult<Saved
     }
 }
 
-async fn append_log_tx(tx: &mut Tx, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
+async fn append_log_tx(tx: &mut Tx<'_>, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         let (text, json) = e.content.to_columns();
@@ -315,7 +321,7 @@ fn earlier_unfinished(table: &str, org: &str, number: &str, contact: &str, due: 
     )
 }
 
-async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
+async fn enqueue_tx(tx: &mut Tx<'_>, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
     let sql = format!(
         "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status, head)
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', NOT {}) RETURNING id",
@@ -339,7 +345,7 @@ async fn enqueue_tx(tx: &mut Tx, org_id: &str, messages: &[NewOutboxMessage]) ->
     Ok(ids)
 }
 
-async fn insert_inbox_tx(tx: &mut Tx, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
+async fn insert_inbox_tx(tx: &mut Tx<'_>, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
     // Takes no conversation lock (a webhook's `200` waits for this): it share-locks one
     // earlier unfinished row instead, which cannot then be finished before this insert is
@@ -423,7 +429,7 @@ const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = $4
 /// Applies `change` to a claimed row if the claim still holds (and hands the conversation's
 /// head on when the row leaves the queue); otherwise writes nothing and tells why. One
 /// statement, so a refused change leaves the transaction usable for the rest of a batch.
-async fn finish_tx(tx: &mut Tx, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
+async fn finish_tx(tx: &mut Tx<'_>, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
     let update = claim_update(change);
     let table = update.table;
     let set = update.set;
@@ -450,7 +456,13 @@ async fn finish_tx(tx: &mut Tx, org_id: &str, claim: Claim, change: &ClaimChange
 }
 
 /// Why a claim did not hold: the row is gone, or it was claimed again (or finished) since.
-async fn claim_refused<T>(tx: &mut Tx, table: &str, what: &'static str, org_id: &str, claim: Claim) -> StoreResult<T> {
+async fn claim_refused<T>(
+    tx: &mut Tx<'_>,
+    table: &str,
+    what: &'static str,
+    org_id: &str,
+    claim: Claim,
+) -> StoreResult<T> {
     let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE org_id = $1 AND id = $2"))
         .bind(org_id)
         .bind(claim.id)
@@ -568,7 +580,7 @@ impl<'a> ConversationLocks<'a> {
         }
     }
 
-    async fn take(&self, tx: &mut Tx) -> StoreResult<()> {
+    async fn take(&self, tx: &mut Tx<'_>) -> StoreResult<()> {
         if self.inbox_rows.is_empty() && self.outbox_rows.is_empty() && self.orgs.is_empty() {
             return Ok(());
         }
@@ -632,7 +644,7 @@ impl PostgresStore {
 
 /// [`Store::commit`] in `tx`: the unit of work in one call (see `grouped_units.rs`), then
 /// its wake-ups; a refused check is diagnosed.
-async fn commit_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutcome> {
+async fn commit_tx(tx: &mut Tx<'_>, commit: &Commit) -> StoreResult<CommitOutcome> {
     match grouped_units::commit_units(&mut **tx, &[commit]).await? {
         UnitsWritten::Written(outcomes) => {
             let mut outcome = outcomes
@@ -650,7 +662,7 @@ async fn commit_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<CommitOutcome> {
 /// `grouped_refused`: that call was refused already), else each on its own. `Err` only when
 /// the transaction cannot go on; a refused unit's error is its own result.
 async fn commit_batch_tx(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     commits: &[&Commit],
     grouped_refused: bool,
 ) -> StoreResult<Vec<StoreResult<CommitOutcome>>> {
@@ -674,7 +686,7 @@ async fn commit_batch_tx(
 }
 
 /// A unit's wake-ups, once the rest of it is written.
-async fn schedule_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<Vec<InboxInsert>> {
+async fn schedule_tx(tx: &mut Tx<'_>, commit: &Commit) -> StoreResult<Vec<InboxInsert>> {
     let mut scheduled = Vec::with_capacity(commit.schedule.len());
     for event in &commit.schedule {
         scheduled.push(insert_inbox_tx(tx, event).await?);
@@ -684,7 +696,7 @@ async fn schedule_tx(tx: &mut Tx, commit: &Commit) -> StoreResult<Vec<InboxInser
 
 /// Why a unit of work wrote nothing: a stale session version first (as the other backends
 /// tell it), then the claim.
-async fn commit_refused<T>(tx: &mut Tx, commit: &Commit, claims_held: bool) -> StoreResult<T> {
+async fn commit_refused<T>(tx: &mut Tx<'_>, commit: &Commit, claims_held: bool) -> StoreResult<T> {
     if let Some(w) = &commit.session {
         let found = active_version(tx, &w.key).await?;
         if claims_held || found.unwrap_or(0) != w.expected_version {
@@ -762,46 +774,106 @@ enum BatchFailed {
     AtCommit(StoreError),
 }
 
+/// The connections of the write lanes, one per lane, each kept from batch to batch.
+///
+/// sqlx's pool tests a connection with a round trip to the server each time it is given
+/// back; a lane that took one per batch paid that round trip (and the server's wake-up) for
+/// every batch. A connection that saw an error goes back to the pool, which tests it, and
+/// the lane takes a fresh one for its next batch.
+#[derive(Debug)]
+struct LaneConnections {
+    pool: PgPool,
+    slots: Vec<tokio::sync::Mutex<Option<PoolConnection<Postgres>>>>,
+}
+
+impl LaneConnections {
+    fn new(pool: PgPool, lanes: usize) -> LaneConnections {
+        LaneConnections { pool, slots: (0..lanes.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect() }
+    }
+
+    /// Runs `batch` on a lane's connection (as many slots as lanes, so one is free).
+    async fn run(&self, batch: Vec<Write>) {
+        let mut slot = match self.slots.iter().find_map(|slot| slot.try_lock().ok()) {
+            Some(slot) => slot,
+            None => self.slots[0].lock().await,
+        };
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => match self.pool.acquire().await {
+                Ok(connection) => slot.insert(connection),
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    batch.into_iter().for_each(|write| write.fail(&e));
+                    return;
+                }
+            },
+        };
+        if let Health::Suspect = run_batch(connection, batch).await {
+            *slot = None;
+        }
+    }
+
+    /// Gives every kept connection back to the pool (after the batches in progress).
+    async fn release(&self) {
+        for slot in &self.slots {
+            slot.lock().await.take();
+        }
+    }
+}
+
+/// Whether a lane's connection can run the next batch.
+enum Health {
+    Good,
+    /// A statement or the commit failed: the pool tests the connection before anyone else
+    /// uses it.
+    Suspect,
+}
+
 /// The group commit's writer: runs `batch` in one transaction. If a statement fails,
 /// nothing of the batch was written and each write runs again alone, so one write's
 /// database error is its own and never fails or half-writes the others.
-async fn run_batch(pool: PgPool, batch: Vec<Write>) {
+async fn run_batch(connection: &mut PgConnection, batch: Vec<Write>) -> Health {
     if batch.len() > 1 {
-        match write_batch(&pool, &batch).await {
+        match write_batch(connection, &batch).await {
             Ok(outcomes) => {
                 batch.into_iter().zip(outcomes).for_each(|(write, outcome)| answer(write, outcome));
-                return;
+                return Health::Good;
             }
             Err(BatchFailed::BeforeCommit(_)) => {}
             Err(BatchFailed::AtCommit(error)) => {
                 // Running them again could apply one twice; each gets the error it would
                 // have got alone.
                 batch.into_iter().for_each(|write| write.fail(&error));
-                return;
+                return Health::Suspect;
             }
         }
     }
+    let mut health = Health::Good;
     for write in batch {
-        match write_batch(&pool, std::slice::from_ref(&write)).await.map(|mut outcomes| outcomes.pop()) {
+        match write_batch(connection, std::slice::from_ref(&write)).await.map(|mut outcomes| outcomes.pop()) {
             Ok(Some(outcome)) => answer(write, outcome),
             Ok(None) => answer_error(write, StoreError::Database("group commit: a write without a result".into())),
-            Err(BatchFailed::BeforeCommit(error) | BatchFailed::AtCommit(error)) => answer_error(write, error),
+            Err(BatchFailed::BeforeCommit(error) | BatchFailed::AtCommit(error)) => {
+                health = Health::Suspect;
+                answer_error(write, error)
+            }
         }
     }
+    health
 }
 
 /// Runs `batch`: units of work without wake-ups in one call, which is its own transaction;
 /// anything else in one transaction (the conversation locks, each write with the units of
 /// work last and together, the commit). The writes of a batch come from different callers,
 /// so their order is free.
-async fn write_batch(pool: &PgPool, batch: &[Write]) -> Result<Vec<Outcome>, BatchFailed> {
-    let grouped_refused = match units_alone(pool, batch).await? {
+async fn write_batch(connection: &mut PgConnection, batch: &[Write]) -> Result<Vec<Outcome>, BatchFailed> {
+    let grouped_refused = match units_alone(connection, batch).await? {
         UnitsAlone::Written(outcomes) => return Ok(outcomes),
         UnitsAlone::NotAlone => false,
         UnitsAlone::Refused => true,
     };
     let before_commit = |e: StoreError| BatchFailed::BeforeCommit(e);
-    let mut tx = pool.begin().await.map_err(|e| before_commit(e.into()))?;
+    let mut tx = connection.begin().await.map_err(|e| before_commit(e.into()))?;
     let mut locks = ConversationLocks::default();
     batch.iter().for_each(|write| locks.write(write));
     locks.take(&mut tx).await.map_err(before_commit)?;
@@ -844,7 +916,7 @@ enum UnitsAlone {
 
 /// A batch of units of work without wake-ups, written by one call outside a transaction:
 /// one round trip.
-async fn units_alone(pool: &PgPool, batch: &[Write]) -> Result<UnitsAlone, BatchFailed> {
+async fn units_alone(connection: &mut PgConnection, batch: &[Write]) -> Result<UnitsAlone, BatchFailed> {
     let mut commits = Vec::with_capacity(batch.len());
     for write in batch {
         match write {
@@ -855,7 +927,7 @@ async fn units_alone(pool: &PgPool, batch: &[Write]) -> Result<UnitsAlone, Batch
     if !grouped_units::can_share_a_statement(&commits) {
         return Ok(UnitsAlone::NotAlone);
     }
-    match grouped_units::commit_units(pool, &commits).await {
+    match grouped_units::commit_units(connection, &commits).await {
         Ok(UnitsWritten::Written(outcomes)) => {
             Ok(UnitsAlone::Written(outcomes.into_iter().map(|outcome| Outcome::Committed(Ok(outcome))).collect()))
         }
@@ -1351,6 +1423,8 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        // The pool's close waits for every connection to come back.
+        self.lanes.release().await;
         self.writer.close().await;
         self.reader.close().await;
     }
