@@ -8,7 +8,7 @@
 //! together (see `group_commit`). Other processes on the same file wait up to the busy
 //! timeout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
 ];
+
+/// Conversations per read of `active_sessions` (four parameters each, well under SQLite's
+/// 32,766).
+const CONVERSATIONS_PER_READ: usize = 1000;
 
 /// How much one transaction takes besides the queued inbox inserts (8 units of work, or 64
 /// claim changes): bounds how long a webhook's insert waits behind a running transaction.
@@ -789,6 +793,51 @@ impl SessionStore for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         newest_stored_session(&rows)
+    }
+
+    /// One read (per thousand conversations) for the whole batch.
+    async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
+        let mut seen = HashSet::with_capacity(conversations.len());
+        let mut distinct: Vec<&ConversationKey> = Vec::with_capacity(conversations.len());
+        for c in conversations {
+            if seen.insert(c) {
+                self.check_org(&c.org_id).await?;
+                distinct.push(c);
+            }
+        }
+        let mut found: HashMap<&ConversationKey, StoredSession> = HashMap::with_capacity(distinct.len());
+        for chunk in distinct.chunks(CONVERSATIONS_PER_READ) {
+            let mut sql = format!(
+                "SELECT v.column1 AS asked, {}, s.state_schema, s.state FROM (VALUES ",
+                SESSION_INFO_COLS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+            );
+            let mut query = sqlx::query::<Sqlite>("");
+            for (i, c) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+                query = query.bind(i as i64).bind(&c.org_id).bind(&c.business_number_id).bind(&c.contact_id);
+            }
+            // Named, as in the claims: each conversation is one probe of its own key.
+            sql.push_str(
+                ") AS v JOIN sessions s INDEXED BY sessions_active_key
+                 ON s.org_id = v.column2 AND s.business_number_id = v.column3 AND s.contact_id = v.column4
+                 WHERE s.status = 'active'",
+            );
+            let rows = sqlx::query_with::<Sqlite, _>(&sql, take_arguments(query)?).fetch_all(&self.reader).await?;
+            let mut by_conversation: Vec<Vec<SqliteRow>> = chunk.iter().map(|_| Vec::new()).collect();
+            for row in rows {
+                let asked = usize::try_from(row.try_get::<i64, _>("asked")?).ok();
+                match asked.and_then(|i| by_conversation.get_mut(i)) {
+                    Some(rows) => rows.push(row),
+                    None => return Err(StoreError::Database("active sessions: a row for no conversation".into())),
+                }
+            }
+            for (c, rows) in chunk.iter().zip(by_conversation) {
+                if let Some(session) = newest_stored_session(&rows)? {
+                    found.insert(c, session);
+                }
+            }
+        }
+        Ok(conversations.iter().map(|c| found.get(c).cloned()).collect())
     }
 
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {

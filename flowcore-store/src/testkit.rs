@@ -59,6 +59,7 @@ cases!(
     session_writers_race,
     session_listing_and_close,
     active_session_is_the_newest,
+    active_sessions_read_many_conversations_at_once,
     session_purge,
     purge_failed_rows_by_failure_time,
     message_log_history_and_listing,
@@ -384,6 +385,39 @@ pub async fn active_session_is_the_newest(store: Arc<dyn Store>) {
     assert!(store.active_session(&chat(ORG_A, "c2")).await.unwrap().is_none());
     assert!(store.active_session(&chat(ORG_B, "c1")).await.unwrap().is_none());
     let unknown = store.active_session(&ConversationKey::new("nobody", "biz-1", "c1")).await;
+    assert!(matches!(unknown, Err(StoreError::UnknownOrganization(_))), "{unknown:?}");
+}
+
+/// `active_sessions` answers, for each conversation in the order given (repeats included),
+/// what `active_session` answers, across organizations and never mixing them up.
+pub async fn active_sessions_read_many_conversations_at_once(store: Arc<dyn Store>) {
+    let (a1, a2, a3, b1) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"), chat(ORG_A, "c3"), chat(ORG_B, "c1"));
+    store.save_session(write(&a1.session("lead"), 0, "a1-lead", t(1))).await.unwrap();
+    store.save_session(write(&a1.session("other"), 0, "a1-other", t(2))).await.unwrap();
+    store.save_session(write(&a2.session("lead"), 0, "a2-lead", t(3))).await.unwrap();
+    store.save_session(write(&b1.session("lead"), 0, "b1-lead", t(4))).await.unwrap();
+    store.close_session(&a2.session("lead"), t(5)).await.unwrap();
+    store.save_session(write(&a3.session("lead"), 0, "a3-lead", t(6))).await.unwrap();
+    let asked = [b1.clone(), a1.clone(), a2.clone(), a3.clone(), a1.clone(), chat(ORG_A, "nobody")];
+    let batch = store.active_sessions(&asked).await.unwrap();
+    assert_eq!(batch.len(), asked.len());
+    for (conversation, found) in asked.iter().zip(&batch) {
+        assert_eq!(found, &store.active_session(conversation).await.unwrap(), "{conversation}");
+    }
+    let states: Vec<Option<flowcore::Session>> = batch.into_iter().map(|s| s.map(|s| s.session)).collect();
+    assert_eq!(
+        states,
+        [
+            Some(sample_state("b1-lead")),
+            Some(sample_state("a1-other")),
+            None,
+            Some(sample_state("a3-lead")),
+            Some(sample_state("a1-other")),
+            None
+        ]
+    );
+    assert!(store.active_sessions(&[]).await.unwrap().is_empty());
+    let unknown = store.active_sessions(&[a1, ConversationKey::new("nobody", "biz-1", "c1")]).await;
     assert!(matches!(unknown, Err(StoreError::UnknownOrganization(_))), "{unknown:?}");
 }
 

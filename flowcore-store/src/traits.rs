@@ -46,6 +46,17 @@ pub trait SessionStore: Send + Sync {
         self.load_session(&newest.key).await
     }
 
+    /// [`active_session`](SessionStore::active_session) for each of `conversations`, in
+    /// their order: what a batch of claimed events resumes. The default reads them one by
+    /// one; backends may read them together.
+    async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
+        let mut sessions = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            sessions.push(self.active_session(conversation).await?);
+        }
+        Ok(sessions)
+    }
+
     /// The active sessions of one conversation (any flow), newest first, without state.
     async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>>;
 

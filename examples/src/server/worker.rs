@@ -8,7 +8,7 @@ use std::time::Instant;
 use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
 use flowcore_store::{
     ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
-    NewOutboxMessage, SessionStatus, SessionWrite, StoreError,
+    NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession,
 };
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
@@ -65,11 +65,23 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
+        // Every claimed conversation's session in one read; if that read fails, each turn
+        // reads its own (so that one unreadable session fails only its own turn).
+        let conversations: Vec<ConversationKey> = claimed.iter().map(|e| e.conversation.clone()).collect();
+        let mut sessions = match state.store.active_sessions(&conversations).await {
+            Ok(sessions) => sessions.into_iter().map(|s| Loaded::Session(s.map(Box::new))).collect(),
+            Err(e) => {
+                debug!(error = %e, "reading the claimed conversations' sessions together failed; one by one");
+                Vec::new()
+            }
+        }
+        .into_iter();
         for event in claimed {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let state = state.clone();
+            let session = sessions.next().unwrap_or(Loaded::NotRead);
             tasks.spawn(async move {
-                handle_event(&state, event).await;
+                handle_event(&state, event, session).await;
                 drop(permit);
             });
         }
@@ -79,10 +91,18 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     debug!("inbox workers stopped");
 }
 
-async fn handle_event(state: &AppState, event: InboxEvent) {
+/// A claimed conversation's session, as read with the claim.
+enum Loaded {
+    /// Read: the conversation's active session, if any.
+    Session(Option<Box<StoredSession>>),
+    /// Not read yet: the turn reads it.
+    NotRead,
+}
+
+async fn handle_event(state: &AppState, event: InboxEvent, session: Loaded) {
     let org = event.conversation.org_id.clone();
     let claim = event.claim();
-    match process(state, &event).await {
+    match process(state, &event, session).await {
         Ok(()) => {}
         Err(TurnError::LeaseLost) => warn!(inbox_id = event.id, "inbox lease lost; another worker owns the event now"),
         Err(TurnError::Retry(reason)) => {
@@ -139,7 +159,7 @@ struct Running {
     session: flowcore::Session,
 }
 
-async fn process(state: &AppState, event: &InboxEvent) -> Result<(), TurnError> {
+async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Result<(), TurnError> {
     let conv = &event.conversation;
     let org = conv.org_id.as_str();
     let now = util::now();
@@ -155,7 +175,11 @@ async fn process(state: &AppState, event: &InboxEvent) -> Result<(), TurnError> 
     };
 
     // The conversation's current session, if any (it keeps its flow, version and variant).
-    let mut running = load_active(state, conv).await?;
+    let stored = match session {
+        Loaded::Session(stored) => stored.map(|s| *s),
+        Loaded::NotRead => state.store.active_session(conv).await?,
+    };
+    let mut running = resume(state, conv, stored).await?;
     if let Some(r) = &running {
         if r.session.is_expired(now) {
             debug!(inbox_id = event.id, "session expired; closing it before this turn");
@@ -376,8 +400,13 @@ fn is_finished(session: &flowcore::Session) -> bool {
     matches!(session.status(), flowcore::SessionStatus::Ended)
 }
 
-async fn load_active(state: &AppState, conv: &ConversationKey) -> Result<Option<Running>, TurnError> {
-    let Some(stored) = state.store.active_session(conv).await? else {
+/// The turn's session from the stored one, with the flow version it runs on.
+async fn resume(
+    state: &AppState,
+    conv: &ConversationKey,
+    stored: Option<StoredSession>,
+) -> Result<Option<Running>, TurnError> {
+    let Some(stored) = stored else {
         return Ok(None);
     };
     let flow = state.flows.get(state.store.as_ref(), &conv.org_id, &stored.key.flow_id, stored.flow_version).await?;
