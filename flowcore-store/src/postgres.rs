@@ -6,7 +6,7 @@
 //! start at once). [`PostgresOptions::schema`] puts every table in one schema (tests use a
 //! fresh schema per run).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -222,6 +222,26 @@ fn conversation_sessions_sql(cols: &str) -> String {
     format!(
         "SELECT {cols} FROM sessions
          WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND status = 'active'"
+    )
+}
+
+/// Many conversations' active sessions (parameters: the position each conversation was
+/// asked at, then organizations, business numbers and contacts, as arrays), in no order.
+/// A nested loop of probes of `sessions_active_key`, whatever the statistics say: the
+/// arrays are joined laterally, and `OFFSET 0` keeps the planner from flattening the
+/// subquery (without statistics it then read every active session of the table once and
+/// filtered them).
+fn active_sessions_sql() -> String {
+    let cols = SESSION_INFO_COLS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT v.asked, {cols}, s.state_schema, s.state
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS v(asked, org_id, business_number_id, contact_id)
+         CROSS JOIN LATERAL (
+           SELECT * FROM sessions
+           WHERE org_id = v.org_id AND business_number_id = v.business_number_id AND contact_id = v.contact_id
+             AND status = 'active'
+           OFFSET 0
+         ) AS s"
     )
 }
 
@@ -986,6 +1006,43 @@ impl SessionStore for PostgresStore {
         newest_stored_session(&rows)
     }
 
+    /// One read for the whole batch.
+    async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
+        let mut seen = HashSet::with_capacity(conversations.len());
+        let mut distinct: Vec<&ConversationKey> = Vec::with_capacity(conversations.len());
+        for c in conversations {
+            if seen.insert(c) {
+                self.check_org(&c.org_id).await?;
+                distinct.push(c);
+            }
+        }
+        if distinct.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&active_sessions_sql())
+            .bind((0..distinct.len() as i64).collect::<Vec<i64>>())
+            .bind(distinct.iter().map(|c| c.org_id.as_str()).collect::<Vec<_>>())
+            .bind(distinct.iter().map(|c| c.business_number_id.as_str()).collect::<Vec<_>>())
+            .bind(distinct.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>())
+            .fetch_all(&self.reader)
+            .await?;
+        let mut by_conversation: Vec<Vec<PgRow>> = distinct.iter().map(|_| Vec::new()).collect();
+        for row in rows {
+            let asked = usize::try_from(row.try_get::<i64, _>("asked")?).ok();
+            match asked.and_then(|i| by_conversation.get_mut(i)) {
+                Some(rows) => rows.push(row),
+                None => return Err(StoreError::Database("active sessions: a row for no conversation".into())),
+            }
+        }
+        let mut found: HashMap<&ConversationKey, StoredSession> = HashMap::with_capacity(distinct.len());
+        for (c, rows) in distinct.iter().zip(by_conversation) {
+            if let Some(session) = newest_stored_session(&rows)? {
+                found.insert(c, session);
+            }
+        }
+        Ok(conversations.iter().map(|c| found.get(c).cloned()).collect())
+    }
+
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
         self.check_org(&c.org_id).await?;
         let rows = sqlx::query(&conversation_sessions_sql(SESSION_INFO_COLS))
@@ -1460,6 +1517,19 @@ mod tests {
             sqlx::query_scalar(&explain).bind("o").bind("b").bind("c7").fetch_all(store.pool()).await.unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("Index Scan using sessions_active_key on sessions"), "{plan}");
+        let explain = format!("EXPLAIN {}", active_sessions_sql());
+        let plan: Vec<String> = sqlx::query_scalar(&explain)
+            .bind(vec![0_i64, 1])
+            .bind(vec!["o", "o"])
+            .bind(vec!["b", "b"])
+            .bind(vec!["c7", "c8"])
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Nested Loop"), "{plan}");
+        assert!(plan.contains("Index Scan using sessions_active_key on sessions"), "{plan}");
+        assert!(!plan.contains("Seq Scan on sessions"), "{plan}");
         fresh.drop_schema().await;
     }
 }
