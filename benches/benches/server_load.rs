@@ -16,6 +16,9 @@
 //! 2. **ack latency**: an open-loop load at `BENCH_RATE` (1000) messages/s for
 //!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
 //!
+//! Each instance runs `BENCH_WORKERS` (16) inbox workers. The runtimes name their threads
+//! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
+//!
 //! The flow is an echo loop: each message after the first gets two replies ("echo: …"
 //! and the question again), so the fake API accepts about twice as many messages as
 //! arrive.
