@@ -191,7 +191,7 @@ impl SqliteStore {
         migrate(&writer).await?;
         // The writer task's own connection, out of the pool for good: no pool round trips
         // per batch, and the pool stays free for hosts' own tables.
-        let write_connection = Arc::new(WriteConnection::new(Some(writer.acquire().await?.detach())));
+        let write_connection = Arc::new(writer::write_connection(writer.acquire().await?.detach()).await?);
         let connection = write_connection.clone();
         let writes = GroupCommit::start(1, MAX_BATCH_COST, move |batch| {
             let connection = connection.clone();

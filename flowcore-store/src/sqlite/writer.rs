@@ -15,8 +15,9 @@
 //!
 //! Each write is still checked exactly as it would be alone: an insert that hits an existing
 //! message id is a duplicate, a claim change whose claim no longer holds changes nothing and
-//! is diagnosed on its own, and a unit of work runs inside a savepoint that is rolled back when
-//! any of its checks fails. Writes of one batch were issued concurrently, so running them
+//! is diagnosed on its own, and units of work are grouped only behind a check of every
+//! unit, else run one by one, each in a savepoint that is rolled back when any of its checks
+//! fails. Writes of one batch were issued concurrently, so running them
 //! grouped by kind does not reorder anything a caller could have ordered; claims run last, so
 //! they see the rows the batch inserted and the conversations it freed. Results are handed
 //! out only after the transaction committed: until then nothing is durable.
@@ -107,6 +108,12 @@ impl SqliteWrite {
 
 /// The write connection; `None` once the store is closed.
 pub(super) type WriteConnection = Mutex<Option<SqliteConnection>>;
+
+/// Makes `connection` the writer's: sets up what the grouped units' check needs.
+pub(super) async fn write_connection(mut connection: SqliteConnection) -> StoreResult<WriteConnection> {
+    sqlx::raw_sql(grouped_units::CHECK_SETUP).execute(&mut connection).await?;
+    Ok(Mutex::new(Some(connection)))
+}
 
 /// Runs `batch` (one job that runs alone, or writes that share a transaction) and answers
 /// every write.
@@ -615,7 +622,7 @@ mod tests {
 
     /// Runs `batch` as the writer would, on a write connection of the test's own.
     async fn run_shared(store: &SqliteStore, batch: Vec<Write>) {
-        let connection = WriteConnection::new(Some(store.pool().acquire().await.unwrap().detach()));
+        let connection = write_connection(store.pool().acquire().await.unwrap().detach()).await.unwrap();
         run(&connection, batch.into_iter().map(SqliteWrite::Shared).collect()).await;
     }
 
