@@ -19,7 +19,10 @@ use sqlx::{Connection, PgPool, Postgres, Row, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
-use crate::sql_rows::{json_col, newest_first, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
+use crate::sql_rows::{
+    distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, INBOX_COLS, OUTBOX_COLS,
+    SESSION_INFO_COLS,
+};
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
@@ -232,7 +235,7 @@ fn conversation_sessions_sql(cols: &str) -> String {
 /// subquery (without statistics it then read every active session of the table once and
 /// filtered them).
 fn active_sessions_sql() -> String {
-    let cols = SESSION_INFO_COLS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+    let cols = session_info_cols_of_s();
     format!(
         "SELECT v.asked, {cols}, s.state_schema, s.state
          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS v(asked, org_id, business_number_id, contact_id)
@@ -1008,13 +1011,9 @@ impl SessionStore for PostgresStore {
 
     /// One read for the whole batch.
     async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
-        let mut seen = HashSet::with_capacity(conversations.len());
-        let mut distinct: Vec<&ConversationKey> = Vec::with_capacity(conversations.len());
-        for c in conversations {
-            if seen.insert(c) {
-                self.check_org(&c.org_id).await?;
-                distinct.push(c);
-            }
+        let distinct = distinct_conversations(conversations);
+        for c in &distinct {
+            self.check_org(&c.org_id).await?;
         }
         if distinct.is_empty() {
             return Ok(Vec::new());
@@ -1026,20 +1025,8 @@ impl SessionStore for PostgresStore {
             .bind(distinct.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>())
             .fetch_all(&self.reader)
             .await?;
-        let mut by_conversation: Vec<Vec<PgRow>> = distinct.iter().map(|_| Vec::new()).collect();
-        for row in rows {
-            let asked = usize::try_from(row.try_get::<i64, _>("asked")?).ok();
-            match asked.and_then(|i| by_conversation.get_mut(i)) {
-                Some(rows) => rows.push(row),
-                None => return Err(StoreError::Database("active sessions: a row for no conversation".into())),
-            }
-        }
-        let mut found: HashMap<&ConversationKey, StoredSession> = HashMap::with_capacity(distinct.len());
-        for (c, rows) in distinct.iter().zip(by_conversation) {
-            if let Some(session) = newest_stored_session(&rows)? {
-                found.insert(c, session);
-            }
-        }
+        let mut found = HashMap::with_capacity(distinct.len());
+        newest_of_each(&distinct, rows, &mut found)?;
         Ok(conversations.iter().map(|c| found.get(c).cloned()).collect())
     }
 

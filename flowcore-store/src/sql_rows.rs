@@ -33,6 +33,17 @@ pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {
     sessions.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
 }
 
+/// Each of `conversations` once, in the order first asked.
+pub(crate) fn distinct_conversations(conversations: &[ConversationKey]) -> Vec<&ConversationKey> {
+    let mut seen = std::collections::HashSet::with_capacity(conversations.len());
+    conversations.iter().filter(|c| seen.insert(*c)).collect()
+}
+
+/// [`SESSION_INFO_COLS`] of the table aliased `s`.
+pub(crate) fn session_info_cols_of_s() -> String {
+    SESSION_INFO_COLS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
     if conversation.org_id == org_id {
         Ok(())
@@ -104,6 +115,29 @@ macro_rules! row_decoders {
                 }
             }
             newest.map(|(_, row)| stored_session(row)).transpose()
+        }
+
+        /// Adds to `found` the newest active session of each of `asked`, from rows whose
+        /// `asked` column holds the position in `asked` of the conversation they belong to.
+        fn newest_of_each<'k>(
+            asked: &[&'k ConversationKey],
+            rows: Vec<$row>,
+            found: &mut std::collections::HashMap<&'k ConversationKey, StoredSession>,
+        ) -> StoreResult<()> {
+            let mut by_conversation: Vec<Vec<$row>> = asked.iter().map(|_| Vec::new()).collect();
+            for row in rows {
+                let position = usize::try_from(row.try_get::<i64, _>("asked")?).ok();
+                match position.and_then(|i| by_conversation.get_mut(i)) {
+                    Some(rows) => rows.push(row),
+                    None => return Err(StoreError::Database("active sessions: a row for no conversation".into())),
+                }
+            }
+            for (c, rows) in asked.iter().zip(by_conversation) {
+                if let Some(session) = newest_stored_session(&rows)? {
+                    found.insert(c, session);
+                }
+            }
+            Ok(())
         }
 
         fn inbox_event(row: &$row) -> StoreResult<InboxEvent> {

@@ -23,7 +23,10 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
-use crate::sql_rows::{json_col, newest_first, same_org, ts, INBOX_COLS, OUTBOX_COLS, SESSION_INFO_COLS};
+use crate::sql_rows::{
+    distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, INBOX_COLS, OUTBOX_COLS,
+    SESSION_INFO_COLS,
+};
 use crate::state;
 use crate::traits::*;
 use crate::types::*;
@@ -802,19 +805,15 @@ impl SessionStore for SqliteStore {
 
     /// One read (per thousand conversations) for the whole batch.
     async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
-        let mut seen = HashSet::with_capacity(conversations.len());
-        let mut distinct: Vec<&ConversationKey> = Vec::with_capacity(conversations.len());
-        for c in conversations {
-            if seen.insert(c) {
-                self.check_org(&c.org_id).await?;
-                distinct.push(c);
-            }
+        let distinct = distinct_conversations(conversations);
+        for c in &distinct {
+            self.check_org(&c.org_id).await?;
         }
-        let mut found: HashMap<&ConversationKey, StoredSession> = HashMap::with_capacity(distinct.len());
+        let mut found = HashMap::with_capacity(distinct.len());
         for chunk in distinct.chunks(CONVERSATIONS_PER_READ) {
             let mut sql = format!(
                 "SELECT v.column1 AS asked, {}, s.state_schema, s.state FROM (VALUES ",
-                SESSION_INFO_COLS.split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+                session_info_cols_of_s()
             );
             let mut query = sqlx::query::<Sqlite>("");
             for (i, c) in chunk.iter().enumerate() {
@@ -828,19 +827,7 @@ impl SessionStore for SqliteStore {
                  WHERE s.status = 'active'",
             );
             let rows = sqlx::query_with::<Sqlite, _>(&sql, take_arguments(query)?).fetch_all(&self.reader).await?;
-            let mut by_conversation: Vec<Vec<SqliteRow>> = chunk.iter().map(|_| Vec::new()).collect();
-            for row in rows {
-                let asked = usize::try_from(row.try_get::<i64, _>("asked")?).ok();
-                match asked.and_then(|i| by_conversation.get_mut(i)) {
-                    Some(rows) => rows.push(row),
-                    None => return Err(StoreError::Database("active sessions: a row for no conversation".into())),
-                }
-            }
-            for (c, rows) in chunk.iter().zip(by_conversation) {
-                if let Some(session) = newest_stored_session(&rows)? {
-                    found.insert(c, session);
-                }
-            }
+            newest_of_each(chunk, rows, &mut found)?;
         }
         Ok(conversations.iter().map(|c| found.get(c).cloned()).collect())
     }

@@ -125,24 +125,12 @@ impl<'q> GroupedQuery<'q> {
                 counts.push(format!("(SELECT count(*) FROM (VALUES {values}) AS v {head} {tail}) <> {expected}"));
             }
         };
-        count(
-            "JOIN sessions s INDEXED BY sessions_active_key
+        // The active session of each key: organization, number, contact and flow in columns 1–4.
+        const ACTIVE_SESSION: &str = "JOIN sessions s INDEXED BY sessions_active_key
                ON s.org_id = v.column1 AND s.business_number_id = v.column2 AND s.contact_id = v.column3
-              AND s.flow_id = v.column4 AND s.status = 'active'",
-            5,
-            updates.len(),
-            "WHERE s.version = v.column5",
-            updates.len(),
-        );
-        count(
-            "JOIN sessions s INDEXED BY sessions_active_key
-               ON s.org_id = v.column1 AND s.business_number_id = v.column2 AND s.contact_id = v.column3
-              AND s.flow_id = v.column4 AND s.status = 'active'",
-            4,
-            creates.len(),
-            "",
-            0,
-        );
+              AND s.flow_id = v.column4 AND s.status = 'active'";
+        count(ACTIVE_SESSION, 5, updates.len(), "WHERE s.version = v.column5", updates.len());
+        count(ACTIVE_SESSION, 4, creates.len(), "", 0);
         count(
             "JOIN inbox i ON i.id = v.column2",
             3,
