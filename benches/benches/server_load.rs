@@ -16,7 +16,8 @@
 //! 2. **ack latency**: an open-loop load at `BENCH_RATE` (1000) messages/s for
 //!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
 //!
-//! Each instance runs `BENCH_WORKERS` (16) inbox workers. The runtimes name their threads
+//! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgres` runs one backend. Each instance runs
+//! `BENCH_WORKERS` (16) inbox workers. The runtimes name their threads
 //! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
 //!
 //! The flow is an echo loop: each message after the first gets two replies ("echo: …"
@@ -64,22 +65,25 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let sqlite_url = format!("sqlite://{}", dir.join("bench.db").display());
-    run_backend(
-        "sqlite, 1 instance",
-        &[sqlite_url],
-        &dir,
-        &graph_uri,
-        &client_rt,
-        &accepted,
-        messages,
-        conversations,
-        concurrency,
-        rate,
-        seconds,
-    );
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "sqlite" {
+        let sqlite_url = format!("sqlite://{}", dir.join("bench.db").display());
+        run_backend(
+            "sqlite, 1 instance",
+            &[sqlite_url],
+            &dir,
+            &graph_uri,
+            &client_rt,
+            &accepted,
+            messages,
+            conversations,
+            concurrency,
+            rate,
+            seconds,
+        );
+    }
 
-    if let Ok(admin) = std::env::var("FLOWCORE_BENCH_POSTGRES_URL") {
+    if let (Ok(admin), true) = (std::env::var("FLOWCORE_BENCH_POSTGRES_URL"), only.is_empty() || only == "postgres") {
         let (url, name) = client_rt.block_on(fresh_pg(&admin));
         run_backend(
             "postgres, 2 instances",
@@ -160,7 +164,7 @@ fn run_backend(
     // 1. Throughput.
     let before = accepted.load(Ordering::Relaxed);
     let expected = before + 2 * messages as u64;
-    let (started, cpu_before) = (Instant::now(), process_cpu());
+    let (started, cpu_before, machine_before) = (Instant::now(), process_cpu(), machine_cpu());
     let acks = client_rt.block_on(send_all(&bases, messages, conversations, concurrency, "tp", 0));
     let webhooks_done = started.elapsed();
     let ok = client_rt.block_on(wait_for(accepted, expected, Duration::from_secs(600)));
@@ -171,8 +175,14 @@ fn run_backend(
         }
         _ => String::new(),
     };
+    let machine = match (machine_before, machine_cpu()) {
+        (Some((busy0, all0)), Some((busy1, all1))) if all1 > all0 => {
+            format!("; machine {:.0} % busy", 100.0 * (busy1 - busy0) as f64 / (all1 - all0) as f64)
+        }
+        _ => String::new(),
+    };
     println!(
-        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms{cpu}",
+        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms{cpu}{machine}",
         total.as_secs_f64(),
         messages as f64 / total.as_secs_f64(),
         messages as f64 / webhooks_done.as_secs_f64(),
@@ -211,6 +221,16 @@ fn process_cpu() -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`): whether a run was bound by
+/// the two cores or by waiting (other processes, such as PostgreSQL, count as busy).
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?; // idle + iowait
+    Some((all - idle, all))
 }
 
 fn pct(samples: &[Duration], p: f64) -> f64 {
