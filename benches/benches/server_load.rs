@@ -164,7 +164,8 @@ fn run_backend(
     // 1. Throughput.
     let before = accepted.load(Ordering::Relaxed);
     let expected = before + 2 * messages as u64;
-    let (started, cpu_before, machine_before) = (Instant::now(), process_cpu(), machine_cpu());
+    let (started, cpu_before, machine_before, pg_before) =
+        (Instant::now(), process_cpu(), machine_cpu(), postgres_cpu());
     let acks = client_rt.block_on(send_all(&bases, messages, conversations, concurrency, "tp", 0));
     let webhooks_done = started.elapsed();
     let ok = client_rt.block_on(wait_for(accepted, expected, Duration::from_secs(600)));
@@ -181,8 +182,14 @@ fn run_backend(
         }
         _ => String::new(),
     };
+    let postgres = match (pg_before, postgres_cpu()) {
+        (Some(before), Some(after)) if urls.iter().any(|u| u.starts_with("postgres")) => {
+            format!("; postgres {:.0} µs per message", (after - before).as_secs_f64() * 1e6 / messages as f64)
+        }
+        _ => String::new(),
+    };
     println!(
-        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms{cpu}{machine}",
+        "[{label}] throughput: {messages} inbound in {:.2} s end to end = {:.0} msg/s (webhooks acked at {:.0} msg/s; {} replies accepted{}); ack p50 {:.1} ms p99 {:.1} ms{cpu}{postgres}{machine}",
         total.as_secs_f64(),
         messages as f64 / total.as_secs_f64(),
         messages as f64 / webhooks_done.as_secs_f64(),
@@ -221,6 +228,22 @@ fn process_cpu() -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100 on Linux
+}
+
+/// CPU time of the machine's PostgreSQL processes (server and backends, with the exited
+/// ones its postmaster reaped), when they can be read.
+fn postgres_cpu() -> Option<Duration> {
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((name, rest)) = stat.split_once(')') else { continue };
+        if !name.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<u64> = rest.split_whitespace().skip(11).take(4).filter_map(|f| f.parse().ok()).collect();
+        ticks += fields.iter().sum::<u64>();
+    }
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Busy and total jiffies of the whole machine (`/proc/stat`): whether a run was bound by

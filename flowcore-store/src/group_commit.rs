@@ -62,6 +62,12 @@ impl ClaimChange {
         )
     }
 
+    /// True when the row leaves the queue (done, sent or failed for good), false when it
+    /// waits for a retry.
+    pub(crate) fn leaves_queue(&self) -> bool {
+        !matches!(self, ClaimChange::InboxRetry { .. } | ClaimChange::OutboxRetry { .. })
+    }
+
     /// The row kind, as errors name it.
     pub(crate) fn what(&self) -> &'static str {
         if self.is_outbox() {

@@ -28,13 +28,16 @@ use crate::traits::*;
 use crate::types::*;
 
 mod grouped_units;
+mod write_rows;
 
 use grouped_units::{CallFailed, UnitsWritten};
+use write_rows::{write_rows, Rows, RowsWritten};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "batch_functions", include_str!("../migrations/postgres/0002_batch_functions.sql")),
     (3, "claim_functions", include_str!("../migrations/postgres/0003_claim_functions.sql")),
+    (4, "write_rows", include_str!("../migrations/postgres/0004_write_rows.sql")),
 ];
 
 /// Connections idle this long are pinged before use.
@@ -369,119 +372,29 @@ async fn enqueue_tx(tx: &mut Tx<'_>, org_id: &str, messages: &[NewOutboxMessage]
     Ok(ids)
 }
 
-async fn insert_inbox_tx(tx: &mut Tx<'_>, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
+/// Inserts `e` unless its message id is in the inbox already: one call of
+/// `flowcore_insert_inbox_row` (migration 4, which tells how it finds the row's head), its
+/// own transaction when `connection` is not in one.
+async fn insert_inbox_row(connection: &mut PgConnection, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
-    // Takes no conversation lock (a webhook's `200` waits for this): it share-locks one
-    // earlier unfinished row instead, which cannot then be finished before this insert is
-    // committed, so whoever finishes it later sees this row. Rows locked by a finisher (or a
-    // claim) are skipped; if every earlier row is, this row is marked a head too — a stale
-    // mark at worst, which claims check.
-    let id: Option<i64> = sqlx::query_scalar(
-        "WITH earlier AS (
-             SELECT e.id FROM inbox e
-             WHERE e.org_id = $1 AND e.business_number_id = $2 AND e.contact_id = $3
-               AND e.status IN ('pending', 'claimed') AND e.due_at <= $8
-             LIMIT 1 FOR SHARE SKIP LOCKED)
-         INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status, head)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'pending', NOT EXISTS (SELECT 1 FROM earlier)
-         ON CONFLICT (org_id, message_id) DO NOTHING RETURNING id",
-    )
-        .bind(&c.org_id)
-        .bind(&c.business_number_id)
-        .bind(&c.contact_id)
-        .bind(&e.message_id)
-        .bind(e.kind.as_str())
-        .bind(e.payload.to_string())
-        .bind(e.received_at.as_unix_millis())
-        .bind(e.due_at.as_unix_millis())
-        .fetch_optional(&mut **tx)
-        .await?;
-    if let Some(id) = id {
-        return Ok(InboxInsert::Inserted(id));
-    }
-    let existing: i64 = sqlx::query_scalar("SELECT id FROM inbox WHERE org_id = $1 AND message_id = $2")
-        .bind(&c.org_id)
-        .bind(&e.message_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(InboxInsert::Duplicate(existing))
-}
-
-/// Marks the first unfinished row of `finished`'s conversation as its head, once `finished`
-/// (a CTE returning the row's id and conversation) has left the queue. Part of a
-/// `WITH` list; `{table}` is the queue, `{guard}` a condition the whole statement succeeded.
-fn next_head_ctes(table: &str, finished: &str, guard: &str) -> String {
-    format!(
-        "next_row AS (SELECT n.id FROM {table} n, {finished} f
-                      WHERE n.org_id = f.org_id AND n.business_number_id = f.business_number_id AND n.contact_id = f.contact_id
-                        AND n.status IN ('pending', 'claimed') AND n.id <> f.id AND {guard}
-                      ORDER BY n.due_at, n.id LIMIT 1),
-         next_head AS (UPDATE {table} SET head = true WHERE id IN (SELECT id FROM next_row) AND NOT head)"
-    )
-}
-
-/// How a [`ClaimChange`] updates its row: the table, the `SET` clause (`$4` a time, `$5`
-/// an optional text), its binds, and whether the row leaves the queue.
-struct ClaimUpdate<'a> {
-    table: &'static str,
-    set: &'static str,
-    time: i64,
-    text: Option<&'a str>,
-    leaves_queue: bool,
-}
-
-fn claim_update(change: &ClaimChange) -> ClaimUpdate<'_> {
-    let (table, set, time, text, leaves_queue) = match change {
-        ClaimChange::InboxDone { now } => ("inbox", INBOX_DONE, now, None, true),
-        ClaimChange::InboxRetry { at, error } => ("inbox", RETRY, at, Some(error), false),
-        ClaimChange::InboxFailed { now, error } => ("inbox", FAILED, now, Some(error), true),
-        ClaimChange::OutboxSent { wamid, now } => ("outbox", OUTBOX_SENT, now, Some(wamid), true),
-        ClaimChange::OutboxRetry { at, error } => ("outbox", RETRY, at, Some(error), false),
-        ClaimChange::OutboxFailed { now, error } => ("outbox", FAILED, now, Some(error), true),
-    };
-    ClaimUpdate { table, set, time: time.as_unix_millis(), text: text.map(String::as_str), leaves_queue }
-}
-
-const INBOX_DONE: &str = "status = 'done', lease_until = NULL, finished_at = $4";
-const RETRY: &str = "status = 'pending', lease_until = NULL, retry_at = $4, last_error = $5";
-const FAILED: &str = "status = 'failed', finished_at = $4, lease_until = NULL, last_error = $5";
-const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = $4, sent_at = $4, wamid = $5,
-     delivery = CASE WHEN delivery_rank < 1 THEN 'sent' ELSE delivery END,
-     delivery_at = CASE WHEN delivery_rank < 1 THEN $4 ELSE delivery_at END,
-     delivery_rank = GREATEST(delivery_rank, 1)";
-
-/// Applies `change` to a claimed row if the claim still holds (and hands the conversation's
-/// head on when the row leaves the queue); otherwise writes nothing and tells why. One
-/// statement, so a refused change leaves the transaction usable for the rest of a batch.
-async fn finish_tx(tx: &mut Tx<'_>, org_id: &str, claim: Claim, change: &ClaimChange) -> StoreResult<()> {
-    let update = claim_update(change);
-    let table = update.table;
-    let set = update.set;
-    let claimed = "org_id = $1 AND id = $2 AND status = 'claimed' AND attempts = $3";
-    let sql = if update.leaves_queue {
-        format!(
-            "WITH finished AS (UPDATE {table} SET {set} WHERE {claimed} RETURNING id, org_id, business_number_id, contact_id),
-                  {}
-             SELECT count(*) FROM finished",
-            next_head_ctes(table, "finished", "true")
-        )
-    } else {
-        format!("WITH changed AS (UPDATE {table} SET {set} WHERE {claimed} RETURNING id) SELECT count(*) FROM changed")
-    };
-    let mut query =
-        sqlx::query_scalar::<_, i64>(&sql).bind(org_id).bind(claim.id).bind(claim.attempt).bind(update.time);
-    if let Some(text) = update.text {
-        query = query.bind(text);
-    }
-    if query.fetch_one(&mut **tx).await? == 1 {
-        return Ok(());
-    }
-    claim_refused(tx, table, change.what(), org_id, claim).await
+    let (id, inserted): (i64, bool) =
+        sqlx::query_as("SELECT id, inserted FROM flowcore_insert_inbox_row($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&c.org_id)
+            .bind(&c.business_number_id)
+            .bind(&c.contact_id)
+            .bind(&e.message_id)
+            .bind(e.kind.as_str())
+            .bind(e.payload.to_string())
+            .bind(e.received_at.as_unix_millis())
+            .bind(e.due_at.as_unix_millis())
+            .fetch_one(connection)
+            .await?;
+    Ok(if inserted { InboxInsert::Inserted(id) } else { InboxInsert::Duplicate(id) })
 }
 
 /// Why a claim did not hold: the row is gone, or it was claimed again (or finished) since.
 async fn claim_refused<T>(
-    tx: &mut Tx<'_>,
+    connection: &mut PgConnection,
     table: &str,
     what: &'static str,
     org_id: &str,
@@ -490,7 +403,7 @@ async fn claim_refused<T>(
     let exists: Option<i64> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE org_id = $1 AND id = $2"))
         .bind(org_id)
         .bind(claim.id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(connection)
         .await?;
     Err(match exists {
         None => StoreError::NotFound { what, id: claim.id.to_string() },
@@ -557,7 +470,7 @@ impl<'a> ConversationLocks<'a> {
             }
             Write::Commit { commit, .. } => self.commit(commit),
             Write::Finish { claim, change, .. } => {
-                if claim_update(change).leaves_queue {
+                if change.leaves_queue() {
                     if change.is_outbox() {
                         self.outbox_rows.push(claim.id);
                     } else {
@@ -677,7 +590,7 @@ async fn commit_batch_tx(
 async fn schedule_tx(tx: &mut Tx<'_>, commit: &Commit) -> StoreResult<Vec<InboxInsert>> {
     let mut scheduled = Vec::with_capacity(commit.schedule.len());
     for event in &commit.schedule {
-        scheduled.push(insert_inbox_tx(tx, event).await?);
+        scheduled.push(insert_inbox_row(tx, event).await?);
     }
     Ok(scheduled)
 }
@@ -851,46 +764,78 @@ async fn run_batch(connection: &mut PgConnection, batch: Vec<Write>) -> Health {
 }
 
 /// Runs `batch`: units of work without wake-ups in one call, which is its own transaction;
-/// anything else in one transaction (the conversation locks, each write with the units of
-/// work last and together, the commit). The writes of a batch come from different callers,
-/// so their order is free.
+/// inserts and claim changes in one call too (see `write_rows.rs`), its own transaction when
+/// there are no units of work; anything else in one transaction (the conversation locks and
+/// the rows in one call, then the units of work together, the commit). The writes of a
+/// batch come from different callers, so their order is free.
 async fn write_batch(connection: &mut PgConnection, batch: &[Write]) -> Result<Vec<Outcome>, BatchFailed> {
     let grouped_refused = match units_alone(connection, batch).await? {
         UnitsAlone::Written(outcomes) => return Ok(outcomes),
         UnitsAlone::NotAlone => false,
         UnitsAlone::Refused => true,
     };
-    let before_commit = |e: StoreError| BatchFailed::BeforeCommit(e);
-    let mut tx = connection.begin().await.map_err(|e| before_commit(e.into()))?;
     let mut locks = ConversationLocks::default();
     batch.iter().for_each(|write| locks.write(write));
-    locks.take(&mut tx).await.map_err(before_commit)?;
-    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-    let mut units = Vec::new();
-    for (i, write) in batch.iter().enumerate() {
-        let outcome = match write {
-            Write::InsertInbox { event, .. } => Outcome::Inserted(insert_inbox_tx(&mut tx, event).await),
-            Write::Finish { org_id, claim, change, .. } => {
-                Outcome::Finished(finish_tx(&mut tx, org_id, *claim, change).await)
-            }
-            Write::Commit { commit, .. } => {
-                units.push((i, &**commit));
-                continue;
-            }
-        };
-        // Dropping `tx` on the way out rolls the batch back.
-        outcomes[i] = Some(outcome.failure().map_err(before_commit)?);
+    let rows = Rows::of(batch);
+    let commits: Vec<&Commit> = batch
+        .iter()
+        .filter_map(|write| match write {
+            Write::Commit { commit, .. } => Some(&**commit),
+            _ => None,
+        })
+        .collect();
+    if commits.is_empty() {
+        let written = write_rows(connection, &locks, &rows).await.map_err(|e| match e {
+            CallFailed::NothingWritten(e) => BatchFailed::BeforeCommit(e),
+            CallFailed::Unknown(e) => BatchFailed::AtCommit(e),
+        })?;
+        // Committed: a refused change is diagnosed afterwards, outside the transaction.
+        return row_outcomes(connection, batch, written, Vec::new()).await.map_err(BatchFailed::AtCommit);
     }
-    let commits: Vec<&Commit> = units.iter().map(|(_, commit)| *commit).collect();
+    let before_commit = |e: StoreError| BatchFailed::BeforeCommit(e);
+    let mut tx = connection.begin().await.map_err(|e| before_commit(e.into()))?;
+    // Dropping `tx` on the way out rolls the batch back.
+    let written = if rows.is_empty() {
+        locks.take(&mut tx).await.map_err(before_commit)?;
+        RowsWritten { inserts: Vec::new(), finished: Vec::new() }
+    } else {
+        write_rows(&mut tx, &locks, &rows).await.map_err(|e| before_commit(e.into()))?
+    };
     let results = commit_batch_tx(&mut tx, &commits, grouped_refused).await.map_err(before_commit)?;
-    for ((i, _), result) in units.iter().zip(results) {
-        outcomes[*i] = Some(Outcome::Committed(result));
-    }
+    let outcomes = row_outcomes(&mut tx, batch, written, results).await.map_err(before_commit)?;
     tx.commit().await.map_err(|e| BatchFailed::AtCommit(e.into()))?;
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or_else(|| before_commit(StoreError::Database("group commit: a write without a result".into()))))
-        .collect()
+    Ok(outcomes)
+}
+
+/// Each write's outcome, in batch order, from what the calls wrote: a claim change that
+/// did not hold is told why (a row gone or claimed again), read on `connection`.
+async fn row_outcomes(
+    connection: &mut PgConnection,
+    batch: &[Write],
+    written: RowsWritten,
+    units: Vec<StoreResult<CommitOutcome>>,
+) -> StoreResult<Vec<Outcome>> {
+    let mut inserts = written.inserts.into_iter();
+    let mut finished = written.finished.into_iter();
+    let mut units = units.into_iter();
+    let missing = || StoreError::Database("group commit: a write without a result".into());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for write in batch {
+        let outcome = match write {
+            Write::InsertInbox { .. } => Outcome::Inserted(Ok(inserts.next().ok_or_else(missing)?)),
+            Write::Finish { org_id, claim, change, .. } => {
+                if finished.next().ok_or_else(missing)? {
+                    Outcome::Finished(Ok(()))
+                } else {
+                    let table = if change.is_outbox() { "outbox" } else { "inbox" };
+                    Outcome::Finished(claim_refused(connection, table, change.what(), org_id, *claim).await)
+                }
+            }
+            Write::Commit { .. } => Outcome::Committed(units.next().ok_or_else(missing)?),
+        };
+        outcomes.push(outcome.failure()?);
+    }
+    Ok(outcomes)
 }
 
 /// What came of a batch tried as units of work alone.
@@ -1205,10 +1150,8 @@ impl Inbox for PostgresStore {
         // waits for this, and waiting behind units of work (and their conversation locks)
         // made that wait several times longer under load. Concurrent inserts still share
         // WAL flushes (PostgreSQL groups the flushes of commits that arrive together).
-        let mut tx = self.begin().await?;
-        let inserted = insert_inbox_tx(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(inserted)
+        let mut connection = self.writer.acquire().await?;
+        insert_inbox_row(&mut connection, &event).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {

@@ -1,0 +1,217 @@
+//! A batch's inbox inserts and claim changes as one call of `flowcore_write_rows`
+//! (migration 4), with the conversation locks of the whole batch.
+//!
+//! Each row was a statement of its own, with BEGIN, a lock statement and COMMIT around them:
+//! a round trip each, for a few microseconds of work. One call is one round trip; outside a
+//! transaction (a batch without units of work) it is its own transaction too.
+
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use super::grouped_units::CallFailed;
+use super::{ConversationLocks, LOCK_SPACE};
+use crate::group_commit::{ClaimChange, Write};
+use crate::types::{Claim, InboxInsert, NewInboxEvent};
+
+/// The call; its parameters are in the order [`Rows::bind`] binds them.
+const WRITE_ROWS: &str = "SELECT * FROM flowcore_write_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+    $14, $15, $16, $17, $18, $19, $20, $21)";
+
+/// The inserts and claim changes of a batch, as the call's column arrays, in batch order.
+#[derive(Default)]
+pub(super) struct Rows<'a> {
+    in_org: Vec<&'a str>,
+    in_number: Vec<&'a str>,
+    in_contact: Vec<&'a str>,
+    in_message: Vec<&'a str>,
+    in_kind: Vec<&'a str>,
+    in_payload: Vec<String>,
+    in_received: Vec<i64>,
+    in_due: Vec<i64>,
+    fin_outbox: Vec<bool>,
+    fin_change: Vec<&'static str>,
+    fin_org: Vec<&'a str>,
+    fin_id: Vec<i64>,
+    fin_attempt: Vec<i64>,
+    fin_time: Vec<i64>,
+    fin_text: Vec<Option<&'a str>>,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows of `batch`'s inserts and claim changes (units of work are not rows here).
+    pub(super) fn of(batch: &'a [Write]) -> Rows<'a> {
+        let mut rows = Rows::default();
+        for write in batch {
+            match write {
+                Write::InsertInbox { event, .. } => rows.insert(event),
+                Write::Finish { org_id, claim, change, .. } => rows.finish(org_id, *claim, change),
+                Write::Commit { .. } => {}
+            }
+        }
+        rows
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.in_org.is_empty() && self.fin_id.is_empty()
+    }
+
+    fn insert(&mut self, event: &'a NewInboxEvent) {
+        let c = &event.conversation;
+        self.in_org.push(&c.org_id);
+        self.in_number.push(&c.business_number_id);
+        self.in_contact.push(&c.contact_id);
+        self.in_message.push(&event.message_id);
+        self.in_kind.push(event.kind.as_str());
+        self.in_payload.push(event.payload.to_string());
+        self.in_received.push(event.received_at.as_unix_millis());
+        self.in_due.push(event.due_at.as_unix_millis());
+    }
+
+    fn finish(&mut self, org_id: &'a str, claim: Claim, change: &'a ClaimChange) {
+        let (name, time, text) = match change {
+            ClaimChange::InboxDone { now } => ("done", now, None),
+            ClaimChange::OutboxSent { wamid, now } => ("sent", now, Some(wamid)),
+            ClaimChange::InboxRetry { at, error } | ClaimChange::OutboxRetry { at, error } => {
+                ("retry", at, Some(error))
+            }
+            ClaimChange::InboxFailed { now, error } | ClaimChange::OutboxFailed { now, error } => {
+                ("failed", now, Some(error))
+            }
+        };
+        self.fin_outbox.push(change.is_outbox());
+        self.fin_change.push(name);
+        self.fin_org.push(org_id);
+        self.fin_id.push(claim.id);
+        self.fin_attempt.push(claim.attempt);
+        self.fin_time.push(time.as_unix_millis());
+        self.fin_text.push(text.map(String::as_str));
+    }
+
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.in_org)
+            .bind(&self.in_number)
+            .bind(&self.in_contact)
+            .bind(&self.in_message)
+            .bind(&self.in_kind)
+            .bind(&self.in_payload)
+            .bind(&self.in_received)
+            .bind(&self.in_due)
+            .bind(&self.fin_outbox)
+            .bind(&self.fin_change)
+            .bind(&self.fin_org)
+            .bind(&self.fin_id)
+            .bind(&self.fin_attempt)
+            .bind(&self.fin_time)
+            .bind(&self.fin_text)
+    }
+}
+
+/// What the call wrote, in batch order of each kind.
+pub(super) struct RowsWritten {
+    /// Each insert's outcome.
+    pub(super) inserts: Vec<InboxInsert>,
+    /// Whether each claim change's claim held (false: it wrote nothing).
+    pub(super) finished: Vec<bool>,
+}
+
+/// Takes `locks` and writes `rows` in one call on `connection` (in a transaction, or its own).
+pub(super) async fn write_rows(
+    connection: &mut PgConnection,
+    locks: &ConversationLocks<'_>,
+    rows: &Rows<'_>,
+) -> Result<RowsWritten, CallFailed> {
+    let query = sqlx::query(WRITE_ROWS)
+        .bind(LOCK_SPACE)
+        .bind(&locks.inbox_rows)
+        .bind(&locks.outbox_rows)
+        .bind(&locks.orgs)
+        .bind(&locks.numbers)
+        .bind(&locks.contacts);
+    let row = rows.bind(query).fetch_one(connection).await.map_err(CallFailed::from)?;
+    // From here on the call went through: an error reading its answer leaves it unknown.
+    let read = |e: sqlx::Error| CallFailed::Unknown(e.into());
+    let ids: Vec<i64> = row.try_get("inserted_ids").map_err(read)?;
+    let new: Vec<bool> = row.try_get("inserted_new").map_err(read)?;
+    let finished: Vec<bool> = row.try_get("finished").map_err(read)?;
+    if ids.len() != rows.in_org.len() || new.len() != ids.len() || finished.len() != rows.fin_id.len() {
+        return Err(CallFailed::Unknown(crate::StoreError::Database(
+            "flowcore_write_rows: an answer of the wrong length".into(),
+        )));
+    }
+    let inserts = ids
+        .into_iter()
+        .zip(new)
+        .map(|(id, new)| if new { InboxInsert::Inserted(id) } else { InboxInsert::Duplicate(id) })
+        .collect();
+    Ok(RowsWritten { inserts, finished })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio::sync::oneshot;
+
+    use super::super::{write_batch, Outcome};
+    use crate::error::StoreError;
+    use crate::group_commit::{ClaimChange, Write};
+    use crate::traits::{Inbox, Organizations};
+    use crate::types::{Claim, InboxInsert, NewInboxEvent};
+    use crate::unit_fixtures::{at, chat, claims_in_contact_order, FreshPostgres};
+
+    fn insert(contact: &str, message: &str) -> Write {
+        let event = NewInboxEvent::message(chat(contact), message, json!({ "m": message }), at(0));
+        Write::InsertInbox { event, reply: oneshot::channel().0 }
+    }
+
+    fn done(claim: Claim) -> Write {
+        Write::Finish {
+            org_id: "o".into(),
+            claim,
+            change: ClaimChange::InboxDone { now: at(2) },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_rows_is_one_call_with_each_row_answered_in_order() {
+        let Some(fresh) = FreshPostgres::open().await else { return };
+        let store = &fresh.store;
+        store.register_organization("o").await.unwrap();
+        let first = store.insert_inbox(NewInboxEvent::message(chat("c1"), "m1", json!({}), at(0))).await.unwrap();
+        let claim = claims_in_contact_order(store).await[0];
+        let stale = Claim { attempt: claim.attempt + 1, ..claim };
+
+        // A new row, the same message again, a stored message, the claim's change, and a
+        // change under a claim that does not hold.
+        let batch = [insert("c1", "m2"), insert("c1", "m2"), insert("c1", "m1"), done(claim), done(stale)];
+        let mut connection = store.pool().acquire().await.unwrap();
+        let Ok(outcomes) = write_batch(&mut connection, &batch).await else { panic!("the batch is written") };
+        let answers: Vec<String> = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Inserted(Ok(InboxInsert::Inserted(_))) => "new".to_owned(),
+                Outcome::Inserted(Ok(InboxInsert::Duplicate(id))) if id == first.id() => "stored m1".to_owned(),
+                Outcome::Inserted(Ok(InboxInsert::Duplicate(_))) => "duplicate".to_owned(),
+                Outcome::Finished(Ok(())) => "finished".to_owned(),
+                Outcome::Finished(Err(StoreError::LeaseLost { .. })) => "lease lost".to_owned(),
+                _ => "unexpected".to_owned(),
+            })
+            .collect();
+        assert_eq!(answers, ["new", "duplicate", "stored m1", "finished", "lease lost"]);
+
+        // m1 handed its conversation's head on to m2, inserted before it in the same call.
+        let rows: Vec<(String, String, bool)> =
+            sqlx::query_as("SELECT message_id, status, head FROM inbox ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
+        assert_eq!(rows, [("m1", "done", true), ("m2", "pending", true)]);
+        drop(connection);
+        fresh.drop_schema().await;
+    }
+}
