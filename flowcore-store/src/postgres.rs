@@ -28,9 +28,11 @@ use crate::traits::*;
 use crate::types::*;
 
 mod grouped_units;
+mod warm;
 mod write_rows;
 
 use grouped_units::{CallFailed, UnitsWritten};
+use warm::WarmConnections;
 use write_rows::{write_rows, Rows, RowsWritten};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -118,6 +120,8 @@ pub struct PostgresStore {
     writes: GroupCommit<Write>,
     /// The connections the write lanes keep, given back on close.
     lanes: Arc<LaneConnections>,
+    /// Connections kept for inserts, claims and session reads, given back on close.
+    warm: WarmConnections,
 }
 
 impl PostgresStore {
@@ -160,7 +164,11 @@ impl PostgresStore {
             let lanes = running.clone();
             async move { lanes.run(batch).await }
         });
-        let store = PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default(), writes, lanes };
+        // The rest of the pool, but for two connections left to everything else.
+        let keep = (options.max_connections as usize).saturating_sub(WRITE_LANES + 2).max(1);
+        let warm = WarmConnections::new(pool.clone(), keep, IDLE_PING_AFTER);
+        let store =
+            PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default(), writes, lanes, warm };
         store.migrate().await?;
         Ok(store)
     }
@@ -510,13 +518,15 @@ impl PostgresStore {
             self.check_org(org).await?;
         }
         // One call (migration 3): its own transaction, one round trip.
+        let mut connection = self.warm.get().await?;
         let rows = sqlx::query(&format!("SELECT {cols} FROM flowcore_claim_{table}($1, $2, $3, $4)"))
             .bind(request.now.as_unix_millis())
             .bind(request.org_id.as_deref())
             .bind(i64::from(request.limit.min(Page::MAX_LIMIT)))
             .bind(request.lease_until().as_unix_millis())
-            .fetch_all(&self.writer)
-            .await?;
+            .fetch_all(&mut *connection)
+            .await;
+        let rows = connection.keep_if_ok(rows.map_err(StoreError::from))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push((row.try_get("due_at")?, row.try_get("id")?, map(row)?));
@@ -910,12 +920,14 @@ impl SessionStore for PostgresStore {
     async fn active_session(&self, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
         self.check_org(&c.org_id).await?;
         // One read for what the default method does in two.
+        let mut connection = self.warm.get().await?;
         let rows = sqlx::query(&conversation_sessions_sql(&format!("{SESSION_INFO_COLS}, state_schema, state")))
             .bind(&c.org_id)
             .bind(&c.business_number_id)
             .bind(&c.contact_id)
-            .fetch_all(&self.reader)
-            .await?;
+            .fetch_all(&mut *connection)
+            .await;
+        let rows = connection.keep_if_ok(rows.map_err(StoreError::from))?;
         newest_stored_session(&rows)
     }
 
@@ -928,13 +940,15 @@ impl SessionStore for PostgresStore {
         if distinct.is_empty() {
             return Ok(Vec::new());
         }
+        let mut connection = self.warm.get().await?;
         let rows = sqlx::query(&active_sessions_sql())
             .bind((0..distinct.len() as i64).collect::<Vec<i64>>())
             .bind(distinct.iter().map(|c| c.org_id.as_str()).collect::<Vec<_>>())
             .bind(distinct.iter().map(|c| c.business_number_id.as_str()).collect::<Vec<_>>())
             .bind(distinct.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>())
-            .fetch_all(&self.reader)
-            .await?;
+            .fetch_all(&mut *connection)
+            .await;
+        let rows = connection.keep_if_ok(rows.map_err(StoreError::from))?;
         let mut found = HashMap::with_capacity(distinct.len());
         newest_of_each(&distinct, rows, &mut found)?;
         Ok(conversations.iter().map(|c| found.get(c).cloned()).collect())
@@ -1150,8 +1164,9 @@ impl Inbox for PostgresStore {
         // waits for this, and waiting behind units of work (and their conversation locks)
         // made that wait several times longer under load. Concurrent inserts still share
         // WAL flushes (PostgreSQL groups the flushes of commits that arrive together).
-        let mut connection = self.writer.acquire().await?;
-        insert_inbox_row(&mut connection, &event).await
+        let mut connection = self.warm.get().await?;
+        let inserted = insert_inbox_row(&mut connection, &event).await;
+        connection.keep_if_ok(inserted)
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
@@ -1377,6 +1392,7 @@ impl Store for PostgresStore {
     async fn close(&self) {
         // The pool's close waits for every connection to come back.
         self.lanes.release().await;
+        self.warm.release();
         self.writer.close().await;
         self.reader.close().await;
     }
