@@ -629,7 +629,7 @@ fn is_refusal(e: &StoreError) -> bool {
 /// commit, one WAL flush for all of them. Counted in the group commit's cost (a unit of work
 /// counts several writes): 4 units of work, so that 8 busy callers split into two batches
 /// in flight at once (see [`WRITE_LANES`]).
-const MAX_WRITES_PER_TRANSACTION: usize = 32;
+const MAX_WRITES_PER_TRANSACTION: usize = 64;
 
 /// Writer tasks, each with its own connection while it runs a batch: one batch executes
 /// while the other waits for its commit to be flushed. With units of work as one call
