@@ -121,6 +121,11 @@ pub struct PostgresStore {
     writes: GroupCommit<Write>,
     /// The connections the write lanes keep, given back on close.
     lanes: Arc<LaneConnections>,
+    /// Inbox inserts, several per call: apart from the other writes, so that a webhook's
+    /// `200` never waits behind units of work (and their conversation locks).
+    inserts: GroupCommit<Write>,
+    /// The connections the insert lanes keep, given back on close.
+    insert_lanes: Arc<LaneConnections>,
     /// Connections kept for inserts, claims and session reads, given back on close.
     warm: WarmConnections,
 }
@@ -159,17 +164,21 @@ impl PostgresStore {
         if let Some(schema) = &options.schema {
             sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&pool).await?;
         }
-        let lanes = Arc::new(LaneConnections::new(pool.clone(), WRITE_LANES));
-        let running = lanes.clone();
-        let writes = GroupCommit::start(WRITE_LANES, MAX_WRITES_PER_TRANSACTION, move |batch| {
-            let lanes = running.clone();
-            async move { lanes.run(batch).await }
-        });
+        let (writes, lanes) = write_lanes(&pool, WRITE_LANES, MAX_WRITES_PER_TRANSACTION);
+        let (inserts, insert_lanes) = write_lanes(&pool, INSERT_LANES, MAX_WRITES_PER_TRANSACTION);
         // The rest of the pool, but for two connections left to everything else.
-        let keep = (options.max_connections as usize).saturating_sub(WRITE_LANES + 2).max(1);
+        let keep = (options.max_connections as usize).saturating_sub(WRITE_LANES + INSERT_LANES + 2).max(1);
         let warm = WarmConnections::new(pool.clone(), keep, IDLE_PING_AFTER);
-        let store =
-            PostgresStore { writer: pool.clone(), reader: pool, known_orgs: RwLock::default(), writes, lanes, warm };
+        let store = PostgresStore {
+            writer: pool.clone(),
+            reader: pool,
+            known_orgs: RwLock::default(),
+            writes,
+            lanes,
+            inserts,
+            insert_lanes,
+            warm,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -435,7 +444,7 @@ const LOCK_SPACE: i32 = 0x666c_6f77;
 /// never claimed again. Under the lock, READ COMMITTED's next statement sees everything
 /// the previous holder committed. Claims, retries and reclaims leave the set of unfinished
 /// rows as it is and take no lock; inbox inserts lean on a row lock instead (see
-/// `insert_inbox_tx`).
+/// `flowcore_insert_inbox_row`, migration 4).
 #[derive(Default)]
 struct ConversationLocks<'a> {
     inbox_rows: Vec<i64>,
@@ -473,10 +482,8 @@ impl<'a> ConversationLocks<'a> {
 
     fn write(&mut self, write: &'a Write) {
         match write {
-            Write::InsertInbox { event, .. } => {
-                let c = &event.conversation;
-                self.conversation(&c.org_id, &c.business_number_id, &c.contact_id);
-            }
+            // An insert leans on a row lock instead (see `flowcore_insert_inbox_row`).
+            Write::InsertInbox { .. } => {}
             Write::Commit { commit, .. } => self.commit(commit),
             Write::Finish { claim, change, .. } => {
                 if change.leaves_queue() {
@@ -637,6 +644,21 @@ const MAX_WRITES_PER_TRANSACTION: usize = 64;
 /// callers, and both about 1.7 times 4 lanes of 8; two lanes keep a webhook's insert from
 /// waiting behind a whole batch.
 const WRITE_LANES: usize = 2;
+
+/// Lanes of their own for inbox inserts: concurrent webhooks' rows share a call and a
+/// commit (a WAL flush) instead of paying one each.
+const INSERT_LANES: usize = 2;
+
+/// A group commit of `lanes` writer tasks over `pool`, each keeping its connection.
+fn write_lanes(pool: &PgPool, lanes: usize, max_batch: usize) -> (GroupCommit<Write>, Arc<LaneConnections>) {
+    let connections = Arc::new(LaneConnections::new(pool.clone(), lanes));
+    let running = connections.clone();
+    let commit = GroupCommit::start(lanes, max_batch, move |batch| {
+        let connections = running.clone();
+        async move { connections.run(batch).await }
+    });
+    (commit, connections)
+}
 
 /// What one write of a batch came to, sent to its caller once the batch committed.
 enum Outcome {
@@ -1161,13 +1183,10 @@ impl MessageLog for PostgresStore {
 impl Inbox for PostgresStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
         self.check_org(&event.conversation.org_id).await?;
-        // Not through the group commit and without a conversation lock: a webhook's `200`
+        // Not behind the other writes, and without a conversation lock: a webhook's `200`
         // waits for this, and waiting behind units of work (and their conversation locks)
-        // made that wait several times longer under load. Concurrent inserts still share
-        // WAL flushes (PostgreSQL groups the flushes of commits that arrive together).
-        let mut connection = self.warm.get().await?;
-        let inserted = insert_inbox_row(&mut connection, &event).await;
-        connection.keep_if_ok(inserted)
+        // made that wait several times longer under load.
+        self.inserts.submit(|reply| Write::InsertInbox { event, reply }).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
@@ -1393,6 +1412,7 @@ impl Store for PostgresStore {
     async fn close(&self) {
         // The pool's close waits for every connection to come back.
         self.lanes.release().await;
+        self.insert_lanes.release().await;
         self.warm.release();
         self.writer.close().await;
         self.reader.close().await;
