@@ -144,6 +144,10 @@ impl PostgresStore {
         if options.asynchronous_commit {
             connect = connect.options([("synchronous_commit", "off")]);
         }
+        // The store's statements look rows up by key: a plan made once per connection serves
+        // every call. By default PostgreSQL planned the batch session read afresh for most
+        // calls (its arrays made each custom plan look cheaper than the generic one).
+        connect = connect.options([("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
