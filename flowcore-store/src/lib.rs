@@ -100,6 +100,7 @@
 //!         }],
 //!         schedule: vec![],
 //!         inbox_done: Some(job.claim()),
+//!         claim_replies_until: None, // or claim them for this sender as they are written
 //!     })
 //!     .await?;
 //! assert_eq!(outcome.session.map(|s| s.version), Some(1));

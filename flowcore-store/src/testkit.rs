@@ -1043,6 +1043,7 @@ fn turn(c: &ConversationKey, key: &SessionKey, expected: i64, claim: Option<Clai
             now.saturating_add_seconds(600),
         )],
         inbox_done: claim,
+        claim_replies_until: None,
     }
 }
 

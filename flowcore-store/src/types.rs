@@ -733,7 +733,7 @@ impl DeliveryStatus {
 }
 
 /// An outbox row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxMessage {
     /// The row id.
     pub id: i64,
@@ -766,6 +766,26 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// `reply`, just written as row `id` and claimed (its first attempt) until `lease_until`.
+    pub(crate) fn claimed_on_insert(id: i64, reply: &NewOutboxMessage, lease_until: Timestamp) -> OutboxMessage {
+        OutboxMessage {
+            id,
+            conversation: reply.conversation.clone(),
+            payload: reply.payload.clone(),
+            status: QueueStatus::Claimed,
+            attempts: 1,
+            due_at: reply.due_at,
+            retry_at: None,
+            lease_until: Some(lease_until),
+            wamid: None,
+            last_error: None,
+            inbox_id: reply.inbox_id,
+            delivery: None,
+            delivery_at: None,
+            sent_at: None,
+        }
+    }
+
     /// The claim to pass to `mark_sent` / `reschedule_outbox` / `fail_outbox`.
     pub fn claim(&self) -> Claim {
         Claim { id: self.id, attempt: self.attempts }
@@ -813,6 +833,12 @@ pub struct Commit {
     pub schedule: Vec<NewInboxEvent>,
     /// The inbox row this turn handled, marked done.
     pub inbox_done: Option<Claim>,
+    /// Claim the replies for the caller until this time, when their conversation has no
+    /// earlier unfinished reply and all of them are due by `now`, as a claim would (saving
+    /// the sender a claim per reply). The caller then sends them in order, one after the
+    /// other: [`CommitOutcome::claimed_replies`]. A backend may leave them to a claim
+    /// instead (the memory and SQLite backends do).
+    pub claim_replies_until: Option<Timestamp>,
 }
 
 impl Commit {
@@ -835,6 +861,7 @@ impl Commit {
             outbox: Vec::new(),
             schedule: Vec::new(),
             inbox_done: None,
+            claim_replies_until: None,
         }
     }
 }
@@ -850,6 +877,9 @@ pub struct CommitOutcome {
     pub outbox_ids: Vec<i64>,
     /// The scheduled inbox rows, in order.
     pub scheduled: Vec<InboxInsert>,
+    /// The replies claimed for the caller (see [`Commit::claim_replies_until`]), in the
+    /// order they must be sent.
+    pub claimed_replies: Vec<OutboxMessage>,
 }
 
 pub(crate) const DAY_MS: i64 = 86_400_000;

@@ -21,12 +21,14 @@ use sqlx::Row;
 use super::{ConversationLocks, LOCK_SPACE};
 use crate::error::{StoreError, StoreResult};
 use crate::state;
-use crate::types::{Commit, CommitOutcome, SavedSession, SessionStatus, SessionWrite};
+use crate::types::{
+    Commit, CommitOutcome, ConversationKey, OutboxMessage, SavedSession, SessionStatus, SessionWrite,
+};
 
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
-    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48)";
+    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49)";
 
 /// Whether `commits` can share one call: no two save the same session or handle the same
 /// inbox row (one statement cannot apply two changes to one row).
@@ -73,6 +75,7 @@ pub(super) async fn commit_units<'e>(
         done: row.try_get("done_count").map_err(read)?,
         log_ids: row.try_get("log_ids").map_err(read)?,
         outbox_ids: row.try_get("outbox_ids").map_err(read)?,
+        outbox_claimed: row.try_get("outbox_claimed").map_err(read)?,
     };
     written.check(&counts).map_err(CallFailed::Unknown)?;
     Ok(UnitsWritten::Written(written.outcomes(commits)))
@@ -125,6 +128,8 @@ struct Written {
     done: i64,
     log_ids: Vec<i64>,
     outbox_ids: Vec<i64>,
+    /// Whether each reply was claimed as it was written.
+    outbox_claimed: Vec<bool>,
 }
 
 impl Written {
@@ -136,7 +141,8 @@ impl Written {
             && self.created_ids.len() == counts.creates
             && self.done == counts.claims as i64
             && self.log_ids.len() == counts.log
-            && self.outbox_ids.len() == counts.outbox;
+            && self.outbox_ids.len() == counts.outbox
+            && self.outbox_claimed.len() == counts.outbox;
         if complete {
             Ok(())
         } else {
@@ -152,7 +158,7 @@ impl Written {
         let mut updated = self.updated_ids.into_iter().zip(self.updated_versions);
         let mut created = self.created_ids.into_iter();
         let mut log = self.log_ids.into_iter();
-        let mut outbox = self.outbox_ids.into_iter();
+        let mut outbox = self.outbox_ids.into_iter().zip(self.outbox_claimed);
         commits
             .iter()
             .map(|commit| {
@@ -163,11 +169,22 @@ impl Written {
                         updated.next().map(|(id, version)| SavedSession { id, version })
                     }
                 });
+                let replies: Vec<(i64, bool)> = outbox.by_ref().take(commit.outbox.len()).collect();
+                let claimed_replies = match commit.claim_replies_until {
+                    Some(lease) => replies
+                        .iter()
+                        .zip(&commit.outbox)
+                        .filter(|((_, claimed), _)| *claimed)
+                        .map(|((id, _), reply)| OutboxMessage::claimed_on_insert(*id, reply, lease))
+                        .collect(),
+                    None => Vec::new(),
+                };
                 CommitOutcome {
                     session,
                     log_ids: log.by_ref().take(commit.log.len()).collect(),
-                    outbox_ids: outbox.by_ref().take(commit.outbox.len()).collect(),
+                    outbox_ids: replies.iter().map(|(id, _)| *id).collect(),
                     scheduled: Vec::new(),
+                    claimed_replies,
                 }
             })
             .collect()
@@ -227,6 +244,8 @@ struct OutboxColumns<'c> {
     payload: Vec<String>,
     inbox_id: Vec<Option<i64>>,
     due_at: Vec<i64>,
+    /// The lease's end for a reply claimed as it is written (see [`claimable`]).
+    claim_until: Vec<Option<i64>>,
 }
 
 impl<'c> SessionColumns<'c> {
@@ -249,6 +268,7 @@ impl<'c> SessionColumns<'c> {
 
 impl<'c> Columns<'c> {
     fn of(commits: &[&'c Commit]) -> Columns<'c> {
+        let shared = conversations_of_several(commits);
         let mut c = Columns::default();
         for commit in commits {
             if let Some(claim) = commit.inbox_done {
@@ -285,6 +305,8 @@ impl<'c> Columns<'c> {
                 o.payload.push(m.payload.to_string());
                 o.inbox_id.push(m.inbox_id);
                 o.due_at.push(m.due_at.as_unix_millis());
+                let claim = commit.claim_replies_until.filter(|_| claimable(commit, &m.conversation, &shared));
+                o.claim_until.push(claim.map(Timestamp::as_unix_millis));
             }
         }
         c
@@ -321,7 +343,14 @@ impl<'c> Columns<'c> {
             .bind(l.at)
             .bind(l.metadata);
         let o = self.outbox;
-        query.bind(o.org).bind(o.number).bind(o.contact).bind(o.payload).bind(o.inbox_id).bind(o.due_at)
+        query
+            .bind(o.org)
+            .bind(o.number)
+            .bind(o.contact)
+            .bind(o.payload)
+            .bind(o.inbox_id)
+            .bind(o.due_at)
+            .bind(o.claim_until)
     }
 }
 
@@ -347,6 +376,30 @@ impl<'c> SessionColumns<'c> {
     }
 }
 
+/// Conversations that more than one of `commits` writes replies to.
+fn conversations_of_several<'c>(commits: &[&'c Commit]) -> HashSet<&'c ConversationKey> {
+    let mut seen = HashSet::new();
+    let mut several = HashSet::new();
+    for commit in commits {
+        let own: HashSet<&ConversationKey> = commit.outbox.iter().map(|m| &m.conversation).collect();
+        for conversation in own {
+            if !seen.insert(conversation) {
+                several.insert(conversation);
+            }
+        }
+    }
+    several
+}
+
+/// Whether `commit`'s replies to `conversation` may be claimed as they are written: all of
+/// them are due (the claim covers every one, sent in order) and no other unit of the call
+/// writes replies to it (two callers would each send theirs). The function adds the last
+/// condition: the conversation has no stored unfinished reply.
+fn claimable(commit: &Commit, conversation: &ConversationKey, shared: &HashSet<&ConversationKey>) -> bool {
+    !shared.contains(conversation)
+        && commit.outbox.iter().filter(|m| &m.conversation == conversation).all(|m| m.due_at <= commit.now)
+}
+
 /// Run when `FLOWCORE_TEST_POSTGRES_URL` is set, each store in a fresh schema dropped at the
 /// end (see `tests/postgres.rs`).
 #[cfg(test)]
@@ -354,9 +407,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::traits::{Inbox, MessageLog, Organizations, SessionStore, Store};
-    use crate::types::{Claim, NewInboxEvent, Page};
-    use crate::unit_fixtures::{at, chat, claims_in_contact_order, save, units, FreshPostgres as Fresh};
+    use std::time::Duration;
+
+    use crate::traits::{Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
+    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page};
+    use crate::unit_fixtures::{at, chat, claims_in_contact_order, reply, save, units, FreshPostgres as Fresh};
     use crate::PostgresStore;
 
     /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
@@ -456,5 +511,52 @@ mod tests {
             }
             fresh.drop_schema().await;
         }
+    }
+
+    /// Units that ask for it get their replies claimed as they are written, unless their
+    /// conversation has an unfinished reply already or another unit of the call writes to it.
+    #[tokio::test]
+    async fn replies_are_claimed_as_written_when_they_go_first() {
+        let Some((fresh, claims)) = prepared().await else { return };
+        let store = &fresh.store;
+        let functions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'flowcore_commit_units' AND pronamespace = current_schema()::regnamespace",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(functions, 1, "migration 6 replaced the function");
+        let earlier = store.enqueue_outbox("o", &[reply("c1", "earlier")]).await.unwrap()[0];
+        let lease = at(65);
+        let commits: Vec<Commit> =
+            units(&claims).into_iter().map(|c| Commit { claim_replies_until: Some(lease), ..c }).collect();
+        let UnitsWritten::Written(outcomes) = grouped(store, &commits).await else { panic!("every check holds") };
+        assert!(outcomes[0].claimed_replies.is_empty(), "c1 has an unfinished reply before these");
+        let claimed: Vec<(i64, i64, Option<Timestamp>)> =
+            outcomes[1].claimed_replies.iter().map(|m| (m.id, m.attempts, m.lease_until)).collect();
+        let ids = &outcomes[1].outbox_ids;
+        assert_eq!(claimed, [(ids[0], 1, Some(lease)), (ids[1], 1, Some(lease))], "both of c2's, in order");
+        assert_eq!(outcomes[1].claimed_replies[1].payload, commits[1].outbox[1].payload);
+
+        // A claim finds only c1's first reply: c2's are out with this caller.
+        let request = ClaimRequest::for_org("o", at(6), Duration::from_secs(60), 10);
+        let found: Vec<i64> = store.claim_outbox(&request).await.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(found, [earlier]);
+        for reply in &outcomes[1].claimed_replies {
+            store.mark_sent("o", reply.claim(), "wamid", at(7)).await.unwrap();
+            let request = ClaimRequest::for_org("o", at(7), Duration::from_secs(60), 10);
+            assert!(store.claim_outbox(&request).await.unwrap().is_empty(), "the next one is still ours");
+        }
+        fresh.drop_schema().await;
+
+        // Two units writing to one conversation: neither claims its replies there.
+        let (fresh, claims) = prepared().await.unwrap();
+        let mut commits: Vec<Commit> =
+            units(&claims).into_iter().map(|c| Commit { claim_replies_until: Some(lease), ..c }).collect();
+        commits[2].outbox.push(reply("c2", "from c3's turn"));
+        let UnitsWritten::Written(outcomes) = grouped(&fresh.store, &commits).await else { panic!("written") };
+        let claimed: Vec<usize> = outcomes.iter().map(|o| o.claimed_replies.len()).collect();
+        assert_eq!(claimed, [1, 0, 0], "only c1's, alone in its conversation");
+        fresh.drop_schema().await;
     }
 }

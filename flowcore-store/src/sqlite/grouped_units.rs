@@ -518,6 +518,7 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
             log_ids: take(&mut next_log, commit.log.len()),
             outbox_ids: take(&mut next_reply, commit.outbox.len()),
             scheduled: take(&mut next_wake_up, commit.schedule.len()).into_iter().map(InboxInsert::Inserted).collect(),
+            claimed_replies: Vec::new(),
         });
     }
     Ok(out)
