@@ -125,8 +125,10 @@ BEGIN
          queued AS (
              INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status, head,
                                  attempts, lease_until)
+             -- Claimed ones are all heads: when the one before finishes, none needs the mark
+             -- handed on (a head that is not its conversation's first is never claimed).
              SELECT r.org, r.bn, r.ct, r.pl, r.ib, r.du, CASE WHEN r.claimed THEN 'claimed' ELSE 'pending' END,
-                    r.first, CASE WHEN r.claimed THEN 1 ELSE 0 END, CASE WHEN r.claimed THEN r.cl END
+                    r.first OR r.claimed, CASE WHEN r.claimed THEN 1 ELSE 0 END, CASE WHEN r.claimed THEN r.cl END
              FROM replies r
              WHERE (SELECT passed FROM checks) ORDER BY r.n
              RETURNING outbox.id, outbox.status = 'claimed' AS claimed)
