@@ -102,3 +102,56 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
     b.shutdown().await;
     drop_database(&admin_url, &name).await;
 }
+
+/// Fails the `n`th request (counting from 1) with a 500, accepts the others.
+struct FailNth(u64, std::sync::atomic::AtomicU64, GraphOk);
+
+impl wiremock::Respond for FailNth {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        if self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.0 {
+            return wiremock::ResponseTemplate::new(500).set_body_string("<html>oops</html>");
+        }
+        self.2.respond(request)
+    }
+}
+
+/// On PostgreSQL a turn's replies are claimed as they are written and sent one after the
+/// other: when the first fails, the second waits for its retry instead of overtaking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
+    let Ok(admin_url) = std::env::var("FLOWCORE_TEST_POSTGRES_URL") else {
+        println!("skipped: set FLOWCORE_TEST_POSTGRES_URL=postgres://… to run the PostgreSQL test");
+        return;
+    };
+    let (url, name) = fresh_database(&admin_url).await;
+    let graph = wiremock::MockServer::start().await;
+    let ok = GraphOk(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)));
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path_regex(r"^/v21\.0/[0-9]+/messages$"))
+        .respond_with(FailNth(2, std::sync::atomic::AtomicU64::new(0), ok))
+        .mount(&graph)
+        .await;
+    let dir = workdir("http://127.0.0.1:9");
+    let mut env: HashMap<String, String> = base_env(&dir, &graph.uri());
+    env.insert("DATABASE_URL".into(), url);
+    let server = start_server(env).await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let contact = "5511900000001";
+    for (wamid, text) in [("wamid.H1", "oi"), ("wamid.H2", "tudo bem")] {
+        let r = post_signed(&http, &base, &webhook(PNID_ECHO, vec![msg(contact, wamid, text)]), SECRET).await;
+        assert_eq!(r.status().as_u16(), 200);
+        // The first turn's reply goes out before the second message arrives.
+        wait_sent(&graph, 1, Duration::from_secs(10)).await;
+    }
+    // The echo fails once (the second request), is retried, and only then the question.
+    let sent = wait_sent(&graph, 4, Duration::from_secs(20)).await;
+    let texts: Vec<String> = sent.iter().map(message_text).collect();
+    assert_eq!(texts, ["Diga algo", "echo: tudo bem", "echo: tudo bem", "Diga algo"]);
+    assert_settled(&graph, 4).await;
+    // All three replies went the handed-over way, none through a claim of the sender's.
+    let handed_over = server.state.stats.handed_over.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(handed_over, 3);
+    server.shutdown().await;
+    drop_database(&admin_url, &name).await;
+}

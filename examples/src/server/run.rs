@@ -154,6 +154,7 @@ pub async fn start(
         info!(org = %source.organization, flow = %source.id, version, "flow ready");
     }
 
+    let (claimed_replies, handed_over) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState(Arc::new(Shared {
         store,
         tenants: Tenants::new(&config),
@@ -175,6 +176,7 @@ pub async fn start(
         settings: settings.clone(),
         inbox_ready: Notify::new(),
         outbox_ready: Notify::new(),
+        claimed_replies,
         stats: Stats::default(),
     }));
 
@@ -195,7 +197,7 @@ pub async fn start(
     });
     let background = vec![
         tokio::spawn(worker::run(state.clone(), shutdown_rx.clone())),
-        tokio::spawn(sender::run(state.clone(), shutdown_rx.clone())),
+        tokio::spawn(sender::run(state.clone(), handed_over, shutdown_rx.clone())),
         tokio::spawn(janitor(state.clone(), shutdown_rx.clone())),
     ];
     info!(

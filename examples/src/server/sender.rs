@@ -11,7 +11,7 @@ use flowcore_meta::outgoing::Recipient;
 use flowcore_meta::{to_outgoing, ApiError as MetaApiError, MetaClient, ReqwestTransport, RetryAdvice, RetryPolicy};
 use flowcore_store::{ClaimRequest, OutboxMessage, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -54,25 +54,48 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Runs the sender until `shutdown` turns true.
 ///
 /// A pipeline rather than batches: whenever sends finish, more rows are claimed, so one
-/// slow send never holds up the others.
-pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+/// slow send never holds up the others. Replies a turn claimed as it committed them arrive
+/// on `handed_over`, each turn's in the order they must go.
+pub async fn run(
+    state: AppState,
+    mut handed_over: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let clients = std::sync::Arc::new(Clients::new(&state));
     let policy = std::sync::Arc::new(retry_policy(&state));
     let mut tasks = JoinSet::new();
+    let start_in_order = |tasks: &mut JoinSet<()>, replies: Vec<OutboxMessage>| {
+        let (state, clients, policy) = (state.clone(), clients.clone(), policy.clone());
+        tasks.spawn(async move { send_in_order(&state, &clients, &policy, replies).await });
+    };
+    // Whether a claim may find something: a turn left replies to one, a claim came back
+    // full, or the poll interval passed (retries fall due, leases lapse). Most replies are
+    // handed over, and a claim that finds nothing still costs the database a round trip.
+    let mut claim_wanted = true;
+    let mut poll = tokio::time::interval(state.settings.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while tasks.try_join_next().is_some() {}
         if *shutdown.borrow() {
             break;
         }
+        // Handed-over replies are claimed already: they start at once, whatever is in flight.
+        while let Ok(replies) = handed_over.try_recv() {
+            start_in_order(&mut tasks, replies);
+        }
         let free = MAX_IN_FLIGHT.saturating_sub(tasks.len());
         // Claims scan the queue, so they are batched: with sends in flight, claim again
         // only once a quarter of the slots are free.
-        let batch = if free == 0 || (free < MAX_IN_FLIGHT / 4 && !tasks.is_empty()) {
+        let batch = if !claim_wanted || free == 0 || (free < MAX_IN_FLIGHT / 4 && !tasks.is_empty()) {
             Vec::new()
         } else {
-            let request = ClaimRequest::any(util::now(), state.settings.lease, u32::try_from(free).unwrap_or(1));
+            let limit = u32::try_from(free).unwrap_or(1);
+            let request = ClaimRequest::any(util::now(), state.settings.lease, limit);
             match state.store.claim_outbox(&request).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    claim_wanted = b.len() >= free;
+                    b
+                }
                 Err(StoreError::Closed) => break,
                 Err(e) => {
                     error!(error = %e, "claiming the outbox failed");
@@ -83,8 +106,9 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         if batch.is_empty() {
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = state.outbox_ready.notified() => {}
-                _ = tokio::time::sleep(state.settings.poll_interval) => {}
+                Some(replies) = handed_over.recv() => start_in_order(&mut tasks, replies),
+                _ = state.outbox_ready.notified() => claim_wanted = true,
+                _ = poll.tick() => claim_wanted = true,
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -93,13 +117,45 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             let state = state.clone();
             let clients = clients.clone();
             let policy = policy.clone();
-            tasks.spawn(async move { send_one(&state, &clients, &policy, row).await });
+            tasks.spawn(async move {
+                send_one(&state, &clients, &policy, row).await;
+            });
         }
     }
     // A claimed send always finishes (its own timeout bounds it), even during shutdown,
-    // so no reply is left half-done.
+    // so no reply is left half-done; replies handed over but not started go back to the
+    // queue at once rather than after their lease.
+    handed_over.close();
+    while let Some(replies) = handed_over.recv().await {
+        release(&state, &replies, "the sender stopped before sending it").await;
+    }
     while tasks.join_next().await.is_some() {}
     debug!("sender stopped");
+}
+
+/// Sends a turn's claimed replies one after the other. Once one is not sent (it waits for
+/// a retry, failed, or its claim lapsed), the rest go back to the queue: they must not
+/// overtake it, and a claim takes them in order after it.
+async fn send_in_order(state: &AppState, clients: &Clients, policy: &RetryPolicy, replies: Vec<OutboxMessage>) {
+    let mut replies = replies.into_iter();
+    while let Some(reply) = replies.next() {
+        if !send_one(state, clients, policy, reply).await {
+            release(state, replies.as_slice(), "an earlier reply of its turn was not sent").await;
+            state.outbox_ready.notify_one();
+            return;
+        }
+    }
+}
+
+/// Gives claimed, unsent replies back to the queue, due now.
+async fn release(state: &AppState, replies: &[OutboxMessage], why: &str) {
+    for reply in replies {
+        let org = &reply.conversation.org_id;
+        if let Err(e) = state.store.reschedule_outbox(org, reply.claim(), util::now(), why).await {
+            // Its lease lapses instead.
+            warn!(outbox_id = reply.id, error = %e, "could not give a claimed reply back");
+        }
+    }
 }
 
 /// The outbox's retry policy: `FLOWCORE_SEND_MAX_ATTEMPTS` attempts, backoff from
@@ -111,7 +167,8 @@ pub fn retry_policy(state: &AppState) -> RetryPolicy {
     policy
 }
 
-async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row: OutboxMessage) {
+/// Sends one claimed reply and records how it went; true when it was sent and so recorded.
+async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row: OutboxMessage) -> bool {
     let org = row.conversation.org_id.clone();
     let claim = row.claim();
     let payload: OutboxPayload = match serde_json::from_value(row.payload.clone()) {
@@ -119,7 +176,7 @@ async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row
         Err(e) => {
             error!(outbox_id = row.id, error = %e, "unreadable outbox row; failed");
             let _ = state.store.fail_outbox(&org, claim, &format!("unreadable payload: {e}"), util::now()).await;
-            return;
+            return false;
         }
     };
     let outcome = match state.outbound {
@@ -136,6 +193,7 @@ async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row
         OutboundMode::Graph => send_graph(clients, policy, &row, &payload.message).await,
     };
     let now = util::now();
+    let sent = matches!(outcome, SendOutcome::Sent(_));
     let result = match outcome {
         SendOutcome::Sent(wamid) => {
             Stats::bump(&state.stats.sent);
@@ -164,9 +222,15 @@ async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row
         }
     };
     match result {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost { .. }) => warn!(outbox_id = row.id, "outbox lease lost while sending"),
-        Err(e) => error!(outbox_id = row.id, error = %e, "recording the send result failed"),
+        Ok(()) => sent,
+        Err(StoreError::LeaseLost { .. }) => {
+            warn!(outbox_id = row.id, "outbox lease lost while sending");
+            false
+        }
+        Err(e) => {
+            error!(outbox_id = row.id, error = %e, "recording the send result failed");
+            false
+        }
     }
 }
 

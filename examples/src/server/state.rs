@@ -51,6 +51,8 @@ pub struct Shared {
     pub inbox_ready: Notify,
     /// Wakes the sender after a turn enqueued replies.
     pub outbox_ready: Notify,
+    /// Replies a turn claimed as it committed them, for the sender to send in order.
+    pub claimed_replies: tokio::sync::mpsc::UnboundedSender<Vec<flowcore_store::OutboxMessage>>,
     /// Counters for `/api/v1/analytics/metrics` and the load bench.
     pub stats: Stats,
 }
@@ -84,6 +86,8 @@ pub struct Stats {
     pub turns: AtomicU64,
     /// Replies accepted by Meta (or logged).
     pub sent: AtomicU64,
+    /// Replies a turn claimed as it committed them, handed to the sender without a claim.
+    pub handed_over: AtomicU64,
     /// Send attempts that will be retried.
     pub send_retries: AtomicU64,
     /// Replies failed for good.
@@ -107,6 +111,7 @@ impl Stats {
             "rate_limited": get(&self.rate_limited),
             "turns": get(&self.turns),
             "replies_sent": get(&self.sent),
+            "replies_handed_over": get(&self.handed_over),
             "send_retries": get(&self.send_retries),
             "replies_failed": get(&self.send_failed),
         })

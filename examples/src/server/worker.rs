@@ -273,8 +273,7 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
                         json!({"not_configured": true}),
                     ));
                     push_reply(&mut commit, conv, None, Message::Text { text: reply }, None, event.id, now);
-                    state.store.commit(commit).await?;
-                    state.outbox_ready.notify_one();
+                    commit_with_replies(state, commit).await?;
                     return Ok(());
                 }
                 Route::UnknownNumber => {
@@ -386,13 +385,32 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
         status,
         now,
     });
-    let has_replies = !commit.outbox.is_empty();
-    state.store.commit(commit).await?;
+    commit_with_replies(state, commit).await?;
     Stats::bump(&state.stats.turns);
-    if has_replies {
+    running.expected_version += 1;
+    Ok(())
+}
+
+/// Commits a turn and hands its replies to the sender: claimed as they are written when
+/// the store can (the sender then sends them without a claim of its own), else queued for
+/// its next claim.
+async fn commit_with_replies(state: &AppState, mut commit: Commit) -> Result<(), TurnError> {
+    let replies = commit.outbox.len();
+    if replies > 0 {
+        let lease = u64::try_from(state.settings.lease.as_millis()).unwrap_or(u64::MAX);
+        commit.claim_replies_until = Some(commit.now.saturating_add_millis(lease));
+    }
+    let outcome = state.store.commit(commit).await?;
+    let claimed = outcome.claimed_replies.len();
+    state.stats.handed_over.fetch_add(claimed as u64, std::sync::atomic::Ordering::Relaxed);
+    if claimed > 0 && state.claimed_replies.send(outcome.claimed_replies).is_err() {
+        // The sender has stopped (shutting down): the claims lapse with their lease, and a
+        // claim sends them then.
+        debug!(claimed, "sender stopped; claimed replies left to their lease");
+    }
+    if claimed < replies {
         state.outbox_ready.notify_one();
     }
-    running.expected_version += 1;
     Ok(())
 }
 
