@@ -21,9 +21,7 @@ use sqlx::Row;
 use super::{ConversationLocks, LOCK_SPACE};
 use crate::error::{StoreError, StoreResult};
 use crate::state;
-use crate::types::{
-    Commit, CommitOutcome, ConversationKey, OutboxMessage, SavedSession, SessionStatus, SessionWrite,
-};
+use crate::types::{Commit, CommitOutcome, ConversationKey, OutboxMessage, SavedSession, SessionStatus, SessionWrite};
 
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
