@@ -32,6 +32,10 @@ BEGIN
         SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
         AS $fn$
         BEGIN
+            -- A claim need not wait for its WAL flush: lost in a crash, it only leaves the
+            -- row as it was (unclaimed, claimed again later). Whatever is done under it is
+            -- committed later, synchronously, and that flush takes this claim along.
+            PERFORM set_config('synchronous_commit', 'off', true);
             RETURN QUERY
             UPDATE %1$I SET status = 'claimed', attempts = attempts + 1, lease_until = $4
             WHERE id IN (
