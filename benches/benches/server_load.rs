@@ -17,7 +17,7 @@
 //!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
 //!
 //! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgres` runs one backend. Each instance runs
-//! `BENCH_WORKERS` (16) inbox workers. The runtimes name their threads
+//! `BENCH_WORKERS` (32) inbox workers. The runtimes name their threads
 //! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
 //!
 //! The flow is an echo loop: each message after the first gets two replies ("echo: …"
@@ -145,7 +145,7 @@ fn run_backend(
                 ("META_GRAPH_API_BASE", format!("{graph_uri}/v21.0")),
                 ("FLOWCORE_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
                 ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
-                ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 16).to_string()),
+                ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 32).to_string()),
             ] {
                 env.insert(k.to_owned(), v);
             }
