@@ -45,7 +45,7 @@ BEGIN
              FROM inbox i
              WHERE i.id = ANY(p_claim_id) AND i.status = 'claimed'
                AND (i.org_id, i.attempts) = (SELECT k.org, k.attempt FROM claims k WHERE k.id = i.id)
-             FOR UPDATE OF i),
+             FOR NO KEY UPDATE OF i),
          updates AS (
              SELECT * FROM unnest(p_upd_org, p_upd_number, p_upd_contact, p_upd_flow, p_upd_expected, p_upd_status,
                                   p_upd_state, p_upd_node, p_upd_wake, p_upd_now, p_upd_closed)
