@@ -171,7 +171,7 @@ pub fn retry_policy(state: &AppState) -> RetryPolicy {
 async fn send_one(state: &AppState, clients: &Clients, policy: &RetryPolicy, row: OutboxMessage) -> bool {
     let org = row.conversation.org_id.clone();
     let claim = row.claim();
-    let payload: OutboxPayload = match serde_json::from_value(row.payload.clone()) {
+    let payload = match OutboxPayload::deserialize(&row.payload) {
         Ok(p) => p,
         Err(e) => {
             error!(outbox_id = row.id, error = %e, "unreadable outbox row; failed");

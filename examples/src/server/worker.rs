@@ -10,6 +10,7 @@ use flowcore_store::{
     ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
     NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -167,7 +168,7 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
 
     let (input, inbound) = match event.kind {
         InboxKind::Message => {
-            let payload: InboundPayload = serde_json::from_value(event.payload.clone())
+            let payload = InboundPayload::deserialize(&event.payload)
                 .map_err(|e| TurnError::Permanent(format!("unreadable inbox payload: {e}")))?;
             (payload.input.clone(), Some(payload))
         }
@@ -220,7 +221,7 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
     }
 
     if let InboxKind::WakeUp = event.kind {
-        let wake: WakePayload = serde_json::from_value(event.payload.clone())
+        let wake = WakePayload::deserialize(&event.payload)
             .map_err(|e| TurnError::Permanent(format!("unreadable wake-up payload: {e}")))?;
         let current =
             running.as_ref().filter(|r| r.flow_id == wake.flow_id && r.session.wake_at() == Some(wake.wake_at));
