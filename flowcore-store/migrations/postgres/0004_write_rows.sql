@@ -47,64 +47,57 @@ $fn$;
 --
 -- p_change: 'done' (inbox), 'sent' (outbox: p_text the wamid), 'retry' (p_time the retry
 -- time, p_text the error) or 'failed' (p_text the error). p_time is the time of the change.
-CREATE OR REPLACE FUNCTION flowcore_finish_row(
-    p_outbox boolean, p_change text, p_org text, p_id int8, p_attempt int8, p_time int8, p_text text)
-RETURNS boolean
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
+-- One text for both queues: `flowcore_finish_inbox_row` and `flowcore_finish_outbox_row`;
+-- a sent reply also records its wamid and its first delivery status.
+DO $do$
 DECLARE
-    leaves boolean := p_change <> 'retry';
-    v_number text;
-    v_contact text;
+    queue text;
+    sent_columns text;
 BEGIN
-    IF p_outbox THEN
-        UPDATE outbox SET
-            status = CASE p_change WHEN 'retry' THEN 'pending' WHEN 'failed' THEN 'failed' ELSE 'done' END,
-            lease_until = NULL,
-            finished_at = CASE WHEN leaves THEN p_time ELSE finished_at END,
-            retry_at = CASE WHEN p_change = 'retry' THEN p_time ELSE retry_at END,
-            last_error = CASE WHEN p_change IN ('retry', 'failed') THEN p_text ELSE last_error END,
-            sent_at = CASE WHEN p_change = 'sent' THEN p_time ELSE sent_at END,
-            wamid = CASE WHEN p_change = 'sent' THEN p_text ELSE wamid END,
-            delivery = CASE WHEN p_change = 'sent' AND delivery_rank < 1 THEN 'sent' ELSE delivery END,
-            delivery_at = CASE WHEN p_change = 'sent' AND delivery_rank < 1 THEN p_time ELSE delivery_at END,
-            delivery_rank = CASE WHEN p_change = 'sent' THEN GREATEST(delivery_rank, 1) ELSE delivery_rank END
-        WHERE outbox.org_id = p_org AND outbox.id = p_id AND outbox.status = 'claimed' AND outbox.attempts = p_attempt
-        RETURNING outbox.business_number_id, outbox.contact_id INTO v_number, v_contact;
-        IF NOT FOUND THEN
-            RETURN false;
-        END IF;
-        IF leaves THEN
-            UPDATE outbox SET head = true
-            WHERE outbox.id = (SELECT n.id FROM outbox n
-                               WHERE n.contact_id = v_contact AND n.business_number_id = v_number AND n.org_id = p_org
-                                 AND n.status IN ('pending', 'claimed')
-                               ORDER BY n.due_at, n.id LIMIT 1)
-              AND NOT outbox.head;
-        END IF;
-    ELSE
-        UPDATE inbox SET
-            status = CASE p_change WHEN 'retry' THEN 'pending' WHEN 'failed' THEN 'failed' ELSE 'done' END,
-            lease_until = NULL,
-            finished_at = CASE WHEN leaves THEN p_time ELSE finished_at END,
-            retry_at = CASE WHEN p_change = 'retry' THEN p_time ELSE retry_at END,
-            last_error = CASE WHEN p_change IN ('retry', 'failed') THEN p_text ELSE last_error END
-        WHERE inbox.org_id = p_org AND inbox.id = p_id AND inbox.status = 'claimed' AND inbox.attempts = p_attempt
-        RETURNING inbox.business_number_id, inbox.contact_id INTO v_number, v_contact;
-        IF NOT FOUND THEN
-            RETURN false;
-        END IF;
-        IF leaves THEN
-            UPDATE inbox SET head = true
-            WHERE inbox.id = (SELECT n.id FROM inbox n
-                              WHERE n.contact_id = v_contact AND n.business_number_id = v_number AND n.org_id = p_org
-                                AND n.status IN ('pending', 'claimed')
-                              ORDER BY n.due_at, n.id LIMIT 1)
-              AND NOT inbox.head;
-        END IF;
-    END IF;
-    RETURN true;
+    FOREACH queue IN ARRAY ARRAY['inbox', 'outbox'] LOOP
+        sent_columns := CASE queue WHEN 'outbox' THEN $cols$,
+                    sent_at = CASE WHEN p_change = 'sent' THEN p_time ELSE sent_at END,
+                    wamid = CASE WHEN p_change = 'sent' THEN p_text ELSE wamid END,
+                    delivery = CASE WHEN p_change = 'sent' AND delivery_rank < 1 THEN 'sent' ELSE delivery END,
+                    delivery_at = CASE WHEN p_change = 'sent' AND delivery_rank < 1 THEN p_time ELSE delivery_at END,
+                    delivery_rank = CASE WHEN p_change = 'sent' THEN GREATEST(delivery_rank, 1) ELSE delivery_rank END$cols$
+            ELSE '' END;
+        EXECUTE format($sql$
+        CREATE OR REPLACE FUNCTION flowcore_finish_%1$s_row(
+            p_change text, p_org text, p_id int8, p_attempt int8, p_time int8, p_text text)
+        RETURNS boolean
+        LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
+        DECLARE
+            leaves boolean := p_change <> 'retry';
+            v_number text;
+            v_contact text;
+        BEGIN
+            UPDATE %1$I SET
+                    status = CASE p_change WHEN 'retry' THEN 'pending' WHEN 'failed' THEN 'failed' ELSE 'done' END,
+                    lease_until = NULL,
+                    finished_at = CASE WHEN leaves THEN p_time ELSE finished_at END,
+                    retry_at = CASE WHEN p_change = 'retry' THEN p_time ELSE retry_at END,
+                    last_error = CASE WHEN p_change IN ('retry', 'failed') THEN p_text ELSE last_error END%2$s
+            WHERE %1$I.org_id = p_org AND %1$I.id = p_id AND %1$I.status = 'claimed' AND %1$I.attempts = p_attempt
+            RETURNING %1$I.business_number_id, %1$I.contact_id INTO v_number, v_contact;
+            IF NOT FOUND THEN
+                RETURN false;
+            END IF;
+            IF leaves THEN
+                UPDATE %1$I SET head = true
+                WHERE %1$I.id = (SELECT n.id FROM %1$I n
+                                 WHERE n.contact_id = v_contact AND n.business_number_id = v_number
+                                   AND n.org_id = p_org AND n.status IN ('pending', 'claimed')
+                                 ORDER BY n.due_at, n.id LIMIT 1)
+                  AND NOT %1$I.head;
+            END IF;
+            RETURN true;
+        END
+        $fn$;
+        $sql$, queue, sent_columns);
+    END LOOP;
 END
-$fn$;
+$do$;
 
 -- A batch's rows: takes the conversations' locks (`flowcore_lock_conversations`, with
 -- everything else the batch's transaction will write), then inserts the inbox rows and
@@ -138,8 +131,13 @@ BEGIN
         inserted_new := inserted_new || is_new;
     END LOOP;
     FOR k IN 1 .. coalesce(cardinality(p_fin_id), 0) LOOP
-        finished := finished || flowcore_finish_row(p_fin_outbox[k], p_fin_change[k], p_fin_org[k], p_fin_id[k],
-                                                    p_fin_attempt[k], p_fin_time[k], p_fin_text[k]);
+        IF p_fin_outbox[k] THEN
+            finished := finished || flowcore_finish_outbox_row(p_fin_change[k], p_fin_org[k], p_fin_id[k],
+                                                               p_fin_attempt[k], p_fin_time[k], p_fin_text[k]);
+        ELSE
+            finished := finished || flowcore_finish_inbox_row(p_fin_change[k], p_fin_org[k], p_fin_id[k],
+                                                              p_fin_attempt[k], p_fin_time[k], p_fin_text[k]);
+        END IF;
     END LOOP;
 END
 $fn$;
