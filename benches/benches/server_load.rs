@@ -59,6 +59,13 @@ fn main() {
     let accepted = Arc::new(AtomicU64::new(0));
     let graph_uri = client_rt.block_on(fake_graph(accepted.clone()));
     let dir = workdir();
+    let bench = Bench {
+        dir: &dir,
+        graph_uri: &graph_uri,
+        client_rt: &client_rt,
+        accepted: &accepted,
+        load: Load { messages, conversations, concurrency, rate, seconds },
+    };
     println!("flowcore-server load bench: {messages} messages over {conversations} conversations, {concurrency} in flight; then {rate} msg/s for {seconds} s");
     println!(
         "machine: {} logical CPUs (shared with other work: numbers vary)",
@@ -68,36 +75,12 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "sqlite" {
         let sqlite_url = format!("sqlite://{}", dir.join("bench.db").display());
-        run_backend(
-            "sqlite, 1 instance",
-            &[sqlite_url],
-            &dir,
-            &graph_uri,
-            &client_rt,
-            &accepted,
-            messages,
-            conversations,
-            concurrency,
-            rate,
-            seconds,
-        );
+        run_backend("sqlite, 1 instance", &[sqlite_url], &bench);
     }
 
     if let (Ok(admin), true) = (std::env::var("FLOWCORE_BENCH_POSTGRES_URL"), only.is_empty() || only == "postgres") {
         let (url, name) = client_rt.block_on(fresh_pg(&admin));
-        run_backend(
-            "postgres, 2 instances",
-            &[url.clone(), url],
-            &dir,
-            &graph_uri,
-            &client_rt,
-            &accepted,
-            messages,
-            conversations,
-            concurrency,
-            rate,
-            seconds,
-        );
+        run_backend("postgres, 2 instances", &[url.clone(), url], &bench);
         client_rt.block_on(async {
             if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
@@ -109,20 +92,28 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_backend(
-    label: &str,
-    urls: &[String],
-    dir: &std::path::Path,
-    graph_uri: &str,
-    client_rt: &tokio::runtime::Runtime,
-    accepted: &Arc<AtomicU64>,
+/// What every backend's run shares: the harness and the load.
+struct Bench<'a> {
+    dir: &'a std::path::Path,
+    graph_uri: &'a str,
+    client_rt: &'a tokio::runtime::Runtime,
+    accepted: &'a Arc<AtomicU64>,
+    load: Load,
+}
+
+/// The load's knobs (see the module docs).
+#[derive(Clone, Copy)]
+struct Load {
     messages: usize,
     conversations: usize,
     concurrency: usize,
     rate: u64,
     seconds: u64,
-) {
+}
+
+fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
+    let Bench { dir, graph_uri, client_rt, accepted, load } = *bench;
+    let Load { messages, conversations, concurrency, rate, seconds } = load;
     // One runtime per instance, two threads each: the machine has two cores, which the
     // instances, the load generator and the fake API all share.
     let servers: Vec<(tokio::runtime::Runtime, RunningServer)> = urls
