@@ -7,10 +7,21 @@
 mod server_support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use server_support::*;
 use sqlx::Connection;
+
+/// `FLOWCORE_TEST_POSTGRES_URL`, or a skip line.
+fn admin_url() -> Option<String> {
+    let url = std::env::var("FLOWCORE_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        println!("skipped: set FLOWCORE_TEST_POSTGRES_URL=postgres://… to run the PostgreSQL test");
+    }
+    url
+}
 
 /// Creates a fresh database next to the one `admin_url` names; returns its URL.
 async fn fresh_database(admin_url: &str) -> (String, String) {
@@ -35,10 +46,7 @@ async fn drop_database(admin_url: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
-    let Ok(admin_url) = std::env::var("FLOWCORE_TEST_POSTGRES_URL") else {
-        println!("skipped: set FLOWCORE_TEST_POSTGRES_URL=postgres://… to run the PostgreSQL test");
-        return;
-    };
+    let Some(admin_url) = admin_url() else { return };
     let (url, name) = fresh_database(&admin_url).await;
     let graph = wiremock::MockServer::start().await;
     mount_graph_ok(&graph).await;
@@ -91,9 +99,7 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
         assert_eq!(texts, &want, "conversation {contact}");
     }
     // Both instances did part of the work.
-    let turns = |s: &flowcore_examples::server::run::RunningServer| {
-        s.state.stats.turns.load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let turns = |s: &flowcore_examples::server::run::RunningServer| s.state.stats.turns.load(Ordering::Relaxed);
     let (ta, tb) = (turns(&a), turns(&b));
     println!("turns: instance a {ta}, instance b {tb}");
     assert_eq!(ta + tb, (CONVERSATIONS * PER_CONVERSATION) as u64);
@@ -104,11 +110,11 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
 }
 
 /// Fails the `n`th request (counting from 1) with a 500, accepts the others.
-struct FailNth(u64, std::sync::atomic::AtomicU64, GraphOk);
+struct FailNth(u64, AtomicU64, GraphOk);
 
 impl wiremock::Respond for FailNth {
     fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
-        if self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == self.0 {
+        if self.1.fetch_add(1, Ordering::Relaxed) + 1 == self.0 {
             return wiremock::ResponseTemplate::new(500).set_body_string("<html>oops</html>");
         }
         self.2.respond(request)
@@ -119,16 +125,13 @@ impl wiremock::Respond for FailNth {
 /// other: when the first fails, the second waits for its retry instead of overtaking it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
-    let Ok(admin_url) = std::env::var("FLOWCORE_TEST_POSTGRES_URL") else {
-        println!("skipped: set FLOWCORE_TEST_POSTGRES_URL=postgres://… to run the PostgreSQL test");
-        return;
-    };
+    let Some(admin_url) = admin_url() else { return };
     let (url, name) = fresh_database(&admin_url).await;
     let graph = wiremock::MockServer::start().await;
-    let ok = GraphOk(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)));
+    let ok = GraphOk(Arc::new(AtomicU64::new(1)));
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .and(wiremock::matchers::path_regex(r"^/v21\.0/[0-9]+/messages$"))
-        .respond_with(FailNth(2, std::sync::atomic::AtomicU64::new(0), ok))
+        .respond_with(FailNth(2, AtomicU64::new(0), ok))
         .mount(&graph)
         .await;
     let dir = workdir("http://127.0.0.1:9");
@@ -150,7 +153,7 @@ async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
     assert_eq!(texts, ["Diga algo", "echo: tudo bem", "echo: tudo bem", "Diga algo"]);
     assert_settled(&graph, 4).await;
     // All three replies went the handed-over way, none through a claim of the sender's.
-    let handed_over = server.state.stats.handed_over.load(std::sync::atomic::Ordering::Relaxed);
+    let handed_over = server.state.stats.handed_over.load(Ordering::Relaxed);
     assert_eq!(handed_over, 3);
     server.shutdown().await;
     drop_database(&admin_url, &name).await;
