@@ -1,9 +1,10 @@
 //! A batch's inbox inserts and claim changes as one call of `flowcore_write_rows`
-//! (migration 4), with the conversation locks of the whole batch.
+//! (migrations 4 and 8), with the conversation locks of the whole batch.
 //!
 //! Each row was a statement of its own, with BEGIN, a lock statement and COMMIT around them:
 //! a round trip each, for a few microseconds of work. One call is one round trip; outside a
-//! transaction (a batch without units of work) it is its own transaction too.
+//! transaction (a batch without units of work) it is its own transaction too. Inside, the
+//! inserts are one statement and each queue's changes another (migration 8).
 
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
@@ -211,6 +212,43 @@ mod tests {
                 .unwrap();
         let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
         assert_eq!(rows, [("m1", "done", true), ("m2", "pending", true)]);
+        drop(connection);
+        fresh.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn rows_of_one_conversation_in_one_batch_see_each_other_in_order() {
+        let Some(fresh) = FreshPostgres::open().await else { return };
+        let store = &fresh.store;
+        store.register_organization("o").await.unwrap();
+        store.insert_inbox(NewInboxEvent::message(chat("c1"), "m1", json!({}), at(0))).await.unwrap();
+        let claim = claims_in_contact_order(store).await[0];
+        let mut connection = store.pool().acquire().await.unwrap();
+
+        // Two new rows of a conversation without rows, two behind a claimed row, and the
+        // claimed row's change twice: the second finds it out of `claimed`.
+        let batch = [insert("c2", "a"), insert("c2", "b"), insert("c1", "m2"), insert("c1", "m3"), done(claim), done(claim)];
+        let Ok(outcomes) = write_batch(&mut connection, &batch).await else { panic!("the batch is written") };
+        let finished: Vec<bool> = outcomes
+            .into_iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Finished(result) => Some(result.is_ok()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, [true, false]);
+
+        // c2's first row is its head; c1's head moved past the finished m1 to m2 only.
+        let rows: Vec<(String, String, bool)> =
+            sqlx::query_as("SELECT message_id, status, head FROM inbox ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
+        assert_eq!(
+            rows,
+            [("m1", "done", true), ("a", "pending", true), ("b", "pending", false), ("m2", "pending", true), ("m3", "pending", false)]
+        );
         drop(connection);
         fresh.drop_schema().await;
     }
