@@ -104,14 +104,6 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
     println!("turns: instance a {ta}, instance b {tb}");
     assert_eq!(ta + tb, (CONVERSATIONS * PER_CONVERSATION) as u64);
     assert!(ta > 0 && tb > 0, "one instance did all the work: {ta} / {tb}");
-    // A conversation's first message finds nothing of it unfinished: the webhook's insert
-    // claims it and hands it to the workers without a claim of theirs (as many as the
-    // instance's hand-over slots allow: 100 conversations start at once here).
-    let handed =
-        |s: &flowcore_examples::server::run::RunningServer| s.state.stats.inbox_handed_over.load(Ordering::Relaxed);
-    let (ha, hb) = (handed(&a), handed(&b));
-    println!("inbox rows handed over: instance a {ha}, instance b {hb}");
-    assert!(ha > 0 && hb > 0, "{ha} / {hb} rows handed over");
     a.shutdown().await;
     b.shutdown().await;
     drop_database(&admin_url, &name).await;

@@ -28,9 +28,8 @@ pub(crate) type Reply<T> = oneshot::Sender<StoreResult<T>>;
 /// the same organization); the writer only runs it.
 #[derive(Debug)]
 pub(crate) enum Write {
-    /// [`Inbox::insert_inbox`](crate::Inbox::insert_inbox), or with the lease's end
-    /// [`Inbox::insert_inbox_claiming`](crate::Inbox::insert_inbox_claiming).
-    InsertInbox { event: NewInboxEvent, claim_until: Option<Timestamp>, reply: Reply<InboxInsert> },
+    /// [`Inbox::insert_inbox`](crate::Inbox::insert_inbox).
+    InsertInbox { event: NewInboxEvent, reply: Reply<InboxInsert> },
     /// [`Store::commit`](crate::Store::commit).
     Commit { commit: Box<Commit>, reply: Reply<CommitOutcome> },
     /// A change to a claimed inbox or outbox row (done, retried, failed, sent).
@@ -338,7 +337,7 @@ mod tests {
         let q = queue.clone();
         tasks.push(tokio::spawn(async move {
             let event = NewInboxEvent::message(ConversationKey::new("o", "b", "c"), "m", serde_json::json!({}), now);
-            q.submit(|reply| Write::InsertInbox { event, claim_until: None, reply }).await.map(drop)
+            q.submit(|reply| Write::InsertInbox { event, reply }).await.map(drop)
         }));
         // Let every spawned task run up to its wait for a result (it has queued its write).
         for _ in 0..10 {

@@ -1193,13 +1193,7 @@ impl Inbox for PostgresStore {
         // Not behind the other writes, and without a conversation lock: a webhook's `200`
         // waits for this, and waiting behind units of work (and their conversation locks)
         // made that wait several times longer under load.
-        self.inserts.submit(|reply| Write::InsertInbox { event, claim_until: None, reply }).await
-    }
-
-    async fn insert_inbox_claiming(&self, event: NewInboxEvent, lease_until: Timestamp) -> StoreResult<InboxInsert> {
-        self.check_org(&event.conversation.org_id).await?;
-        let claim_until = Some(lease_until);
-        self.inserts.submit(|reply| Write::InsertInbox { event, claim_until, reply }).await
+        self.inserts.submit(|reply| Write::InsertInbox { event, reply }).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {

@@ -1053,7 +1053,7 @@ impl MessageLog for SqliteStore {
 impl Inbox for SqliteStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
         self.check_org(&event.conversation.org_id).await?;
-        self.writes.submit(|reply| SqliteWrite::Shared(Write::InsertInbox { event, claim_until: None, reply })).await
+        self.writes.submit(|reply| SqliteWrite::Shared(Write::InsertInbox { event, reply })).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {

@@ -67,7 +67,6 @@ cases!(
     inbox_deduplicates,
     inbox_parallel_duplicate_inserts,
     inbox_order_and_exclusivity,
-    inbox_claiming_inserts,
     inbox_wake_ups,
     inbox_failures_and_retries,
     inbox_lease_expiry_and_reclaim,
@@ -685,48 +684,6 @@ pub async fn inbox_order_and_exclusivity(store: Arc<dyn Store>) {
     assert_eq!(one[0].message_id, "c1", "earliest due first");
     let err = store.complete_inbox(ORG_A, Claim { id: i64::MAX - 1, attempt: 1 }, t(8)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-}
-
-/// An insert that may claim its row claims it only when its conversation has nothing else
-/// unfinished; a claimed row is handled like any claimed row, and keeps its conversation's
-/// later rows back until it is done. A store may leave every row to a claim.
-pub async fn inbox_claiming_inserts(store: Arc<dyn Store>) {
-    let c1 = chat(ORG_A, "c1");
-    let lease_end = t(30);
-    let first = store.insert_inbox_claiming(message(&c1, "a1", t(0)), lease_end).await.unwrap();
-    let second = store.insert_inbox_claiming(message(&c1, "a2", t(1)), lease_end).await.unwrap();
-    let again = store.insert_inbox_claiming(message(&c1, "a1", t(2)), lease_end).await.unwrap();
-    assert!(!matches!(second, InboxInsert::Claimed(_)), "a1 is unfinished: a2 waits its turn ({second:?})");
-    assert_eq!(again, InboxInsert::Duplicate(first.id()));
-    let claim = match first {
-        InboxInsert::Claimed(claim) => {
-            assert_eq!(claim.attempt, 1);
-            let row = store.get_inbox(ORG_A, claim.id).await.unwrap().expect("the row is stored");
-            assert_eq!((row.status, row.attempts, row.lease_until), (QueueStatus::Claimed, 1, Some(lease_end)));
-            // Out under its lease: neither it nor a2 is claimed again.
-            assert!(claim_one(&*store, ORG_A, t(5)).await.is_empty());
-            claim
-        }
-        InboxInsert::Inserted(_) => {
-            let claimed = claim_one(&*store, ORG_A, t(5)).await;
-            assert_eq!(claimed.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), ["a1"]);
-            claimed[0].claim()
-        }
-        InboxInsert::Duplicate(_) => panic!("a1 is new"),
-    };
-    store.complete_inbox(ORG_A, claim, t(6)).await.unwrap();
-    let next = claim_one(&*store, ORG_A, t(7)).await;
-    assert_eq!(next.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), ["a2"]);
-    // An expired lease of a row claimed as it was written is reclaimed like any other.
-    let c2 = chat(ORG_A, "c2");
-    if let InboxInsert::Claimed(claim) = store.insert_inbox_claiming(message(&c2, "b1", t(0)), t(10)).await.unwrap() {
-        assert_eq!(store.reclaim_inbox(Some(ORG_A), t(11)).await.unwrap(), 1);
-        let retried = claim_one(&*store, ORG_A, t(12)).await;
-        let b1 = retried.iter().find(|e| e.message_id == "b1").expect("b1 is claimable again");
-        assert_eq!(b1.attempts, 2);
-        let err = store.complete_inbox(ORG_A, claim, t(12)).await.unwrap_err();
-        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err:?}");
-    }
 }
 
 /// Wake-ups are inbox rows due at a time: not claimed before, not blocking messages before.

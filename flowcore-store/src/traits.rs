@@ -100,34 +100,6 @@ pub trait Inbox: Send + Sync {
     /// Inserts an event unless its message id is already in the organization's inbox.
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert>;
 
-    /// Inserts like [`insert_inbox`](Self::insert_inbox), and may claim the new row for the
-    /// caller as it is written, under a lease until `lease_until`: only when its conversation
-    /// has no other unfinished event, so that it is the conversation's turn. The answer is
-    /// then [`InboxInsert::Claimed`] and the caller handles the event as if it had claimed it,
-    /// saving a claim (a round trip, and a second version of the row). A store may always
-    /// leave the row to be claimed, as this default does.
-    ///
-    /// ```
-    /// # use flowcore::Timestamp;
-    /// # use flowcore_store::{ConversationKey, Inbox, InboxInsert, MemoryStore, NewInboxEvent, Organizations};
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let store = MemoryStore::new();
-    /// store.register_organization("acme").await?;
-    /// let chat = ConversationKey::new("acme", "15550001111", "5511988887777");
-    /// let event = NewInboxEvent::message(chat, "wamid.1", serde_json::json!({}), Timestamp::from_unix_millis(0));
-    /// match store.insert_inbox_claiming(event, Timestamp::from_unix_millis(30_000)).await? {
-    ///     InboxInsert::Claimed(claim) => println!("ours to handle: {claim:?}"),
-    ///     InboxInsert::Inserted(id) => println!("row {id}, for a claim"),
-    ///     InboxInsert::Duplicate(id) => println!("already there as row {id}"),
-    /// }
-    /// # Ok::<(), flowcore_store::StoreError>(())
-    /// # }).unwrap();
-    /// ```
-    async fn insert_inbox_claiming(&self, event: NewInboxEvent, lease_until: Timestamp) -> StoreResult<InboxInsert> {
-        let _ = lease_until;
-        self.insert_inbox(event).await
-    }
-
     /// Claims due events: per conversation only the first unfinished event in `(due_at, id)`
     /// order, and only if no other event of that conversation is claimed under a live lease.
     /// Claims whose lease expired are claimable again (with a new attempt number).

@@ -516,35 +516,6 @@ impl NewInboxEvent {
         }
     }
 
-    /// The row [`Inbox::insert_inbox_claiming`](crate::Inbox::insert_inbox_claiming) wrote
-    /// for this event when it answered [`InboxInsert::Claimed`] with `claim`, under a lease
-    /// until `lease_until`: what a claim would have returned.
-    ///
-    /// ```
-    /// # use flowcore::Timestamp;
-    /// # use flowcore_store::{Claim, ConversationKey, NewInboxEvent, QueueStatus};
-    /// let chat = ConversationKey::new("acme", "15550001111", "5511988887777");
-    /// let event = NewInboxEvent::message(chat, "wamid.1", serde_json::json!({}), Timestamp::from_unix_millis(0));
-    /// let claimed = event.into_claimed(Claim { id: 7, attempt: 1 }, Timestamp::from_unix_millis(30_000));
-    /// assert_eq!((claimed.id, claimed.status, claimed.attempts), (7, QueueStatus::Claimed, 1));
-    /// ```
-    pub fn into_claimed(self, claim: Claim, lease_until: Timestamp) -> InboxEvent {
-        InboxEvent {
-            id: claim.id,
-            conversation: self.conversation,
-            message_id: self.message_id,
-            kind: self.kind,
-            payload: self.payload,
-            received_at: self.received_at,
-            due_at: self.due_at,
-            status: QueueStatus::Claimed,
-            attempts: claim.attempt,
-            lease_until: Some(lease_until),
-            retry_at: None,
-            last_error: None,
-        }
-    }
-
     /// A wake-up due at `due_at`.
     pub fn wake_up(
         conversation: ConversationKey,
@@ -569,9 +540,6 @@ impl NewInboxEvent {
 pub enum InboxInsert {
     /// A new row with this id.
     Inserted(i64),
-    /// A new row, claimed for the caller as it was written (see
-    /// [`Inbox::insert_inbox_claiming`](crate::Inbox::insert_inbox_claiming)).
-    Claimed(Claim),
     /// The message id was already in the inbox (as this row id); nothing was inserted.
     Duplicate(i64),
 }
@@ -581,7 +549,6 @@ impl InboxInsert {
     pub fn id(self) -> i64 {
         match self {
             InboxInsert::Inserted(id) | InboxInsert::Duplicate(id) => id,
-            InboxInsert::Claimed(claim) => claim.id,
         }
     }
 

@@ -7,7 +7,7 @@
 use flowcore::{Input, Timestamp};
 use flowcore_meta::webhook::MessageEvent;
 use flowcore_meta::Event;
-use flowcore_store::{ConversationKey, DeliveryStatus, InboxInsert, NewInboxEvent};
+use flowcore_store::{ConversationKey, DeliveryStatus, NewInboxEvent};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -72,7 +72,7 @@ pub async fn accept(state: &AppState, body: &[u8]) -> Result<IntakeReport, ApiEr
         match event {
             Event::Message(m) => match inbox_event(state, m, now) {
                 Some(row) => {
-                    let result = insert(state, row).await?;
+                    let result = state.store.insert_inbox(row).await.map_err(ApiError::store)?;
                     if result.is_duplicate() {
                         report.duplicates += 1;
                         Stats::bump(&state.stats.duplicates);
@@ -130,21 +130,6 @@ pub async fn accept(state: &AppState, body: &[u8]) -> Result<IntakeReport, ApiEr
         state.inbox_ready.notify_one();
     }
     Ok(report)
-}
-
-/// Writes `row`; when a worker slot is free to take it, asks the store to claim it for this
-/// instance as it is written, and hands it to the workers if it did (no claim needed).
-async fn insert(state: &AppState, row: NewInboxEvent) -> Result<InboxInsert, ApiError> {
-    let Ok(slot) = state.claimed_inbox.try_reserve() else {
-        return state.store.insert_inbox(row).await.map_err(ApiError::store);
-    };
-    let lease_until = util::lease_end(util::now(), state.settings.lease);
-    let result = state.store.insert_inbox_claiming(row.clone(), lease_until).await.map_err(ApiError::store)?;
-    if let InboxInsert::Claimed(claim) = result {
-        Stats::bump(&state.stats.inbox_handed_over);
-        slot.send(row.into_claimed(claim, lease_until));
-    }
-    Ok(result)
 }
 
 fn inbox_event(state: &AppState, m: &MessageEvent<'_>, now: Timestamp) -> Option<NewInboxEvent> {

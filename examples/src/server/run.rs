@@ -155,9 +155,6 @@ pub async fn start(
     }
 
     let (claimed_replies, handed_over) = tokio::sync::mpsc::unbounded_channel();
-    // Bounded, as the handed rows wait with their leases running: a few rounds of work for
-    // the workers. A slot is taken before the insert (the webhooks' inserts run at once).
-    let (claimed_inbox, handed_inbox) = tokio::sync::mpsc::channel(settings.workers.max(1).saturating_mul(8));
     let state = AppState(Arc::new(Shared {
         store,
         tenants: Tenants::new(&config),
@@ -179,7 +176,6 @@ pub async fn start(
         settings: settings.clone(),
         inbox_ready: Notify::new(),
         outbox_ready: Notify::new(),
-        claimed_inbox,
         claimed_replies,
         stats: Stats::default(),
     }));
@@ -200,7 +196,7 @@ pub async fn start(
         }
     });
     let background = vec![
-        tokio::spawn(worker::run(state.clone(), handed_inbox, shutdown_rx.clone())),
+        tokio::spawn(worker::run(state.clone(), shutdown_rx.clone())),
         tokio::spawn(sender::run(state.clone(), handed_over, shutdown_rx.clone())),
         tokio::spawn(janitor(state.clone(), shutdown_rx.clone())),
     ];

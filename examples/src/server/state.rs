@@ -51,9 +51,6 @@ pub struct Shared {
     pub inbox_ready: Notify,
     /// Wakes the sender after a turn enqueued replies.
     pub outbox_ready: Notify,
-    /// Inbox rows claimed for this instance as the webhook wrote them, for the workers
-    /// (bounded: with no slot free, rows are left to a claim).
-    pub claimed_inbox: tokio::sync::mpsc::Sender<flowcore_store::InboxEvent>,
     /// Replies a turn claimed as it committed them, for the sender to send in order.
     pub claimed_replies: tokio::sync::mpsc::UnboundedSender<Vec<flowcore_store::OutboxMessage>>,
     /// Counters for `/api/v1/analytics/metrics` and the load bench.
@@ -91,8 +88,6 @@ pub struct Stats {
     pub sent: AtomicU64,
     /// Replies a turn claimed as it committed them, handed to the sender without a claim.
     pub handed_over: AtomicU64,
-    /// Inbox rows claimed as the webhook wrote them, handed to the workers without a claim.
-    pub inbox_handed_over: AtomicU64,
     /// Send attempts that will be retried.
     pub send_retries: AtomicU64,
     /// Replies failed for good.
@@ -117,7 +112,6 @@ impl Stats {
             "turns": get(&self.turns),
             "replies_sent": get(&self.sent),
             "replies_handed_over": get(&self.handed_over),
-            "inbox_handed_over": get(&self.inbox_handed_over),
             "send_retries": get(&self.send_retries),
             "replies_failed": get(&self.send_failed),
         })

@@ -1,6 +1,6 @@
 //! Small helpers: the wall clock, RFC 3339 formatting, redaction.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use flowcore::Timestamp;
 
@@ -8,11 +8,6 @@ use flowcore::Timestamp;
 pub fn now() -> Timestamp {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
-}
-
-/// The end of a lease of `lease` taken at `now`, as the store computes it for claims.
-pub fn lease_end(now: Timestamp, lease: Duration) -> Timestamp {
-    now.saturating_add_millis(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).

@@ -12,7 +12,7 @@ use flowcore_store::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -29,64 +29,55 @@ use super::util;
 const MAX_EFFECTS_PER_TURN: usize = 32;
 
 /// Runs the inbox dispatcher until `shutdown` turns true; in-flight turns are finished
-/// before it returns, unclaimed events stay in the inbox. Events the webhook claimed as it
-/// wrote them arrive on `handed_over` and start first; the rest are claimed.
-pub async fn run(state: AppState, mut handed_over: mpsc::Receiver<InboxEvent>, mut shutdown: watch::Receiver<bool>) {
+/// before it returns, unclaimed events stay in the inbox.
+pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(state.settings.workers));
     let mut tasks = JoinSet::new();
-    let mut received: Option<InboxEvent> = None;
     loop {
         while tasks.try_join_next().is_some() {}
         if *shutdown.borrow() {
             break;
         }
         let free = permits.available_permits();
-        let mut events: Vec<InboxEvent> = received.take().into_iter().collect();
-        while events.len() < free {
-            match handed_over.try_recv() {
-                Ok(event) => events.push(event),
-                Err(_) => break,
-            }
-        }
         // Claims scan the queue, so they are batched: with turns in flight, wait until
         // half the workers are free before claiming again.
-        let unused = free.saturating_sub(events.len());
         let batch_from = (state.settings.workers / 2).max(1);
-        let idle = tasks.is_empty() && events.is_empty();
-        let mut claimed_none = false;
-        if unused >= batch_from || (unused > 0 && idle) {
-            let limit = u32::try_from(unused).unwrap_or(u32::MAX);
-            match state.store.claim_inbox(&ClaimRequest::any(util::now(), state.settings.lease, limit)).await {
-                Ok(claimed) => {
-                    claimed_none = claimed.is_empty();
-                    events.extend(claimed);
-                }
-                Err(StoreError::Closed) => break,
-                Err(e) => error!(error = %e, "claiming the inbox failed"),
-            }
-        }
-        if events.is_empty() {
+        if free == 0 || (free < batch_from && !tasks.is_empty()) {
             tokio::select! {
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                Some(event) = handed_over.recv(), if free > 0 => received = Some(event),
-                _ = state.inbox_ready.notified(), if claimed_none => {}
+                _ = tasks.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let request = ClaimRequest::any(util::now(), state.settings.lease, u32::try_from(free).unwrap_or(u32::MAX));
+        let claimed = match state.store.claim_inbox(&request).await {
+            Ok(c) => c,
+            Err(StoreError::Closed) => break,
+            Err(e) => {
+                error!(error = %e, "claiming the inbox failed");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = state.inbox_ready.notified() => {}
                 _ = tokio::time::sleep(state.settings.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        // Every conversation's session in one read; if that read fails, each turn reads
-        // its own (so that one unreadable session fails only its own turn).
-        let conversations: Vec<ConversationKey> = events.iter().map(|e| e.conversation.clone()).collect();
+        // Every claimed conversation's session in one read; if that read fails, each turn
+        // reads its own (so that one unreadable session fails only its own turn).
+        let conversations: Vec<ConversationKey> = claimed.iter().map(|e| e.conversation.clone()).collect();
         let mut sessions = match state.store.active_sessions(&conversations).await {
             Ok(sessions) => sessions.into_iter().map(|s| Loaded::Session(s.map(Box::new))).collect(),
             Err(e) => {
-                debug!(error = %e, "reading the conversations' sessions together failed; one by one");
+                debug!(error = %e, "reading the claimed conversations' sessions together failed; one by one");
                 Vec::new()
             }
         }
         .into_iter();
-        for event in events {
+        for event in claimed {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let state = state.clone();
             let session = sessions.next().unwrap_or(Loaded::NotRead);
@@ -96,21 +87,7 @@ pub async fn run(state: AppState, mut handed_over: mpsc::Receiver<InboxEvent>, m
             });
         }
     }
-    // Graceful: every started turn finishes (bounded by the effect timeout); events handed
-    // over but not started go back to the queue at once rather than after their lease.
-    handed_over.close();
-    let mut unstarted: Vec<InboxEvent> = received.into_iter().collect();
-    while let Some(event) = handed_over.recv().await {
-        unstarted.push(event);
-    }
-    for event in unstarted {
-        let now = util::now();
-        let why = "the server stopped before handling it";
-        if let Err(e) = state.store.fail_inbox(&event.conversation.org_id, event.claim(), why, Some(now), now).await {
-            // Its lease lapses instead.
-            debug!(inbox_id = event.id, error = %e, "could not release an unstarted inbox event");
-        }
-    }
+    // Graceful: every claimed event finishes its turn (bounded by the effect timeout).
     while tasks.join_next().await.is_some() {}
     debug!("inbox workers stopped");
 }
@@ -421,7 +398,8 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
 async fn commit_with_replies(state: &AppState, mut commit: Commit) -> Result<(), TurnError> {
     let replies = commit.outbox.len();
     if replies > 0 {
-        commit.claim_replies_until = Some(util::lease_end(commit.now, state.settings.lease));
+        let lease = u64::try_from(state.settings.lease.as_millis()).unwrap_or(u64::MAX);
+        commit.claim_replies_until = Some(commit.now.saturating_add_millis(lease));
     }
     let outcome = state.store.commit(commit).await?;
     let claimed = outcome.claimed_replies.len();

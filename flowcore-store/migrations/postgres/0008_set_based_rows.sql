@@ -19,44 +19,21 @@
 -- whole queue (under the bench the head hand-off did: 11 ms and 11,000 buffers a call).
 
 -- Inserts the rows whose message ids are not in the inbox yet and tells, in the given order,
--- each row's id, whether it is new and whether it was claimed for the caller. Like
--- `flowcore_insert_inbox_row` (migration 4), it takes no conversation lock to wait for: each
--- new row share-locks one earlier unfinished row of its conversation, skipping locked ones,
--- and is a head when it finds none.
---
--- A row with a lease's end in `p_claim_until` is written claimed for the caller (attempt 1)
--- when it is the first new row of its conversation here, its conversation has no
--- unfinished row, and its conversation lock is free (`pg_try_advisory_xact_lock` in
--- `p_lock_space`, the key `flowcore_lock_conversations` uses): two such inserts never both
--- claim, and the check after the lock sees all that the lock's earlier holders committed.
--- Otherwise it is written pending, to be claimed. This saves the claim's round trip and the
--- row's second version.
+-- each row's id and whether it is new. Like `flowcore_insert_inbox_row` (migration 4), it
+-- takes no conversation lock: each new row share-locks one earlier unfinished row of its
+-- conversation, skipping locked ones, and is a head when it finds none.
 CREATE OR REPLACE FUNCTION flowcore_insert_inbox_rows(
-    p_lock_space int4, p_org text[], p_number text[], p_contact text[], p_message text[], p_kind text[],
-    p_payload text[], p_received int8[], p_due int8[], p_claim_until int8[],
-    OUT ids int8[], OUT is_new boolean[], OUT claimed boolean[])
+    p_org text[], p_number text[], p_contact text[], p_message text[], p_kind text[], p_payload text[],
+    p_received int8[], p_due int8[], OUT ids int8[], OUT is_new boolean[])
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $fn$
 DECLARE
-    locked int8[];
     new_ids int8[];
     new_positions int8[];
-    new_claimed boolean[];
     fresh_count int8;
 BEGIN
-    -- The conversation locks of the rows that may be claimed: the first of each conversation
-    -- asking for it.
-    locked := ARRAY(
-        SELECT x.n FROM (
-            SELECT DISTINCT ON (x.org, x.bn, x.ct) x.*
-            FROM unnest(p_org, p_number, p_contact, p_claim_until) WITH ORDINALITY AS x (org, bn, ct, cl, n)
-            ORDER BY x.org, x.bn, x.ct, x.n) AS x
-        WHERE CASE WHEN x.cl IS NOT NULL
-                   THEN pg_try_advisory_xact_lock(p_lock_space, hashtext(x.org || chr(31) || x.bn || chr(31) || x.ct))
-                   ELSE false END);
     WITH batch AS (
-             SELECT * FROM unnest(p_org, p_number, p_contact, p_message, p_kind, p_payload, p_received, p_due,
-                                  p_claim_until)
-                      WITH ORDINALITY AS x (org, bn, ct, msg, kind, pl, recv, due, cl, n)),
+             SELECT * FROM unnest(p_org, p_number, p_contact, p_message, p_kind, p_payload, p_received, p_due)
+                      WITH ORDINALITY AS x (org, bn, ct, msg, kind, pl, recv, due, n)),
          -- Each message's first row in the batch, unless it is stored already.
          fresh AS MATERIALIZED (
              SELECT DISTINCT ON (b.msg, b.org) b.* FROM batch b
@@ -68,29 +45,19 @@ BEGIN
                              WHERE e.contact_id = f.ct AND e.business_number_id = f.bn AND e.org_id = f.org
                                AND e.status IN ('pending', 'claimed') AND e.due_at <= f.due
                              LIMIT 1 FOR SHARE OF e SKIP LOCKED) AS e),
-         decided AS (
-             SELECT f.*,
+         inserted AS (
+             INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at,
+                                status, head)
+             SELECT f.org, f.bn, f.ct, f.msg, f.kind, f.pl, f.recv, f.due, 'pending',
                     f.n <> ALL(ARRAY(SELECT l.n FROM leaning l))
                     AND NOT EXISTS (SELECT 1 FROM fresh g
                                     WHERE g.ct = f.ct AND g.bn = f.bn AND g.org = f.org AND g.due <= f.due
-                                      AND g.n < f.n) AS first,
-                    f.n = ANY(locked)
-                    AND (SELECT e.id FROM inbox e
-                         WHERE e.contact_id = f.ct AND e.business_number_id = f.bn AND e.org_id = f.org
-                           AND e.status IN ('pending', 'claimed')
-                         LIMIT 1) IS NULL AS take
-             FROM fresh f),
-         inserted AS (
-             INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at,
-                                status, attempts, lease_until, head)
-             SELECT d.org, d.bn, d.ct, d.msg, d.kind, d.pl, d.recv, d.due,
-                    CASE WHEN d.take THEN 'claimed' ELSE 'pending' END, CASE WHEN d.take THEN 1 ELSE 0 END,
-                    CASE WHEN d.take THEN d.cl END, d.first OR d.take
-             FROM decided d ORDER BY d.n
+                                      AND g.n < f.n)
+             FROM fresh f ORDER BY f.n
              ON CONFLICT (message_id, org_id) DO NOTHING
-             RETURNING inbox.id, inbox.message_id, inbox.org_id, inbox.status = 'claimed' AS claimed)
-    SELECT array_agg(i.id), array_agg(f.n), array_agg(i.claimed), (SELECT count(*) FROM fresh)
-    INTO new_ids, new_positions, new_claimed, fresh_count
+             RETURNING inbox.id, inbox.message_id, inbox.org_id)
+    SELECT array_agg(i.id), array_agg(f.n), (SELECT count(*) FROM fresh)
+    INTO new_ids, new_positions, fresh_count
     FROM inserted i JOIN fresh f ON f.msg = i.message_id AND f.org = i.org_id;
     IF coalesce(cardinality(new_ids), 0) < fresh_count THEN
         -- Another transaction inserted one of these messages meanwhile. A row that took it
@@ -108,11 +75,10 @@ BEGIN
     -- A new statement: it sees the rows inserted meanwhile by others, and the ones above.
     SELECT array_agg(COALESCE(w.id, (SELECT i.id FROM inbox i WHERE i.message_id = b.msg AND i.org_id = b.org))
                      ORDER BY b.n),
-           array_agg(w.id IS NOT NULL ORDER BY b.n),
-           array_agg(COALESCE(w.claimed, false) ORDER BY b.n)
-    INTO ids, is_new, claimed
+           array_agg(w.id IS NOT NULL ORDER BY b.n)
+    INTO ids, is_new
     FROM unnest(p_message, p_org) WITH ORDINALITY AS b (msg, org, n)
-    LEFT JOIN unnest(new_ids, new_positions, new_claimed) AS w (id, n, claimed) ON w.n = b.n;
+    LEFT JOIN unnest(new_ids, new_positions) AS w (id, n) ON w.n = b.n;
 END
 $fn$;
 
@@ -190,20 +156,15 @@ BEGIN
 END
 $do$;
 
--- The batch call of migration 4, with its rows written as above, and inserts claimed for
--- the caller when it asks (`p_in_claim_until`, NULL: no).
-DROP FUNCTION IF EXISTS flowcore_write_rows(
-    int4, int8[], int8[], text[], text[], text[], text[], text[], text[], text[], text[], text[], int8[], int8[],
-    boolean[], text[], text[], int8[], int8[], int8[], text[]);
-
+-- The batch call of migration 4, with its rows written as above.
 CREATE OR REPLACE FUNCTION flowcore_write_rows(
     p_lock_space int4, p_lock_inbox int8[], p_lock_outbox int8[], p_lock_orgs text[], p_lock_numbers text[],
     p_lock_contacts text[],
     p_in_org text[], p_in_number text[], p_in_contact text[], p_in_message text[], p_in_kind text[],
-    p_in_payload text[], p_in_received int8[], p_in_due int8[], p_in_claim_until int8[],
+    p_in_payload text[], p_in_received int8[], p_in_due int8[],
     p_fin_outbox boolean[], p_fin_change text[], p_fin_org text[], p_fin_id int8[], p_fin_attempt int8[],
     p_fin_time int8[], p_fin_text text[],
-    OUT inserted_ids int8[], OUT inserted_new boolean[], OUT inserted_claimed boolean[], OUT finished boolean[])
+    OUT inserted_ids int8[], OUT inserted_new boolean[], OUT finished boolean[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
     inbox_held boolean[];
@@ -215,12 +176,11 @@ BEGIN
     END IF;
     inserted_ids := '{}';
     inserted_new := '{}';
-    inserted_claimed := '{}';
     finished := '{}';
     IF cardinality(p_in_org) > 0 THEN
-        SELECT r.ids, r.is_new, r.claimed INTO inserted_ids, inserted_new, inserted_claimed
-        FROM flowcore_insert_inbox_rows(p_lock_space, p_in_org, p_in_number, p_in_contact, p_in_message, p_in_kind,
-                                        p_in_payload, p_in_received, p_in_due, p_in_claim_until) AS r;
+        SELECT r.ids, r.is_new INTO inserted_ids, inserted_new
+        FROM flowcore_insert_inbox_rows(p_in_org, p_in_number, p_in_contact, p_in_message, p_in_kind, p_in_payload,
+                                        p_in_received, p_in_due) AS r;
     END IF;
     IF cardinality(p_fin_id) > 0 THEN
         IF true = ANY(p_fin_outbox) THEN

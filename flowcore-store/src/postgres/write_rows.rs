@@ -6,7 +6,6 @@
 //! transaction (a batch without units of work) it is its own transaction too. Inside, the
 //! inserts are one statement and each queue's changes another (migration 8).
 
-use flowcore::Timestamp;
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
@@ -17,7 +16,7 @@ use crate::types::{Claim, InboxInsert, NewInboxEvent};
 
 /// The call; its parameters are in the order [`Rows::bind`] binds them.
 const WRITE_ROWS: &str = "SELECT * FROM flowcore_write_rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-    $14, $15, $16, $17, $18, $19, $20, $21, $22)";
+    $14, $15, $16, $17, $18, $19, $20, $21)";
 
 /// The inserts and claim changes of a batch, as the call's column arrays, in batch order.
 #[derive(Default)]
@@ -30,7 +29,6 @@ pub(super) struct Rows<'a> {
     in_payload: Vec<String>,
     in_received: Vec<i64>,
     in_due: Vec<i64>,
-    in_claim_until: Vec<Option<i64>>,
     fin_outbox: Vec<bool>,
     fin_change: Vec<&'static str>,
     fin_org: Vec<&'a str>,
@@ -46,7 +44,7 @@ impl<'a> Rows<'a> {
         let mut rows = Rows::default();
         for write in batch {
             match write {
-                Write::InsertInbox { event, claim_until, .. } => rows.insert(event, *claim_until),
+                Write::InsertInbox { event, .. } => rows.insert(event),
                 Write::Finish { org_id, claim, change, .. } => rows.finish(org_id, *claim, change),
                 Write::Commit { .. } => {}
             }
@@ -58,7 +56,7 @@ impl<'a> Rows<'a> {
         self.in_org.is_empty() && self.fin_id.is_empty()
     }
 
-    fn insert(&mut self, event: &'a NewInboxEvent, claim_until: Option<Timestamp>) {
+    fn insert(&mut self, event: &'a NewInboxEvent) {
         let c = &event.conversation;
         self.in_org.push(&c.org_id);
         self.in_number.push(&c.business_number_id);
@@ -68,7 +66,6 @@ impl<'a> Rows<'a> {
         self.in_payload.push(event.payload.to_string());
         self.in_received.push(event.received_at.as_unix_millis());
         self.in_due.push(event.due_at.as_unix_millis());
-        self.in_claim_until.push(claim_until.map(Timestamp::as_unix_millis));
     }
 
     fn finish(&mut self, org_id: &'a str, claim: Claim, change: &'a ClaimChange) {
@@ -104,7 +101,6 @@ impl<'a> Rows<'a> {
             .bind(&self.in_payload)
             .bind(&self.in_received)
             .bind(&self.in_due)
-            .bind(&self.in_claim_until)
             .bind(&self.fin_outbox)
             .bind(&self.fin_change)
             .bind(&self.fin_org)
@@ -141,26 +137,16 @@ pub(super) async fn write_rows(
     let read = |e: sqlx::Error| CallFailed::Unknown(e.into());
     let ids: Vec<i64> = row.try_get("inserted_ids").map_err(read)?;
     let new: Vec<bool> = row.try_get("inserted_new").map_err(read)?;
-    let claimed: Vec<bool> = row.try_get("inserted_claimed").map_err(read)?;
     let finished: Vec<bool> = row.try_get("finished").map_err(read)?;
-    if ids.len() != rows.in_org.len()
-        || new.len() != ids.len()
-        || claimed.len() != ids.len()
-        || finished.len() != rows.fin_id.len()
-    {
+    if ids.len() != rows.in_org.len() || new.len() != ids.len() || finished.len() != rows.fin_id.len() {
         return Err(CallFailed::Unknown(crate::StoreError::Database(
             "flowcore_write_rows: an answer of the wrong length".into(),
         )));
     }
     let inserts = ids
         .into_iter()
-        .zip(new.into_iter().zip(claimed))
-        .map(|(id, answer)| match answer {
-            // The first attempt: the row was written claimed.
-            (true, true) => InboxInsert::Claimed(Claim { id, attempt: 1 }),
-            (true, false) => InboxInsert::Inserted(id),
-            (false, _) => InboxInsert::Duplicate(id),
-        })
+        .zip(new)
+        .map(|(id, new)| if new { InboxInsert::Inserted(id) } else { InboxInsert::Duplicate(id) })
         .collect();
     Ok(RowsWritten { inserts, finished })
 }
@@ -179,7 +165,7 @@ mod tests {
 
     fn insert(contact: &str, message: &str) -> Write {
         let event = NewInboxEvent::message(chat(contact), message, json!({ "m": message }), at(0));
-        Write::InsertInbox { event, claim_until: None, reply: oneshot::channel().0 }
+        Write::InsertInbox { event, reply: oneshot::channel().0 }
     }
 
     fn done(claim: Claim) -> Write {
@@ -231,39 +217,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_insert_claims_its_row_only_alone_in_its_conversation_and_under_its_lock() {
-        let Some(fresh) = FreshPostgres::open().await else { return };
-        let store = &fresh.store;
-        store.register_organization("o").await.unwrap();
-        let claiming = |contact: &str, message: &str| {
-            store.insert_inbox_claiming(NewInboxEvent::message(chat(contact), message, json!({}), at(0)), at(30))
-        };
-        assert!(matches!(claiming("c1", "m1").await.unwrap(), InboxInsert::Claimed(Claim { attempt: 1, .. })));
-        assert!(matches!(claiming("c1", "m2").await.unwrap(), InboxInsert::Inserted(_)));
-
-        // Someone holds c2's conversation lock (a unit of work, say): the row is left pending.
-        let mut holder = store.pool().begin().await.unwrap();
-        sqlx::query("SELECT flowcore_lock_conversations($1, '{}', '{}', '{o}', $2, '{c2}')")
-            .bind(super::super::LOCK_SPACE)
-            .bind(vec![chat("c2").business_number_id])
-            .execute(&mut *holder)
-            .await
-            .unwrap();
-        assert!(matches!(claiming("c2", "n1").await.unwrap(), InboxInsert::Inserted(_)));
-        holder.rollback().await.unwrap();
-
-        let rows: Vec<(String, String, i64, bool)> =
-            sqlx::query_as("SELECT message_id, status, attempts, head FROM inbox ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
-        let rows: Vec<(&str, &str, i64, bool)> =
-            rows.iter().map(|(m, s, a, h)| (m.as_str(), s.as_str(), *a, *h)).collect();
-        assert_eq!(rows, [("m1", "claimed", 1, true), ("m2", "pending", 0, false), ("n1", "pending", 0, true)]);
-        fresh.drop_schema().await;
-    }
-
-    #[tokio::test]
     async fn rows_of_one_conversation_in_one_batch_see_each_other_in_order() {
         let Some(fresh) = FreshPostgres::open().await else { return };
         let store = &fresh.store;
@@ -274,8 +227,7 @@ mod tests {
 
         // Two new rows of a conversation without rows, two behind a claimed row, and the
         // claimed row's change twice: the second finds it out of `claimed`.
-        let batch =
-            [insert("c2", "a"), insert("c2", "b"), insert("c1", "m2"), insert("c1", "m3"), done(claim), done(claim)];
+        let batch = [insert("c2", "a"), insert("c2", "b"), insert("c1", "m2"), insert("c1", "m3"), done(claim), done(claim)];
         let Ok(outcomes) = write_batch(&mut connection, &batch).await else { panic!("the batch is written") };
         let finished: Vec<bool> = outcomes
             .into_iter()
@@ -295,13 +247,7 @@ mod tests {
         let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
         assert_eq!(
             rows,
-            [
-                ("m1", "done", true),
-                ("a", "pending", true),
-                ("b", "pending", false),
-                ("m2", "pending", true),
-                ("m3", "pending", false)
-            ]
+            [("m1", "done", true), ("a", "pending", true), ("b", "pending", false), ("m2", "pending", true), ("m3", "pending", false)]
         );
         drop(connection);
         fresh.drop_schema().await;

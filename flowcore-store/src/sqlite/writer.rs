@@ -184,7 +184,7 @@ async fn run_batch(connection: &mut SqliteConnection, batch: Vec<SqliteWrite>) {
     let mut claims = Vec::new();
     for write in batch {
         match write {
-            SqliteWrite::Shared(Write::InsertInbox { event, reply, .. }) => inserts.push((event, reply)),
+            SqliteWrite::Shared(Write::InsertInbox { event, reply }) => inserts.push((event, reply)),
             SqliteWrite::Shared(Write::Finish { org_id, claim, change, reply }) => {
                 finishes.push((org_id, claim, change, reply))
             }
@@ -533,7 +533,7 @@ mod tests {
         let mut results = Vec::new();
         for id in ["new-1", "old", "new-2", "new-1"] {
             let (reply, result) = oneshot::channel();
-            batch.push(Write::InsertInbox { event: message("c1", id), claim_until: None, reply });
+            batch.push(Write::InsertInbox { event: message("c1", id), reply });
             results.push(result);
         }
         run_shared(&store, batch).await;
