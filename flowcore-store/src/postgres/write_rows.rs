@@ -119,20 +119,29 @@ pub(super) struct RowsWritten {
     pub(super) finished: Vec<bool>,
 }
 
-/// Takes `locks` and writes `rows` in one call on `connection` (in a transaction, or its own).
-pub(super) async fn write_rows(
-    connection: &mut PgConnection,
-    locks: &ConversationLocks<'_>,
-    rows: &Rows<'_>,
-) -> Result<RowsWritten, CallFailed> {
-    let query = sqlx::query(WRITE_ROWS)
+/// The call's parameters: `locks`, then `rows`.
+fn bind<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    locks: &'q ConversationLocks<'_>,
+    rows: &'q Rows<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let query = query
         .bind(LOCK_SPACE)
         .bind(&locks.inbox_rows)
         .bind(&locks.outbox_rows)
         .bind(&locks.orgs)
         .bind(&locks.numbers)
         .bind(&locks.contacts);
-    let row = rows.bind(query).fetch_one(connection).await.map_err(CallFailed::from)?;
+    rows.bind(query)
+}
+
+/// Takes `locks` and writes `rows` in one call on `connection` (in a transaction, or its own).
+pub(super) async fn write_rows(
+    connection: &mut PgConnection,
+    locks: &ConversationLocks<'_>,
+    rows: &Rows<'_>,
+) -> Result<RowsWritten, CallFailed> {
+    let row = bind(sqlx::query(WRITE_ROWS), locks, rows).fetch_one(connection).await.map_err(CallFailed::from)?;
     // From here on the call went through: an error reading its answer leaves it unknown.
     let read = |e: sqlx::Error| CallFailed::Unknown(e.into());
     let ids: Vec<i64> = row.try_get("inserted_ids").map_err(read)?;
@@ -154,9 +163,12 @@ pub(super) async fn write_rows(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use sqlx::postgres::PgConnection;
+    use sqlx::Row;
     use tokio::sync::oneshot;
 
-    use super::super::{write_batch, Outcome};
+    use super::super::{write_batch, ConversationLocks, Outcome};
+    use super::{bind, Rows, WRITE_ROWS};
     use crate::error::StoreError;
     use crate::group_commit::{ClaimChange, Write};
     use crate::traits::{Inbox, Organizations};
@@ -166,6 +178,30 @@ mod tests {
     fn insert(contact: &str, message: &str) -> Write {
         let event = NewInboxEvent::message(chat(contact), message, json!({ "m": message }), at(0));
         Write::InsertInbox { event, reply: oneshot::channel().0 }
+    }
+
+    fn sent(claim: Claim) -> Write {
+        Write::Finish {
+            org_id: "o".into(),
+            claim,
+            change: ClaimChange::OutboxSent { wamid: format!("wamid.{}", claim.id), now: at(2) },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// A reply of `contact` claimed by a sender, written directly.
+    async fn claimed_reply(connection: &mut PgConnection, contact: &str) -> Claim {
+        let c = chat(contact);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, due_at, status, attempts, head)
+             VALUES ('o', $1, $2, '{}', 0, 'claimed', 1, true) RETURNING id",
+        )
+        .bind(&c.business_number_id)
+        .bind(&c.contact_id)
+        .fetch_one(connection)
+        .await
+        .unwrap();
+        Claim { id, attempt: 1 }
     }
 
     fn done(claim: Claim) -> Write {
@@ -216,6 +252,53 @@ mod tests {
         fresh.drop_schema().await;
     }
 
+    /// The shared buffers one call of `batch` reads, as EXPLAIN ANALYZE counts them (the
+    /// statements the call runs included), on `connection` and with its cached plans.
+    async fn buffers_of_call(connection: &mut PgConnection, batch: &[Write]) -> i64 {
+        let mut locks = ConversationLocks::default();
+        batch.iter().for_each(|write| locks.write(write));
+        let rows = Rows::of(batch);
+        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {WRITE_ROWS}");
+        let row = bind(sqlx::query(&explain), &locks, &rows).fetch_one(connection).await.unwrap();
+        let plan: serde_json::Value = row.get(0);
+        let top = &plan[0]["Plan"];
+        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_planned_on_empty_tables_stays_cheap_over_a_backlog() {
+        let Some(fresh) = FreshPostgres::open().await else { return };
+        let store = &fresh.store;
+        store.register_organization("o").await.unwrap();
+        let mut connection = store.pool().acquire().await.unwrap();
+        // The connection plans the call's statements on empty tables...
+        let first = claimed_reply(&mut connection, "c0").await;
+        let Ok(_) = write_batch(&mut connection, &[insert("c0", "m0"), sent(first)]).await else {
+            panic!("the batch is written")
+        };
+        // ...which then hold thousands of finished rows, of the same organization.
+        for table in ["inbox", "outbox"] {
+            let key = if table == "inbox" { "message_id, kind, received_at," } else { "" };
+            let values = if table == "inbox" { "'old-' || g, 'message', g," } else { "" };
+            sqlx::query(&format!(
+                "INSERT INTO {table} (org_id, business_number_id, contact_id, {key} payload, due_at, status, attempts,
+                                      finished_at)
+                 SELECT 'o', 'n', 'old' || (g % 100), {values} '{{}}', g, 'done', 1, g
+                 FROM generate_series(1, 20000) AS g"
+            ))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        }
+        let reply = claimed_reply(&mut connection, "c1").await;
+        let buffers = buffers_of_call(&mut connection, &[insert("c1", "m1"), sent(reply)]).await;
+        // A few dozen: index probes and row writes. A plan that reads the outbox through
+        // (a join planned on the empty table) reads hundreds here, thousands under load.
+        assert!(buffers < 100, "{buffers} buffers for one insert and one finish");
+        drop(connection);
+        fresh.drop_schema().await;
+    }
+
     #[tokio::test]
     async fn rows_of_one_conversation_in_one_batch_see_each_other_in_order() {
         let Some(fresh) = FreshPostgres::open().await else { return };
@@ -227,7 +310,8 @@ mod tests {
 
         // Two new rows of a conversation without rows, two behind a claimed row, and the
         // claimed row's change twice: the second finds it out of `claimed`.
-        let batch = [insert("c2", "a"), insert("c2", "b"), insert("c1", "m2"), insert("c1", "m3"), done(claim), done(claim)];
+        let batch =
+            [insert("c2", "a"), insert("c2", "b"), insert("c1", "m2"), insert("c1", "m3"), done(claim), done(claim)];
         let Ok(outcomes) = write_batch(&mut connection, &batch).await else { panic!("the batch is written") };
         let finished: Vec<bool> = outcomes
             .into_iter()
@@ -247,7 +331,13 @@ mod tests {
         let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
         assert_eq!(
             rows,
-            [("m1", "done", true), ("a", "pending", true), ("b", "pending", false), ("m2", "pending", true), ("m3", "pending", false)]
+            [
+                ("m1", "done", true),
+                ("a", "pending", true),
+                ("b", "pending", false),
+                ("m2", "pending", true),
+                ("m3", "pending", false)
+            ]
         );
         drop(connection);
         fresh.drop_schema().await;
