@@ -48,6 +48,32 @@ async fn meta_500_then_success_delivers_exactly_once() {
     assert_eq!(row.attempts, 2);
 }
 
+/// A reply longer than one WhatsApp text goes out in parts, each its own outbox row: when a
+/// later part fails, its retry sends that part alone, not the parts already delivered.
+#[tokio::test]
+async fn a_long_reply_goes_out_in_parts_and_only_a_failed_part_is_retried() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/messages$"))
+        .respond_with(FailNth::new(3, GraphOk(Arc::new(AtomicU64::new(1)))))
+        .mount(&graph)
+        .await;
+    let h = Harness::start_with(graph, &[]).await;
+    let c = "12025550409";
+    h.post_webhook(&webhook(PNID_ECHO, vec![msg(c, "wamid.L1", "oi")])).await;
+    h.wait_sent(1).await;
+    let long = "palavra ".repeat(700).trim_end().to_owned();
+    h.post_webhook(&webhook(PNID_ECHO, vec![msg(c, "wamid.L2", &long)])).await;
+    // The question, the echo's two parts (the second refused once, then retried), the question.
+    let texts: Vec<String> = h.wait_sent(5).await.iter().map(message_text).collect();
+    assert_eq!(texts[0], "Diga algo");
+    assert!(texts[1].chars().count() <= 4096 && texts[2].chars().count() <= 4096);
+    assert_eq!(format!("{} {}", texts[1], texts[2]), format!("echo: {long}"));
+    assert_eq!(texts[3], texts[2], "only the refused part is sent again");
+    assert_eq!(texts[4], "Diga algo");
+    assert_settled(&h.graph, 5).await;
+}
+
 #[tokio::test]
 async fn a_permanent_meta_error_marks_the_reply_failed_without_retrying() {
     let graph = MockServer::start().await;

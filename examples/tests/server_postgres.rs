@@ -109,18 +109,6 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
     drop_database(&admin_url, &name).await;
 }
 
-/// Fails the `n`th request (counting from 1) with a 500, accepts the others.
-struct FailNth(u64, AtomicU64, GraphOk);
-
-impl wiremock::Respond for FailNth {
-    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
-        if self.1.fetch_add(1, Ordering::Relaxed) + 1 == self.0 {
-            return wiremock::ResponseTemplate::new(500).set_body_string("<html>oops</html>");
-        }
-        self.2.respond(request)
-    }
-}
-
 /// On PostgreSQL a turn's replies are claimed as they are written and sent one after the
 /// other: when the first fails, the second waits for its retry instead of overtaking it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +119,7 @@ async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
     let ok = GraphOk(Arc::new(AtomicU64::new(1)));
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .and(wiremock::matchers::path_regex(r"^/v21\.0/[0-9]+/messages$"))
-        .respond_with(FailNth(2, AtomicU64::new(0), ok))
+        .respond_with(FailNth::new(2, ok))
         .mount(&graph)
         .await;
     let dir = workdir("http://127.0.0.1:9");

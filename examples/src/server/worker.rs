@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
+use flowcore_meta::outgoing::TEXT_BODY_MAX;
+use flowcore_meta::split_text;
 use flowcore_store::{
     ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
     NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession,
@@ -546,11 +548,25 @@ fn push_reply(
         at: now,
         metadata: Value::Null,
     });
-    let payload = OutboxPayload { message, node, manual: false };
-    commit.outbox.push(NewOutboxMessage {
-        conversation: conv.clone(),
-        payload: serde_json::to_value(&payload).expect("plain data"),
-        due_at: now,
-        inbox_id: Some(inbox_id),
-    });
+    for message in whatsapp_parts(message) {
+        let payload = OutboxPayload { message, node: node.clone(), manual: false };
+        commit.outbox.push(NewOutboxMessage {
+            conversation: conv.clone(),
+            payload: serde_json::to_value(&payload).expect("plain data"),
+            due_at: now,
+            inbox_id: Some(inbox_id),
+        });
+    }
+}
+
+/// The messages WhatsApp takes for `message`: a text longer than a text message may be is
+/// split (at whitespace where it can), each part its own outbox row, so that each is sent,
+/// retried and recorded on its own: a retry never sends a part that already went out.
+fn whatsapp_parts(message: Message) -> Vec<Message> {
+    match &message {
+        Message::Text { text } if text.chars().count() > TEXT_BODY_MAX => {
+            split_text(text, TEXT_BODY_MAX).into_iter().map(|part| Message::Text { text: part.to_owned() }).collect()
+        }
+        _ => vec![message],
+    }
 }

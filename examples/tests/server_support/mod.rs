@@ -186,6 +186,29 @@ impl Respond for GraphOk {
     }
 }
 
+/// Fails the `n`th request (counting from 1) with a 500, answers the others as `ok` does.
+pub struct FailNth {
+    n: u64,
+    seen: AtomicU64,
+    ok: GraphOk,
+}
+
+impl FailNth {
+    /// Fails request `n`.
+    pub fn new(n: u64, ok: GraphOk) -> FailNth {
+        FailNth { n, seen: AtomicU64::new(0), ok }
+    }
+}
+
+impl Respond for FailNth {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.n {
+            return ResponseTemplate::new(500).set_body_string("<html>oops</html>");
+        }
+        self.ok.respond(request)
+    }
+}
+
 /// Mounts the default "accept everything" Graph API.
 pub async fn mount_graph_ok(graph: &MockServer) {
     Mock::given(method("POST"))
