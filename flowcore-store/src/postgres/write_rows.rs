@@ -180,6 +180,11 @@ mod tests {
         Write::InsertInbox { event, reply: oneshot::channel().0 }
     }
 
+    /// Every inbox row's message id, status and head mark, in id order.
+    async fn inbox_rows(store: &crate::PostgresStore) -> Vec<(String, String, bool)> {
+        sqlx::query_as("SELECT message_id, status, head FROM inbox ORDER BY id").fetch_all(store.pool()).await.unwrap()
+    }
+
     fn sent(claim: Claim) -> Write {
         Write::Finish {
             org_id: "o".into(),
@@ -241,11 +246,7 @@ mod tests {
         assert_eq!(answers, ["new", "duplicate", "stored m1", "finished", "lease lost"]);
 
         // m1 handed its conversation's head on to m2, inserted before it in the same call.
-        let rows: Vec<(String, String, bool)> =
-            sqlx::query_as("SELECT message_id, status, head FROM inbox ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+        let rows = inbox_rows(store).await;
         let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
         assert_eq!(rows, [("m1", "done", true), ("m2", "pending", true)]);
         drop(connection);
@@ -323,11 +324,7 @@ mod tests {
         assert_eq!(finished, [true, false]);
 
         // c2's first row is its head; c1's head moved past the finished m1 to m2 only.
-        let rows: Vec<(String, String, bool)> =
-            sqlx::query_as("SELECT message_id, status, head FROM inbox ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+        let rows = inbox_rows(store).await;
         let rows: Vec<(&str, &str, bool)> = rows.iter().map(|(m, s, h)| (m.as_str(), s.as_str(), *h)).collect();
         assert_eq!(
             rows,
