@@ -561,12 +561,46 @@ fn push_reply(
 
 /// The messages WhatsApp takes for `message`: a text longer than a text message may be is
 /// split (at whitespace where it can), each part its own outbox row, so that each is sent,
-/// retried and recorded on its own: a retry never sends a part that already went out.
+/// retried and recorded on its own: a retry never sends a part that already went out. A
+/// text with nothing to send stays whole, for the sender to fail with the reason.
 fn whatsapp_parts(message: Message) -> Vec<Message> {
-    match &message {
-        Message::Text { text } if text.chars().count() > TEXT_BODY_MAX => {
-            split_text(text, TEXT_BODY_MAX).into_iter().map(|part| Message::Text { text: part.to_owned() }).collect()
-        }
-        _ => vec![message],
+    let parts = match &message {
+        Message::Text { text } if text.chars().count() > TEXT_BODY_MAX => split_text(text, TEXT_BODY_MAX),
+        _ => Vec::new(),
+    };
+    if parts.is_empty() {
+        return vec![message];
+    }
+    parts.into_iter().map(|part| Message::Text { text: part.to_owned() }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use flowcore::Message;
+
+    use super::{whatsapp_parts, TEXT_BODY_MAX};
+
+    fn text(text: &str) -> Message {
+        Message::Text { text: text.to_owned() }
+    }
+
+    #[test]
+    fn only_a_text_longer_than_whatsapp_takes_is_split() {
+        assert_eq!(whatsapp_parts(text("oi")), [text("oi")]);
+        let long = "palavra ".repeat(1_200);
+        let parts = whatsapp_parts(text(&long));
+        assert_eq!(parts.len(), 3);
+        let texts: Vec<&str> = parts
+            .iter()
+            .map(|p| match p {
+                Message::Text { text } => text.as_str(),
+                other => panic!("a text part, not {other:?}"),
+            })
+            .collect();
+        assert!(texts.iter().all(|t| t.chars().count() <= TEXT_BODY_MAX));
+        assert_eq!(texts.join(" "), long.trim_end());
+        // Nothing to send: left whole for the sender to refuse with its reason.
+        let blank = " ".repeat(TEXT_BODY_MAX + 1);
+        assert_eq!(whatsapp_parts(text(&blank)), [text(&blank)]);
     }
 }
