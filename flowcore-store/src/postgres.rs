@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "claimed_replies", include_str!("../migrations/postgres/0006_claimed_replies.sql")),
     (7, "outbox_rows_unlocked", include_str!("../migrations/postgres/0007_outbox_rows_unlocked.sql")),
     (8, "set_based_rows", include_str!("../migrations/postgres/0008_set_based_rows.sql")),
+    (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
 ];
 
 /// Connections idle this long are pinged before use.

@@ -38,6 +38,7 @@ mod writer;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
+    (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
 ];
 
 /// Conversations per read of `active_sessions` (four parameters each, well under SQLite's

@@ -511,6 +511,30 @@ mod tests {
         }
     }
 
+    /// A turn's session update is a heap-only tuple (no index entry), so lookups do not walk
+    /// one dead index entry per earlier turn; closing a session is not, its status is indexed.
+    #[tokio::test]
+    async fn a_turn_updates_its_session_in_place() {
+        let Some((fresh, claims)) = prepared().await else { return };
+        let mut commits = units(&claims);
+        for commit in &mut commits {
+            commit.session.as_mut().expect("each unit saves its session").now = at(6);
+        }
+        let units: Vec<&Commit> = commits.iter().collect();
+        let mut tx = fresh.store.pool().begin().await.unwrap();
+        let UnitsWritten::Written(_) = commit_units(&mut *tx, &units).await.unwrap() else { panic!("written") };
+        let (updated, in_place): (i64, i64) = sqlx::query_as(
+            "SELECT pg_stat_get_xact_tuples_updated('sessions'::regclass),
+                    pg_stat_get_xact_tuples_hot_updated('sessions'::regclass)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!((updated, in_place), (2, 1), "c1's turn in place, c3's close not");
+        tx.rollback().await.unwrap();
+        fresh.drop_schema().await;
+    }
+
     /// Units that ask for it get their replies claimed as they are written, unless their
     /// conversation has an unfinished reply already or another unit of the call writes to it.
     #[tokio::test]
