@@ -1,14 +1,14 @@
 //! [`MetaClient`]: sends messages, marks them read, uploads and downloads media.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, GraphError};
 use crate::outgoing::{MarkRead, OutgoingMessage};
-use crate::retry::{parse_retry_after, RetryAdvice, RetryPolicy, Sleeper};
+use crate::retry::{parse_retry_after, response_date, RetryAdvice, RetryPolicy, Sleeper};
 use crate::transport::{HttpRequest, HttpResponse, Method, Transport};
 
 /// Meta's Graph API host.
@@ -181,7 +181,10 @@ impl<T: Transport> MetaClient<T> {
         if (200..300).contains(&response.status) {
             return Ok(response);
         }
-        let retry_after = response.header("retry-after").and_then(parse_retry_after);
+        let retry_after = response.header("retry-after").and_then(|value| {
+            let now = response.header("date").and_then(response_date).unwrap_or_else(SystemTime::now);
+            parse_retry_after(value, now)
+        });
         Err(match GraphError::from_body(&response.body) {
             Some(error) => ApiError::Graph { status: response.status, error: Box::new(error), retry_after },
             None => ApiError::Http {

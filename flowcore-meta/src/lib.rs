@@ -114,7 +114,9 @@ pub use error::{classify, ApiError, ErrorClass, GraphError};
 pub use pacing::{NumberPacer, Pace, PairLimiter};
 #[cfg(feature = "reqwest")]
 pub use retry::TokioSleeper;
-pub use retry::{parse_retry_after, FixedJitter, Jitter, RetryAdvice, RetryPolicy, Scope, Sleeper, StdJitter};
+pub use retry::{
+    parse_retry_after, response_date, FixedJitter, Jitter, RetryAdvice, RetryPolicy, Scope, Sleeper, StdJitter,
+};
 pub use signature::{sign, verify_signature, SignatureError, SIGNATURE_HEADER};
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;

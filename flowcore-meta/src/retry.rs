@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::error::{ApiError, ErrorClass};
 
@@ -223,10 +223,35 @@ impl RetryPolicy {
     }
 }
 
-/// Reads a `Retry-After` header given in seconds (HTTP dates are not used by Meta and
-/// are ignored).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// Reads a `Retry-After` header: a number of seconds, or an HTTP date (RFC 9110 §10.2.3),
+/// which is taken relative to `now`. Pass the response's own `Date` as `now` when it has
+/// one ([`response_date`]): a date the server wrote is best measured against the server's
+/// clock, not against a local clock that may be off. A date already past means retry now;
+/// anything else unreadable is `None`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use flowcore_meta::parse_retry_after;
+///
+/// let now = flowcore_meta::response_date("Sun, 22 Nov 2026 15:00:00 GMT").unwrap();
+/// assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+/// assert_eq!(parse_retry_after("Sun, 22 Nov 2026 15:00:30 GMT", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after("Sun, 22 Nov 2026 14:00:00 GMT", now), Some(Duration::ZERO));
+/// assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Reads a response's `Date` header (an HTTP date), the reference for a `Retry-After`
+/// given as a date.
+pub fn response_date(value: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.trim()).ok()
 }
 
 #[cfg(test)]
@@ -317,7 +342,16 @@ mod tests {
             let s = j.sample();
             assert!((0.0..1.0).contains(&s));
         }
-        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = response_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 12 ", now), Some(Duration::from_secs(12)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO), "already past");
+        for unreadable in ["", "-5", "1.5", "tomorrow", "Wed, 21 Oct 2015 25:00:00 GMT"] {
+            assert_eq!(parse_retry_after(unreadable, now), None, "{unreadable:?}");
+        }
     }
 }

@@ -184,6 +184,27 @@ async fn a_429_with_retry_after_is_honoured() {
     assert_eq!(received(&server).await, 3);
 }
 
+/// A `Retry-After` given as an HTTP date is a wait until that date, measured against the
+/// response's own `Date` (so a local clock that is off does not matter).
+#[tokio::test]
+async fn a_429_with_a_retry_after_date_waits_until_that_date() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(Sequence::new(vec![
+            ResponseTemplate::new(429)
+                .insert_header("Date", "Sun, 22 Nov 2026 15:00:00 GMT")
+                .insert_header("Retry-After", "Sun, 22 Nov 2026 15:00:42 GMT")
+                .set_body_string("slow down"),
+            sent("wamid.OUT4"),
+        ]))
+        .mount(&server)
+        .await;
+    let sleeper = RecordingSleeper::default();
+    let receipt = client(&server).send_with_retry(PNID, &text_to("12025550101"), &policy(), &sleeper).await.unwrap();
+    assert_eq!(receipt.wamid, "wamid.OUT4");
+    assert_eq!(sleeper.slept(), [Duration::from_secs(42)]);
+}
+
 #[tokio::test]
 async fn pair_limit_on_one_recipient_while_others_flow() {
     let server = MockServer::start().await;
