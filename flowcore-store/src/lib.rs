@@ -158,5 +158,5 @@ pub use types::{
     Claim, ClaimRequest, Commit, CommitOutcome, Content, ConversationKey, ConversationSummary, DayMetrics,
     DeliveryStatus, Direction, FlowMetrics, InboxEvent, InboxInsert, InboxKind, LogEntry, Metrics, MetricsQuery,
     NewInboxEvent, NewLogEntry, NewOutboxMessage, OutboxMessage, Page, PurgePolicy, PurgeReport, QueueStatus,
-    SavedSession, SessionInfo, SessionKey, SessionStatus, SessionWrite, StoredFlow, StoredSession,
+    SavedSession, SessionInfo, SessionKey, SessionStatus, SessionWrite, StoredFlow, StoredSession, RATE_LIMITED,
 };

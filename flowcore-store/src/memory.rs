@@ -637,6 +637,23 @@ impl MessageLog for MemoryStore {
             .collect())
     }
 
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+        let inner = self.lock()?;
+        windows
+            .iter()
+            .map(|(conversation, since)| {
+                let org = inner.org_ref(&conversation.org_id)?;
+                let counted = org
+                    .log
+                    .iter()
+                    .filter(|e| &e.conversation == conversation && e.direction == Direction::Inbound && e.at > *since)
+                    .filter(|e| e.metadata.get(RATE_LIMITED) != Some(&serde_json::Value::Bool(true)))
+                    .count();
+                Ok(counted as u64)
+            })
+            .collect()
+    }
+
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
         let inner = self.lock()?;
         let org = inner.org_ref(org_id)?;

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "outbox_rows_unlocked", include_str!("../migrations/postgres/0007_outbox_rows_unlocked.sql")),
     (8, "set_based_rows", include_str!("../migrations/postgres/0008_set_based_rows.sql")),
     (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
+    (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
 ];
 
 /// Connections idle this long are pinged before use.
@@ -1101,6 +1102,31 @@ impl MessageLog for PostgresStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(log_entry).collect()
+    }
+
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+        for org_id in windows.iter().map(|(c, _)| &c.org_id).collect::<HashSet<_>>() {
+            self.check_org(org_id).await?;
+        }
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT (SELECT count(*) FROM message_log m
+                     WHERE m.org_id = v.org_id AND m.business_number_id = v.business_number_id
+                       AND m.contact_id = v.contact_id AND m.direction = 'in' AND m.at > v.since
+                       AND (m.metadata::jsonb -> '{RATE_LIMITED}') IS DISTINCT FROM 'true'::jsonb)
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+                  WITH ORDINALITY AS v(org_id, business_number_id, contact_id, since, asked)
+             ORDER BY v.asked"
+        ))
+        .bind(windows.iter().map(|(c, _)| c.org_id.as_str()).collect::<Vec<_>>())
+        .bind(windows.iter().map(|(c, _)| c.business_number_id.as_str()).collect::<Vec<_>>())
+        .bind(windows.iter().map(|(c, _)| c.contact_id.as_str()).collect::<Vec<_>>())
+        .bind(windows.iter().map(|(_, since)| since.as_unix_millis()).collect::<Vec<_>>())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(counts.into_iter().map(|n| n.max(0) as u64).collect())
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {

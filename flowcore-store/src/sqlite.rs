@@ -39,10 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
     (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
+    (4, "inbound_window", include_str!("../migrations/sqlite/0004_inbound_window.sql")),
 ];
 
-/// Conversations per read of `active_sessions` (four parameters each, well under SQLite's
-/// 32,766).
+/// Conversations per read of `active_sessions` and `inbound_counts` (at most five
+/// parameters each, well under SQLite's 32,766).
 const CONVERSATIONS_PER_READ: usize = 1000;
 
 /// How much one transaction takes besides the queued inbox inserts (32 units of work or
@@ -964,6 +965,38 @@ impl MessageLog for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(log_entry).collect()
+    }
+
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+        for org_id in windows.iter().map(|(c, _)| &c.org_id).collect::<HashSet<_>>() {
+            self.check_org(org_id).await?;
+        }
+        let mut counts = Vec::with_capacity(windows.len());
+        for chunk in windows.chunks(CONVERSATIONS_PER_READ) {
+            let mut sql = format!(
+                "SELECT (SELECT count(*) FROM message_log m INDEXED BY message_log_inbound
+                 WHERE m.org_id = v.column1 AND m.business_number_id = v.column2 AND m.contact_id = v.column3
+                   AND m.direction = 'in' AND m.at > v.column4
+                   AND json_extract(m.metadata, '$.{RATE_LIMITED}') IS NOT 1)
+                 FROM (VALUES "
+            );
+            let mut query = sqlx::query::<Sqlite>("");
+            for (i, (c, since)) in chunk.iter().enumerate() {
+                sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+                query = query
+                    .bind(&c.org_id)
+                    .bind(&c.business_number_id)
+                    .bind(&c.contact_id)
+                    .bind(since.as_unix_millis())
+                    .bind(i as i64);
+            }
+            sql.push_str(") AS v ORDER BY v.column5");
+            let rows = sqlx::query_with::<Sqlite, _>(&sql, take_arguments(query)?).fetch_all(&self.reader).await?;
+            for row in rows {
+                counts.push(row.try_get::<i64, _>(0)?.max(0) as u64);
+            }
+        }
+        Ok(counts)
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {

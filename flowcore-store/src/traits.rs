@@ -86,6 +86,16 @@ pub trait MessageLog: Send + Sync {
     /// A conversation's messages, oldest first.
     async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>>;
 
+    /// For each `(conversation, since)`: how many inbound messages the conversation has
+    /// logged with a time after `since` that count against a rate limit — every
+    /// [`Direction::Inbound`](crate::Direction::Inbound) entry except those whose metadata
+    /// marks them refused ([`RATE_LIMITED`](crate::RATE_LIMITED) `true`). The counts come
+    /// in the order asked.
+    ///
+    /// The count is read from the shared log, so a limit checked against it holds across
+    /// every server instance on the store, and across restarts.
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>>;
+
     /// The organization's conversations with message counts, latest activity first.
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>>;
 

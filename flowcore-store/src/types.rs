@@ -331,6 +331,18 @@ impl Content {
     }
 }
 
+/// The metadata key that marks an inbound message a rate limit refused: an entry logged with
+/// `{"rate_limited": true}` in its metadata is history, but does not count against the limit
+/// (see [`MessageLog::inbound_counts`](crate::MessageLog::inbound_counts)), so a contact who
+/// keeps writing is let through again once the messages that did count leave the window.
+///
+/// ```
+/// use flowcore_store::RATE_LIMITED;
+/// let metadata = serde_json::json!({ RATE_LIMITED: true });
+/// assert_eq!(metadata.to_string(), r#"{"rate_limited":true}"#);
+/// ```
+pub const RATE_LIMITED: &str = "rate_limited";
+
 /// A message-log row to append.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewLogEntry {
