@@ -17,7 +17,9 @@
 //!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
 //!
 //! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgres` runs one backend. Each instance runs
-//! `BENCH_WORKERS` (32) inbox workers. The runtimes name their threads
+//! `BENCH_WORKERS` (32) inbox workers. The per-contact rate limit is off unless
+//! `BENCH_RATE_LIMIT` sets one (messages per minute: 1000000 counts every message against
+//! the store's log and refuses none). The runtimes name their threads
 //! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
 //!
 //! The flow is an echo loop: each message after the first gets two replies ("echo: …"
@@ -134,7 +136,7 @@ fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
                 ("META_APP_SECRET", SECRET.to_owned()),
                 ("META_ACCESS_TOKEN", "bench-token".to_owned()),
                 ("META_GRAPH_API_BASE", format!("{graph_uri}/v21.0")),
-                ("FLOWCORE_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+                ("FLOWCORE_RATE_LIMIT_PER_MINUTE", env_or("BENCH_RATE_LIMIT", 0).to_string()),
                 ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
                 ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 32).to_string()),
             ] {

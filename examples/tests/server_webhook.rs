@@ -265,6 +265,41 @@ async fn the_per_contact_rate_limit_drops_excess_messages() {
 }
 
 #[tokio::test]
+async fn the_rate_limit_is_counted_in_the_shared_store_not_per_instance() {
+    // Instance A runs two messages; instance B, on the same database, never saw them, and
+    // still refuses the contact's next two within the minute.
+    let mut h = Harness::start(&[("FLOWCORE_RATE_LIMIT_PER_MINUTE", "2")]).await;
+    let c = "12025550112";
+    h.post_webhook(&webhook(PNID_ECHO, vec![msg(c, "wamid.RS0", "m0"), msg(c, "wamid.RS1", "m1")])).await;
+    h.wait_sent(3).await;
+    h.stop().await;
+
+    let mut env = base_env(&h.dir, &h.graph.uri());
+    env.insert("FLOWCORE_RATE_LIMIT_PER_MINUTE".into(), "2".into());
+    let b = start_server(env).await;
+    let base_b = format!("http://{}", b.addr);
+    let later = webhook(PNID_ECHO, vec![msg(c, "wamid.RS2", "m2"), msg(c, "wamid.RS3", "m3")]);
+    assert_eq!(post_signed(&h.http, &base_b, &later, SECRET).await.status(), 200);
+    let user_messages = || async {
+        let conv: Value = h
+            .http
+            .get(format!("{base_b}/api/v1/conversations/{c}"))
+            .bearer_auth(GLOBEX_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        conv["messages"].as_array().unwrap().iter().filter(|m| m["type"] == "user").count()
+    };
+    eventually(Duration::from_secs(15), "both later messages logged", || async { user_messages().await == 4 }).await;
+    assert_settled(&h.graph, 3).await;
+    assert_eq!(h.texts_to(c).await, vec!["Diga algo", "echo: m1", "Diga algo"]);
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_idle_session_expires_after_the_ttl_and_the_flow_starts_again() {
     // A TTL of 0 hours: every session is expired by the time the next message comes, and
     // the purge job (running continuously here) deletes expired sessions.

@@ -1,58 +1,50 @@
 //! The per-contact inbound rate limit (the original design's "5 messages per minute").
 //!
-//! A sliding window per (organization, contact): a message over the limit is logged and
-//! not run through the flow. The window lives in process memory, so with several server
-//! instances each enforces the limit on the messages it processes; conversations are
-//! spread over instances by claim, so a flood from one contact is still cut to at most
-//! `limit × instances` per minute.
+//! A message is run through the flow only if fewer than `limit` of the contact's earlier
+//! messages were counted in the minute before it was received; one over the limit is logged
+//! (marked [`RATE_LIMITED`](flowcore_store::RATE_LIMITED), so it does not count itself) and
+//! not run. The count comes from the store's message log
+//! ([`inbound_counts`](flowcore_store::MessageLog::inbound_counts)), not from process memory:
+//! a conversation's messages are handled one at a time, in order, by whichever instance
+//! claims them, and each turn's log rows commit before the next message can be claimed, so
+//! every instance sees the same count and the limit holds across instances and restarts.
+//!
+//! The window is measured from the time each message was received, not from when it is
+//! handled: a backlog handled late is judged as the contact sent it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A sliding-window limiter keyed by conversation.
-#[derive(Debug)]
-pub struct RateLimiter {
+use flowcore::Timestamp;
+
+/// A per-contact limit on inbound messages per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
     limit: u32,
     window: Duration,
-    hits: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
-impl RateLimiter {
-    /// At most `limit` events per `window` per key; `limit == 0` disables the limit.
+impl RateLimit {
+    /// At most `limit` messages per `window` per contact; `limit == 0` disables the limit.
     pub fn new(limit: u32, window: Duration) -> Self {
-        RateLimiter { limit, window, hits: Mutex::new(HashMap::new()) }
+        RateLimit { limit, window }
     }
 
-    /// Records an event for `key` at `now`; false when it is over the limit (an event
-    /// over the limit is not counted, so a contact who keeps writing is let through again
-    /// once older messages leave the window).
-    pub fn check(&self, key: &str, now: Instant) -> bool {
-        if self.limit == 0 {
-            return true;
-        }
-        let mut hits = self.hits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let window = hits.entry(key.to_owned()).or_default();
-        while window.front().is_some_and(|t| now.saturating_duration_since(*t) >= self.window) {
-            window.pop_front();
-        }
-        if window.len() >= self.limit as usize {
-            return false;
-        }
-        window.push_back(now);
-        true
+    /// False when the limit is disabled (nothing to count).
+    pub fn is_enabled(&self) -> bool {
+        self.limit > 0
     }
 
-    /// Drops keys whose window is empty at `now` (called by the periodic purge job so
-    /// memory follows active contacts, not all contacts ever seen).
-    pub fn prune(&self, now: Instant) {
-        let mut hits = self.hits.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        hits.retain(|_, w| w.back().is_some_and(|t| now.saturating_duration_since(*t) < self.window));
+    /// The start of the window a message received at `received_at` is judged in: the
+    /// messages logged after it count.
+    pub fn window_start(&self, received_at: Timestamp) -> Timestamp {
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_unix_millis(received_at.as_unix_millis().saturating_sub(window))
     }
 
-    /// How many keys are tracked.
-    pub fn tracked(&self) -> usize {
-        self.hits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    /// Whether a message may run, given how many of the contact's messages already counted
+    /// in its window.
+    pub fn allows(&self, counted: u64) -> bool {
+        !self.is_enabled() || counted < u64::from(self.limit)
     }
 }
 
@@ -61,27 +53,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_per_minute_then_refused_then_allowed_again() {
-        let rl = RateLimiter::new(5, Duration::from_secs(60));
-        let t0 = Instant::now();
-        for i in 0..5 {
-            assert!(rl.check("a", t0 + Duration::from_secs(i)), "message {i}");
-        }
-        assert!(!rl.check("a", t0 + Duration::from_secs(10)));
-        assert!(rl.check("b", t0 + Duration::from_secs(10)), "other contacts are unaffected");
-        assert!(rl.check("a", t0 + Duration::from_secs(60)), "the first message left the window");
-        assert!(!rl.check("a", t0 + Duration::from_secs(60)));
+    fn five_counted_in_the_window_refuse_the_sixth() {
+        let limit = RateLimit::new(5, Duration::from_secs(60));
+        assert!(limit.is_enabled());
+        assert!((0..5).all(|counted| limit.allows(counted)));
+        assert!(!limit.allows(5));
+        assert!(!limit.allows(6));
     }
 
     #[test]
-    fn zero_disables_and_prune_forgets_idle_keys() {
-        let rl = RateLimiter::new(0, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!((0..100).all(|_| rl.check("a", t0)));
-        let rl = RateLimiter::new(1, Duration::from_secs(60));
-        rl.check("a", t0);
-        rl.check("b", t0 + Duration::from_secs(30));
-        rl.prune(t0 + Duration::from_secs(61));
-        assert_eq!(rl.tracked(), 1);
+    fn the_window_is_the_minute_before_the_message_was_received() {
+        let limit = RateLimit::new(5, Duration::from_secs(60));
+        let received = Timestamp::from_unix_seconds(1_700_000_100);
+        assert_eq!(limit.window_start(received), Timestamp::from_unix_seconds(1_700_000_040));
+        let early = Timestamp::from_unix_millis(i64::MIN + 5);
+        assert_eq!(limit.window_start(early), Timestamp::from_unix_millis(i64::MIN), "saturates");
+    }
+
+    #[test]
+    fn zero_disables_the_limit() {
+        let limit = RateLimit::new(0, Duration::from_secs(60));
+        assert!(!limit.is_enabled());
+        assert!(limit.allows(u64::MAX));
     }
 }

@@ -15,7 +15,7 @@ use super::effects::{Effects, HostEffects, NoHostEffects};
 use super::env::{self, EnvSettings, OutboundMode, DEFAULT_GRAPH_API_BASE, DEMO_APP_SECRET, DEMO_VERIFY_TOKEN};
 use super::flows::FlowRegistry;
 use super::http;
-use super::ratelimit::RateLimiter;
+use super::ratelimit::RateLimit;
 use super::state::{AppState, Shared, Stats, Tenants, WebhookSecurity};
 use super::{sender, util, worker};
 
@@ -170,7 +170,7 @@ pub async fn start(
             settings.ai.clone(),
             host_effects.unwrap_or_else(|| Arc::new(NoHostEffects)),
         ),
-        rate_limiter: RateLimiter::new(settings.rate_limit_per_minute, Duration::from_secs(60)),
+        rate_limit: RateLimit::new(settings.rate_limit_per_minute, Duration::from_secs(60)),
         outbound,
         graph_api_base,
         settings: settings.clone(),
@@ -242,7 +242,6 @@ async fn janitor(state: AppState, mut shutdown: watch::Receiver<bool>) {
                     Err(e) => warn!(org = %org, error = %e, "purge failed"),
                 }
             }
-            state.rate_limiter.prune(Instant::now());
         }
         tokio::select! {
             _ = tokio::time::sleep(reclaim_every) => {}

@@ -13,7 +13,7 @@ use super::config::Config;
 use super::effects::Effects;
 use super::env::{EnvSettings, OutboundMode};
 use super::flows::FlowRegistry;
-use super::ratelimit::RateLimiter;
+use super::ratelimit::RateLimit;
 use super::routing::Router;
 
 /// The shared state; cheap to clone.
@@ -40,7 +40,7 @@ pub struct Shared {
     /// Effect handlers.
     pub effects: Effects,
     /// Per-contact inbound limit.
-    pub rate_limiter: RateLimiter,
+    pub rate_limit: RateLimit,
     /// How replies leave.
     pub outbound: OutboundMode,
     /// Graph API base URL (no trailing slash).

@@ -3,14 +3,13 @@
 //! inbox row's completion — as one unit of work.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
 use flowcore_meta::outgoing::TEXT_BODY_MAX;
 use flowcore_meta::split_text;
 use flowcore_store::{
     ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
-    NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession,
+    NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -72,19 +71,20 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         // reads its own (so that one unreadable session fails only its own turn).
         let conversations: Vec<ConversationKey> = claimed.iter().map(|e| e.conversation.clone()).collect();
         let mut sessions = match state.store.active_sessions(&conversations).await {
-            Ok(sessions) => sessions.into_iter().map(|s| Loaded::Session(s.map(Box::new))).collect(),
+            Ok(sessions) => sessions.into_iter().map(|s| Read::Done(s.map(Box::new))).collect(),
             Err(e) => {
                 debug!(error = %e, "reading the claimed conversations' sessions together failed; one by one");
                 Vec::new()
             }
         }
         .into_iter();
+        let mut counted = counted_messages(&state, &claimed).await.into_iter();
         for event in claimed {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let state = state.clone();
-            let session = sessions.next().unwrap_or(Loaded::NotRead);
+            let loaded = Loaded { session: sessions.next().unwrap_or(Read::NotYet), counted: counted.next().flatten() };
             tasks.spawn(async move {
-                handle_event(&state, event, session).await;
+                handle_event(&state, event, loaded).await;
                 drop(permit);
             });
         }
@@ -94,18 +94,50 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     debug!("inbox workers stopped");
 }
 
-/// A claimed conversation's session, as read with the claim.
-enum Loaded {
-    /// Read: the conversation's active session, if any.
-    Session(Option<Box<StoredSession>>),
-    /// Not read yet: the turn reads it.
-    NotRead,
+/// What was read for a claimed event together with the claim.
+struct Loaded {
+    /// The conversation's active session.
+    session: Read<Option<Box<StoredSession>>>,
+    /// For a message under a rate limit: how many of the contact's messages counted in its
+    /// window (`None`: not read yet, the turn reads it).
+    counted: Option<u64>,
 }
 
-async fn handle_event(state: &AppState, event: InboxEvent, session: Loaded) {
+/// A value read with the claim, or not read yet (the turn reads it).
+enum Read<T> {
+    Done(T),
+    NotYet,
+}
+
+/// For each claimed event, in order: the count the rate limit judges it by, if it is a
+/// message under a limit — all read together; if that read fails, each turn reads its own.
+async fn counted_messages(state: &AppState, claimed: &[InboxEvent]) -> Vec<Option<u64>> {
+    let limited: Vec<&InboxEvent> = claimed.iter().filter(|e| is_rate_limited(state, e)).collect();
+    if limited.is_empty() {
+        return Vec::new();
+    }
+    let windows: Vec<_> =
+        limited.iter().map(|e| (e.conversation.clone(), state.rate_limit.window_start(e.received_at))).collect();
+    let counts = match state.store.inbound_counts(&windows).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            debug!(error = %e, "counting the claimed conversations' recent messages together failed; one by one");
+            return Vec::new();
+        }
+    };
+    let mut counts = counts.into_iter();
+    claimed.iter().map(|e| if is_rate_limited(state, e) { counts.next() } else { None }).collect()
+}
+
+/// Whether `event` is a message the rate limit judges.
+fn is_rate_limited(state: &AppState, event: &InboxEvent) -> bool {
+    state.rate_limit.is_enabled() && event.kind == InboxKind::Message
+}
+
+async fn handle_event(state: &AppState, event: InboxEvent, loaded: Loaded) {
     let org = event.conversation.org_id.clone();
     let claim = event.claim();
-    match process(state, &event, session).await {
+    match process(state, &event, loaded).await {
         Ok(()) => {}
         Err(TurnError::LeaseLost) => warn!(inbox_id = event.id, "inbox lease lost; another worker owns the event now"),
         Err(TurnError::Retry(reason)) => {
@@ -162,7 +194,7 @@ struct Running {
     session: flowcore::Session,
 }
 
-async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Result<(), TurnError> {
+async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result<(), TurnError> {
     let conv = &event.conversation;
     let org = conv.org_id.as_str();
     let now = util::now();
@@ -178,9 +210,9 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
     };
 
     // The conversation's current session, if any (it keeps its flow, version and variant).
-    let stored = match session {
-        Loaded::Session(stored) => stored.map(|s| *s),
-        Loaded::NotRead => state.store.active_session(conv).await?,
+    let stored = match loaded.session {
+        Read::Done(stored) => stored.map(|s| *s),
+        Read::NotYet => state.store.active_session(conv).await?,
     };
     let mut running = resume(state, conv, stored).await?;
     if let Some(r) = &running {
@@ -204,10 +236,16 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
         }
     }
 
-    if let Some(inbound) = &inbound {
-        // Per-contact rate limit: logged, not run through the flow.
-        let key = conv.to_string();
-        if !state.rate_limiter.check(&key, Instant::now()) {
+    if let Some(inbound) = inbound.as_ref().filter(|_| is_rate_limited(state, event)) {
+        // Per-contact rate limit: logged, not run through the flow (and not counted).
+        let counted = match loaded.counted {
+            Some(counted) => counted,
+            None => {
+                let window = (conv.clone(), state.rate_limit.window_start(event.received_at));
+                state.store.inbound_counts(&[window]).await?.first().copied().unwrap_or(0)
+            }
+        };
+        if !state.rate_limit.allows(counted) {
             Stats::bump(&state.stats.rate_limited);
             info!(org, contact = %util::redact_contact(&conv.contact_id), "rate limit exceeded; message logged, not run");
             commit.log.push(inbound_log(
@@ -215,7 +253,7 @@ async fn process(state: &AppState, event: &InboxEvent, session: Loaded) -> Resul
                 running.as_ref().map(|r| r.flow_id.clone()),
                 inbound,
                 event.received_at,
-                json!({"rate_limited": true}),
+                json!({ RATE_LIMITED: true }),
             ));
             state.store.commit(commit).await?;
             return Ok(());
