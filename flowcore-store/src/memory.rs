@@ -637,7 +637,7 @@ impl MessageLog for MemoryStore {
             .collect())
     }
 
-    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
         let inner = self.lock()?;
         windows
             .iter()
@@ -649,7 +649,7 @@ impl MessageLog for MemoryStore {
                     .filter(|e| &e.conversation == conversation && e.direction == Direction::Inbound && e.at > *since)
                     .filter(|e| e.metadata.get(RATE_LIMITED) != Some(&serde_json::Value::Bool(true)))
                     .count();
-                Ok(counted as u64)
+                Ok((counted as u64).min(at_most))
             })
             .collect()
     }

@@ -1104,7 +1104,7 @@ impl MessageLog for PostgresStore {
         rows.iter().map(log_entry).collect()
     }
 
-    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
         for org_id in windows.iter().map(|(c, _)| &c.org_id).collect::<HashSet<_>>() {
             self.check_org(org_id).await?;
         }
@@ -1112,10 +1112,11 @@ impl MessageLog for PostgresStore {
             return Ok(Vec::new());
         }
         let counts: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT (SELECT count(*) FROM message_log m
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM message_log m
                      WHERE m.org_id = v.org_id AND m.business_number_id = v.business_number_id
                        AND m.contact_id = v.contact_id AND m.direction = 'in' AND m.at > v.since
-                       AND (m.metadata::jsonb -> '{RATE_LIMITED}') IS DISTINCT FROM 'true'::jsonb)
+                       AND (m.metadata::jsonb -> '{RATE_LIMITED}') IS DISTINCT FROM 'true'::jsonb
+                     LIMIT $5) AS counted)
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
                   WITH ORDINALITY AS v(org_id, business_number_id, contact_id, since, asked)
              ORDER BY v.asked"
@@ -1124,6 +1125,7 @@ impl MessageLog for PostgresStore {
         .bind(windows.iter().map(|(c, _)| c.business_number_id.as_str()).collect::<Vec<_>>())
         .bind(windows.iter().map(|(c, _)| c.contact_id.as_str()).collect::<Vec<_>>())
         .bind(windows.iter().map(|(_, since)| since.as_unix_millis()).collect::<Vec<_>>())
+        .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
         .fetch_all(&self.reader)
         .await?;
         Ok(counts.into_iter().map(|n| n.max(0) as u64).collect())

@@ -967,20 +967,20 @@ impl MessageLog for SqliteStore {
         rows.iter().map(log_entry).collect()
     }
 
-    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>> {
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
         for org_id in windows.iter().map(|(c, _)| &c.org_id).collect::<HashSet<_>>() {
             self.check_org(org_id).await?;
         }
         let mut counts = Vec::with_capacity(windows.len());
         for chunk in windows.chunks(CONVERSATIONS_PER_READ) {
             let mut sql = format!(
-                "SELECT (SELECT count(*) FROM message_log m INDEXED BY message_log_inbound
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM message_log m INDEXED BY message_log_inbound
                  WHERE m.org_id = v.column1 AND m.business_number_id = v.column2 AND m.contact_id = v.column3
                    AND m.direction = 'in' AND m.at > v.column4
-                   AND json_extract(m.metadata, '$.{RATE_LIMITED}') IS NOT 1)
+                   AND json_extract(m.metadata, '$.{RATE_LIMITED}') IS NOT 1 LIMIT ?))
                  FROM (VALUES "
             );
-            let mut query = sqlx::query::<Sqlite>("");
+            let mut query = sqlx::query::<Sqlite>("").bind(i64::try_from(at_most).unwrap_or(i64::MAX));
             for (i, (c, since)) in chunk.iter().enumerate() {
                 sql.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
                 query = query

@@ -210,7 +210,7 @@ pub async fn unknown_organization(store: Arc<dyn Store>) {
     unknown(store.purge("nobody", t(0), PurgePolicy::default()).await.unwrap_err());
     unknown(store.append_log("nobody", &[log_entry(&c, Direction::Inbound, "x", t(0), None)]).await.unwrap_err());
     unknown(store.history(&c, Page::default()).await.unwrap_err());
-    unknown(store.inbound_counts(&[(chat(ORG_A, "c1"), t(0)), (c.clone(), t(0))]).await.unwrap_err());
+    unknown(store.inbound_counts(&[(chat(ORG_A, "c1"), t(0)), (c.clone(), t(0))], 5).await.unwrap_err());
     unknown(store.list_conversations("nobody", Page::default()).await.unwrap_err());
     unknown(store.metrics("nobody", MetricsQuery::default()).await.unwrap_err());
     unknown(store.insert_inbox(message(&c, "m1", t(0))).await.unwrap_err());
@@ -571,21 +571,21 @@ pub async fn message_log_inbound_counts(store: Arc<dyn Store>) {
     let b1 = chat(ORG_B, "c1"); // same ids, other tenant
     store.append_log(ORG_B, &[log_entry(&b1, Direction::Inbound, "b", t(30), None)]).await.unwrap();
 
-    let counts = store
-        .inbound_counts(&[
-            (c1.clone(), t(5)),
-            (c1.clone(), t(20)),
-            (c2.clone(), t(0)),
-            (chat(ORG_A, "nobody"), t(-100)),
-            (c1.clone(), t(-100)),
-            (b1.clone(), t(0)),
-            (c1.clone(), t(25)),
-        ])
-        .await
-        .unwrap();
+    let windows = [
+        (c1.clone(), t(5)),
+        (c1.clone(), t(20)),
+        (c2.clone(), t(0)),
+        (chat(ORG_A, "nobody"), t(-100)),
+        (c1.clone(), t(-100)),
+        (b1.clone(), t(0)),
+        (c1.clone(), t(25)),
+    ];
+    let counts = store.inbound_counts(&windows, 100).await.unwrap();
     // c1 after t(5): b, c and the entry marked not refused; after t(20) (strictly): that one.
     assert_eq!(counts, vec![3, 1, 1, 0, 4, 1, 0]);
-    assert!(store.inbound_counts(&[]).await.unwrap().is_empty());
+    assert_eq!(store.inbound_counts(&windows, 2).await.unwrap(), vec![2, 1, 1, 0, 2, 1, 0], "capped");
+    assert_eq!(store.inbound_counts(&windows, 0).await.unwrap(), vec![0; 7]);
+    assert!(store.inbound_counts(&[], 5).await.unwrap().is_empty());
 }
 
 /// Metrics: totals, per flow and per UTC day, in a time window.
@@ -1344,7 +1344,7 @@ pub async fn tenant_isolation(store: Arc<dyn Store>) {
     assert!(store.conversation_sessions(&b).await.unwrap().is_empty());
     assert!(store.list_active_sessions(ORG_B, Page::default()).await.unwrap().is_empty());
     assert!(store.history(&b, Page::default()).await.unwrap().is_empty());
-    assert_eq!(store.inbound_counts(&[(b.clone(), t(-1))]).await.unwrap(), vec![0]);
+    assert_eq!(store.inbound_counts(&[(b.clone(), t(-1))], 5).await.unwrap(), vec![0]);
     assert!(store.list_conversations(ORG_B, Page::default()).await.unwrap().is_empty());
     assert_eq!(store.metrics(ORG_B, MetricsQuery::default()).await.unwrap(), Metrics::default());
     assert!(store.get_inbox(ORG_B, ins.id()).await.unwrap().is_none());
@@ -1403,7 +1403,7 @@ pub async fn closed_store(store: Arc<dyn Store>) {
     closed(store.insert_inbox(message(&c, "m2", t(0))).await.unwrap_err());
     closed(store.claim_inbox(&ClaimRequest::any(t(0), LEASE, 1)).await.unwrap_err());
     closed(store.history(&c, Page::default()).await.unwrap_err());
-    closed(store.inbound_counts(&[(c.clone(), t(0))]).await.unwrap_err());
+    closed(store.inbound_counts(&[(c.clone(), t(0))], 5).await.unwrap_err());
     closed(store.enqueue_outbox(ORG_A, &[reply(&c, "x", t(0))]).await.unwrap_err());
     closed(store.publish_flow(ORG_A, "f", "{}", t(0)).await.unwrap_err());
     closed(store.commit(Commit::new(ORG_A, t(0))).await.unwrap_err());

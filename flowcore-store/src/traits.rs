@@ -90,11 +90,12 @@ pub trait MessageLog: Send + Sync {
     /// logged with a time after `since` that count against a rate limit — every
     /// [`Direction::Inbound`](crate::Direction::Inbound) entry except those whose metadata
     /// marks them refused ([`RATE_LIMITED`](crate::RATE_LIMITED) `true`). The counts come
-    /// in the order asked.
+    /// in the order asked, each at most `at_most`: a limit only needs to know whether it is
+    /// reached, so the read stops there however many messages a flood logged.
     ///
     /// The count is read from the shared log, so a limit checked against it holds across
     /// every server instance on the store, and across restarts.
-    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)]) -> StoreResult<Vec<u64>>;
+    async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>>;
 
     /// The organization's conversations with message counts, latest activity first.
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>>;

@@ -34,6 +34,11 @@ impl RateLimit {
         self.limit > 0
     }
 
+    /// Messages allowed per window (0: no limit).
+    pub fn limit(&self) -> u64 {
+        u64::from(self.limit)
+    }
+
     /// The start of the window a message received at `received_at` is judged in: the
     /// messages logged after it count.
     pub fn window_start(&self, received_at: Timestamp) -> Timestamp {

@@ -118,7 +118,7 @@ async fn counted_messages(state: &AppState, claimed: &[InboxEvent]) -> Vec<Optio
     }
     let windows: Vec<_> =
         limited.iter().map(|e| (e.conversation.clone(), state.rate_limit.window_start(e.received_at))).collect();
-    let counts = match state.store.inbound_counts(&windows).await {
+    let counts = match state.store.inbound_counts(&windows, state.rate_limit.limit()).await {
         Ok(counts) => counts,
         Err(e) => {
             debug!(error = %e, "counting the claimed conversations' recent messages together failed; one by one");
@@ -242,7 +242,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
             Some(counted) => counted,
             None => {
                 let window = (conv.clone(), state.rate_limit.window_start(event.received_at));
-                state.store.inbound_counts(&[window]).await?.first().copied().unwrap_or(0)
+                state.store.inbound_counts(&[window], state.rate_limit.limit()).await?.first().copied().unwrap_or(0)
             }
         };
         if !state.rate_limit.allows(counted) {
