@@ -5,8 +5,10 @@
 
 use flowcore::Timestamp;
 
+use std::collections::HashSet;
+
 use crate::error::{StoreError, StoreResult};
-use crate::types::{ConversationKey, SessionInfo};
+use crate::types::{Commit, ConversationKey, NewOutboxMessage, SessionInfo};
 
 pub(crate) fn ts(ms: i64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
@@ -30,6 +32,42 @@ pub(crate) const OUTBOX_COLS: &str = "id, org_id, business_number_id, contact_id
 /// on `updated_at`, dropped since so that turns update sessions in place): a walk over every
 /// active session of the organization, where `sessions_active_key` holds only the
 /// conversation's few rows (one per flow).
+/// Which replies of a batch of units of work may be claimed for their callers as they are
+/// written (see [`Commit::claim_replies_until`]).
+pub(crate) struct ReplyClaims<'c> {
+    /// Conversations that more than one unit writes replies to: two callers would each send
+    /// theirs, so neither claims them.
+    shared: HashSet<&'c ConversationKey>,
+}
+
+impl<'c> ReplyClaims<'c> {
+    pub(crate) fn of(commits: &[&'c Commit]) -> ReplyClaims<'c> {
+        let mut seen = HashSet::new();
+        let mut shared = HashSet::new();
+        for commit in commits {
+            let own: HashSet<&ConversationKey> = commit.outbox.iter().map(|m| &m.conversation).collect();
+            for conversation in own {
+                if !seen.insert(conversation) {
+                    shared.insert(conversation);
+                }
+            }
+        }
+        ReplyClaims { shared }
+    }
+
+    /// The lease `commit` asks for on `reply`, when the reply may be claimed as it is
+    /// written: every reply of the unit to that conversation is due (one claim covers them
+    /// all, sent in order) and no other unit of the batch writes to it. The database adds
+    /// the last condition as it writes: the conversation has no stored unfinished reply.
+    pub(crate) fn lease(&self, commit: &Commit, reply: &NewOutboxMessage) -> Option<Timestamp> {
+        let conversation = &reply.conversation;
+        commit.claim_replies_until.filter(|_| {
+            !self.shared.contains(conversation)
+                && commit.outbox.iter().filter(|m| &m.conversation == conversation).all(|m| m.due_at <= commit.now)
+        })
+    }
+}
+
 pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {
     sessions.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
 }

@@ -24,8 +24,8 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
 use crate::sql_rows::{
-    distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, INBOX_COLS, OUTBOX_COLS,
-    SESSION_INFO_COLS,
+    distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, ReplyClaims, INBOX_COLS,
+    OUTBOX_COLS, SESSION_INFO_COLS,
 };
 use crate::state;
 use crate::traits::*;
@@ -33,6 +33,7 @@ use crate::types::*;
 use writer::{SqliteWrite, WriteConnection};
 
 mod grouped_units;
+mod replies;
 mod writer;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
     (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
     (4, "inbound_window", include_str!("../migrations/sqlite/0004_inbound_window.sql")),
+    (5, "claimed_replies", include_str!("../migrations/sqlite/0005_claimed_replies.sql")),
 ];
 
 /// Conversations per read of `active_sessions` and `inbound_counts` (at most five
@@ -536,7 +538,8 @@ fn claim_sql(table: &str, cols: &str) -> String {
 
 /// The unit of work's writes as one multi-statement query (one hop to sqlx's worker thread
 /// instead of one per statement): the session save, the inbox row done, the log rows and the
-/// replies, each statement tagging the rows it returns. Runs inside the caller's
+/// replies (claimed for the caller when they can be, see `replies`), each statement tagging
+/// the rows it returns. Runs inside the caller's
 /// `BEGIN IMMEDIATE` transaction; when the session or the claim did not match, the caller's
 /// transaction is dropped (rolled back) with the error, so nothing of the unit lands.
 async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
@@ -629,20 +632,17 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
         sql.push_str(" RETURNING 'l', id, 0;");
     }
     if !commit.outbox.is_empty() {
-        sql.push_str(
-            "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status) VALUES ",
-        );
-        for (i, m) in commit.outbox.iter().enumerate() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, 'pending')" } else { ", (?, ?, ?, ?, ?, ?, 'pending')" });
-            q = q
-                .bind(org_id)
-                .bind(&m.conversation.business_number_id)
-                .bind(&m.conversation.contact_id)
-                .bind(m.payload.to_string())
-                .bind(m.inbox_id)
-                .bind(m.due_at.as_unix_millis());
+        let reply_claims = ReplyClaims::of(std::slice::from_ref(&commit));
+        sql.push_str(replies::INSERT_HEAD);
+        for (n, m) in commit.outbox.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(replies::REPLY_VALUES);
+            q = replies::bind_reply(q, n, org_id, m, reply_claims.lease(commit, m));
         }
-        sql.push_str(" RETURNING 'o', id, 0;");
+        sql.push_str(replies::INSERT_TAIL);
+        sql.push_str(" RETURNING 'o', id, status = 'claimed';");
     }
     let mut outcome = CommitOutcome::default();
     // The text was built after the binds; a query's text is fixed at creation, so rebuild it
@@ -650,13 +650,19 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
     let args = take_arguments(q)?;
     let rows = sqlx::query_with::<Sqlite, _>(&sql, args).fetch_all(&mut **tx).await?;
     let mut done = false;
+    let mut claimed = HashSet::new();
     for row in &rows {
         let id: i64 = row.try_get(1)?;
         match row.try_get::<&str, _>(0)? {
             "s" => outcome.session = Some(SavedSession { id, version: row.try_get(2)? }),
             "i" => done = true,
             "l" => outcome.log_ids.push(id),
-            _ => outcome.outbox_ids.push(id),
+            _ => {
+                outcome.outbox_ids.push(id);
+                if row.try_get::<bool, _>(2)? {
+                    claimed.insert(id);
+                }
+            }
         }
     }
     if let Some(w) = &commit.session {
@@ -680,6 +686,7 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
     // RETURNING order is unspecified; ids grow in insertion order within one statement.
     outcome.log_ids.sort_unstable();
     outcome.outbox_ids.sort_unstable();
+    outcome.claimed_replies = replies::claimed_replies(commit, &outcome.outbox_ids, |_, id| claimed.contains(&id));
     Ok(outcome)
 }
 

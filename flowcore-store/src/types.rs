@@ -849,7 +849,7 @@ pub struct Commit {
     /// earlier unfinished reply and all of them are due by `now`, as a claim would (saving
     /// the sender a claim per reply). The caller then sends them in order, one after the
     /// other: [`CommitOutcome::claimed_replies`]. A backend may leave them to a claim
-    /// instead (the memory and SQLite backends do).
+    /// instead (the memory backend does, and SQLite for a unit that schedules wake-ups).
     pub claim_replies_until: Option<Timestamp>,
 }
 

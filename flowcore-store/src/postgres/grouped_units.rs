@@ -20,8 +20,9 @@ use sqlx::Row;
 
 use super::{ConversationLocks, LOCK_SPACE};
 use crate::error::{StoreError, StoreResult};
+use crate::sql_rows::ReplyClaims;
 use crate::state;
-use crate::types::{Commit, CommitOutcome, ConversationKey, OutboxMessage, SavedSession, SessionStatus, SessionWrite};
+use crate::types::{Commit, CommitOutcome, OutboxMessage, SavedSession, SessionStatus, SessionWrite};
 
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
@@ -242,7 +243,7 @@ struct OutboxColumns<'c> {
     payload: Vec<String>,
     inbox_id: Vec<Option<i64>>,
     due_at: Vec<i64>,
-    /// The lease's end for a reply claimed as it is written (see [`claimable`]).
+    /// The lease's end for a reply claimed as it is written (see [`ReplyClaims::lease`]).
     claim_until: Vec<Option<i64>>,
 }
 
@@ -266,7 +267,7 @@ impl<'c> SessionColumns<'c> {
 
 impl<'c> Columns<'c> {
     fn of(commits: &[&'c Commit]) -> Columns<'c> {
-        let shared = conversations_of_several(commits);
+        let reply_claims = ReplyClaims::of(commits);
         let mut c = Columns::default();
         for commit in commits {
             if let Some(claim) = commit.inbox_done {
@@ -303,7 +304,7 @@ impl<'c> Columns<'c> {
                 o.payload.push(m.payload.to_string());
                 o.inbox_id.push(m.inbox_id);
                 o.due_at.push(m.due_at.as_unix_millis());
-                let claim = commit.claim_replies_until.filter(|_| claimable(commit, &m.conversation, &shared));
+                let claim = reply_claims.lease(commit, m);
                 o.claim_until.push(claim.map(Timestamp::as_unix_millis));
             }
         }
@@ -372,30 +373,6 @@ impl<'c> SessionColumns<'c> {
             .bind(self.now)
             .bind(self.closed)
     }
-}
-
-/// Conversations that more than one of `commits` writes replies to.
-fn conversations_of_several<'c>(commits: &[&'c Commit]) -> HashSet<&'c ConversationKey> {
-    let mut seen = HashSet::new();
-    let mut several = HashSet::new();
-    for commit in commits {
-        let own: HashSet<&ConversationKey> = commit.outbox.iter().map(|m| &m.conversation).collect();
-        for conversation in own {
-            if !seen.insert(conversation) {
-                several.insert(conversation);
-            }
-        }
-    }
-    several
-}
-
-/// Whether `commit`'s replies to `conversation` may be claimed as they are written: all of
-/// them are due (the claim covers every one, sent in order) and no other unit of the call
-/// writes replies to it (two callers would each send theirs). The function adds the last
-/// condition: the conversation has no stored unfinished reply.
-fn claimable(commit: &Commit, conversation: &ConversationKey, shared: &HashSet<&ConversationKey>) -> bool {
-    !shared.contains(conversation)
-        && commit.outbox.iter().filter(|m| &m.conversation == conversation).all(|m| m.due_at <= commit.now)
 }
 
 /// Run when `FLOWCORE_TEST_POSTGRES_URL` is set, each store in a fresh schema dropped at the

@@ -26,8 +26,9 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Either, Row, Sqlite};
 
-use super::{bind_inbox_event, take_arguments, Tx};
+use super::{bind_inbox_event, replies, take_arguments, Tx};
 use crate::error::{StoreError, StoreResult};
+use crate::sql_rows::ReplyClaims;
 use crate::state;
 use crate::types::{Commit, CommitOutcome, InboxInsert, NewInboxEvent, SavedSession, SessionStatus};
 
@@ -49,6 +50,8 @@ enum Step {
     /// Handled inbox rows marked done; must change this many rows.
     InboxDone(usize),
     LogRows(usize),
+    /// One row: the positions of the replies the next statement writes claimed.
+    ClaimedReplies,
     Replies(usize),
     /// Wake-ups; must insert this many rows (a duplicate is diagnosed one by one).
     WakeUps(usize),
@@ -58,7 +61,7 @@ impl Step {
     /// Rows the statement must change for the batch to stand.
     fn expected_changes(self) -> Option<usize> {
         match self {
-            Step::Check | Step::SessionIds => None,
+            Step::Check | Step::SessionIds | Step::ClaimedReplies => None,
             Step::SessionUpdates(n)
             | Step::SessionInserts(n)
             | Step::InboxDone(n)
@@ -182,7 +185,6 @@ const SESSION_UPDATE_WIDTH: usize = 12;
 const SESSION_INSERT_WIDTH: usize = 14;
 const INBOX_DONE_WIDTH: usize = 4;
 const LOG_ROW_WIDTH: usize = 11;
-const REPLY_WIDTH: usize = 7;
 const WAKE_UP_WIDTH: usize = 9;
 
 /// Whether `commits` may run grouped: more than one, no statement over SQLite's bound, and
@@ -191,7 +193,7 @@ pub(super) fn worth_grouping(commits: &[&Commit]) -> bool {
     let rows = |f: fn(&Commit) -> usize| commits.iter().map(|c| f(c)).sum::<usize>();
     commits.len() > 1
         && rows(|c| c.log.len()) * LOG_ROW_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
-        && rows(|c| c.outbox.len()) * REPLY_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
+        && rows(|c| c.outbox.len()) * replies::REPLY_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
         && rows(|c| c.schedule.len()) * WAKE_UP_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
         && commits.len() * SESSION_INSERT_WIDTH <= MAX_PARAMETERS_PER_STATEMENT
         && all_distinct(commits.iter().filter_map(|c| c.session.as_ref().map(|w| &w.key)))
@@ -240,7 +242,13 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
     let (updates, creates) = (updates(commits), creates(commits));
     let done: Vec<&Commit> = commits.iter().copied().filter(|c| c.inbox_done.is_some()).collect();
     let log: Vec<_> = commits.iter().flat_map(|c| c.log.iter().map(move |e| (c.org_id.as_str(), e))).collect();
-    let outbox: Vec<_> = commits.iter().flat_map(|c| c.outbox.iter().map(move |m| (c.org_id.as_str(), m))).collect();
+    let reply_claims = &ReplyClaims::of(commits);
+    let outbox: Vec<_> = commits
+        .iter()
+        .flat_map(|c| c.outbox.iter().map(move |m| (c.org_id.as_str(), m, reply_claims.lease(c, m))))
+        .enumerate()
+        .collect();
+    let candidates: Vec<_> = outbox.iter().filter(|(_, (_, _, lease))| lease.is_some()).collect();
     let schedule: Vec<_> = commits.iter().flat_map(|c| c.schedule.iter()).collect();
 
     let mut q = GroupedQuery::new();
@@ -361,21 +369,20 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         },
     );
     q.multi_row(
+        Step::ClaimedReplies,
+        replies::CLAIMED_HEAD,
+        &candidates,
+        replies::CLAIMED_WIDTH,
+        replies::CLAIMED_TAIL,
+        |query, (n, (org_id, m, _))| replies::bind_candidate(query, *n, org_id, m),
+    );
+    q.multi_row(
         Step::Replies(outbox.len()),
-        "INSERT INTO outbox (org_id, business_number_id, contact_id, payload, inbox_id, due_at, status) VALUES ",
+        replies::INSERT_HEAD,
         &outbox,
-        REPLY_WIDTH,
-        "",
-        |query, (org_id, m)| {
-            query
-                .bind(org_id.to_string())
-                .bind(m.conversation.business_number_id.clone())
-                .bind(m.conversation.contact_id.clone())
-                .bind(m.payload.to_string())
-                .bind(m.inbox_id)
-                .bind(m.due_at.as_unix_millis())
-                .bind("pending")
-        },
+        replies::REPLY_WIDTH,
+        replies::INSERT_TAIL,
+        |query, (n, (org_id, m, lease))| replies::bind_reply(query, *n, org_id, m, *lease),
     );
     q.multi_row(
         Step::WakeUps(schedule.len()),
@@ -389,11 +396,12 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
     q
 }
 
-/// What the grouped statements reported: the session ids row, and the last row id each
-/// insert wrote.
+/// What the grouped statements reported: the session ids row, the claimed replies' positions,
+/// and the last row id each insert wrote.
 #[derive(Default)]
 struct Results {
     updated_ids: Vec<i64>,
+    claimed_replies: std::collections::HashSet<usize>,
     last_created_session: i64,
     last_log_row: i64,
     last_reply: i64,
@@ -407,19 +415,33 @@ async fn run(tx: &mut Tx<'_>, q: GroupedQuery<'static>) -> StoreResult<Option<Re
     let GroupedQuery { sql, query, steps } = q;
     let args = take_arguments(query)?;
     let (items, failure) = fetch_results(tx, &sql, args).await;
-    let mut steps = steps.into_iter();
+    let mut steps = steps.into_iter().peekable();
     let mut results = Results::default();
     let mut wrote = false;
     for item in items {
         match item {
+            // A row of the statement running: the next step's.
             Either::Right(row) => {
-                let ids: Option<String> = row.try_get(0)?;
-                results.updated_ids = ids
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|id| !id.is_empty())
-                    .map(|id| id.parse::<i64>().map_err(|e| StoreError::Database(format!("session id {id:?}: {e}"))))
-                    .collect::<StoreResult<_>>()?;
+                let list: Option<String> = row.try_get(0)?;
+                match steps.peek() {
+                    Some(Step::SessionIds) => {
+                        results.updated_ids = list
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|id| !id.is_empty())
+                            .map(|id| {
+                                id.parse::<i64>().map_err(|e| StoreError::Database(format!("session id {id:?}: {e}")))
+                            })
+                            .collect::<StoreResult<_>>()?;
+                    }
+                    Some(Step::ClaimedReplies) => {
+                        results.claimed_replies = replies::positions(list.as_deref())
+                            .map_err(|e| StoreError::Database(format!("claimed replies {list:?}: {e}")))?
+                            .into_iter()
+                            .collect();
+                    }
+                    step => return Err(StoreError::Database(format!("grouped units: a row from {step:?}"))),
+                }
             }
             Either::Left(done) => {
                 let step =
@@ -480,7 +502,7 @@ fn record(results: &mut Results, step: Step, done: &SqliteQueryResult) {
         Step::LogRows(_) => results.last_log_row = last,
         Step::Replies(_) => results.last_reply = last,
         Step::WakeUps(_) => results.last_wake_up = last,
-        Step::Check | Step::SessionIds | Step::SessionUpdates(_) | Step::InboxDone(_) => {}
+        Step::Check | Step::SessionIds | Step::SessionUpdates(_) | Step::InboxDone(_) | Step::ClaimedReplies => {}
     }
 }
 
@@ -505,6 +527,7 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
         ids
     };
     let mut out = Vec::with_capacity(commits.len());
+    let mut first_reply = 0;
     for commit in commits {
         let session = match &commit.session {
             None => None,
@@ -513,12 +536,16 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
             }
             Some(_) => Some(SavedSession { id: take(&mut next_created, 1)[0], version: 1 }),
         };
+        let outbox_ids = take(&mut next_reply, commit.outbox.len());
+        let claimed_replies =
+            replies::claimed_replies(commit, &outbox_ids, |n, _| results.claimed_replies.contains(&(first_reply + n)));
+        first_reply += commit.outbox.len();
         out.push(CommitOutcome {
             session,
             log_ids: take(&mut next_log, commit.log.len()),
-            outbox_ids: take(&mut next_reply, commit.outbox.len()),
+            outbox_ids,
             scheduled: take(&mut next_wake_up, commit.schedule.len()).into_iter().map(InboxInsert::Inserted).collect(),
-            claimed_replies: Vec::new(),
+            claimed_replies,
         });
     }
     Ok(out)
@@ -529,9 +556,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::traits::{Inbox, Organizations, SessionStore, Store};
-    use crate::types::{Claim, NewInboxEvent, Page};
-    use crate::unit_fixtures::{self, at, chat, claims_in_contact_order, save};
+    use std::time::Duration;
+
+    use flowcore::Timestamp;
+
+    use crate::traits::{Inbox, Organizations, Outbox, SessionStore, Store};
+    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page, QueueStatus};
+    use crate::unit_fixtures::{self, at, chat, claims_in_contact_order, reply, save};
     use crate::{MessageLog, SqliteOptions, SqliteStore};
 
     /// A store where `c1` and `c3` have a session (version 1) and `c1`..`c3` one claimed
@@ -612,6 +643,72 @@ mod tests {
             grouped_store.get_inbox("o", wake).await.unwrap().map(|e| e.message_id),
             Some("wake:c2:1".to_owned())
         );
+    }
+
+    /// Claimed replies, grouped or one unit at a time: `c1` has an earlier unfinished reply,
+    /// so only `c2`'s two are claimed, in order, until the lease.
+    async fn claimed_as_written(grouped_batch: bool) {
+        let (_dir, store, claims) = prepared().await;
+        let earlier = store.enqueue_outbox("o", &[reply("c1", "earlier")]).await.unwrap()[0];
+        let lease = at(65);
+        // Without a wake-up: a unit that schedules one runs statement by statement, leaving
+        // its replies to a claim.
+        let commits: Vec<Commit> = unit_fixtures::units(&claims)
+            .into_iter()
+            .map(|c| Commit { claim_replies_until: Some(lease), ..c })
+            .collect();
+        let outcomes = if grouped_batch {
+            grouped(&store, &commits).await.expect("every check holds")
+        } else {
+            let mut outcomes = Vec::new();
+            for commit in commits.clone() {
+                outcomes.push(store.commit(commit).await.unwrap());
+            }
+            outcomes
+        };
+        assert!(outcomes[0].claimed_replies.is_empty(), "c1 has an unfinished reply before these");
+        let claimed: Vec<(i64, i64, Option<Timestamp>)> =
+            outcomes[1].claimed_replies.iter().map(|m| (m.id, m.attempts, m.lease_until)).collect();
+        let ids = &outcomes[1].outbox_ids;
+        assert_eq!(claimed, [(ids[0], 1, Some(lease)), (ids[1], 1, Some(lease))], "both of c2's, in order");
+        assert_eq!(outcomes[1].claimed_replies[1].payload, commits[1].outbox[1].payload);
+        for (id, status) in [(outcomes[0].outbox_ids[0], QueueStatus::Pending), (ids[0], QueueStatus::Claimed)] {
+            assert_eq!(store.get_outbox("o", id).await.unwrap().unwrap().status, status);
+        }
+
+        // A claim finds only c1's first reply: c2's are out with this caller.
+        let request = ClaimRequest::for_org("o", at(6), Duration::from_secs(60), 10);
+        let found = store.claim_outbox(&request).await.unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [earlier]);
+        for reply in &outcomes[1].claimed_replies {
+            store.mark_sent("o", reply.claim(), "wamid", at(7)).await.unwrap();
+            let request = ClaimRequest::for_org("o", at(7), Duration::from_secs(60), 10);
+            assert!(store.claim_outbox(&request).await.unwrap().is_empty(), "the next one is still ours");
+        }
+        // c1's later reply is its conversation's head once the earlier one is sent.
+        store.mark_sent("o", found[0].claim(), "wamid", at(8)).await.unwrap();
+        let request = ClaimRequest::for_org("o", at(8), Duration::from_secs(60), 10);
+        let found: Vec<i64> = store.claim_outbox(&request).await.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(found, outcomes[0].outbox_ids);
+    }
+
+    #[tokio::test]
+    async fn replies_are_claimed_as_written_when_they_go_first() {
+        claimed_as_written(true).await;
+        claimed_as_written(false).await;
+
+        // Two units writing to one conversation: neither claims its replies there.
+        let (_dir, store, claims) = prepared().await;
+        let mut commits: Vec<Commit> =
+            units(&claims).into_iter().map(|c| Commit { claim_replies_until: Some(at(65)), ..c }).collect();
+        commits[2].outbox.push(reply("c2", "from c3's turn"));
+        let outcomes = grouped(&store, &commits).await.expect("written");
+        let claimed: Vec<usize> = outcomes.iter().map(|o| o.claimed_replies.len()).collect();
+        assert_eq!(claimed, [1, 0, 0], "only c1's, alone in its conversation");
+        // Not asked, not claimed.
+        let (_dir, store, claims) = prepared().await;
+        let outcomes = grouped(&store, &units(&claims)).await.expect("written");
+        assert!(outcomes.iter().all(|o| o.claimed_replies.is_empty()));
     }
 
     #[test]
