@@ -83,6 +83,7 @@ cases!(
     commit_lost_lease_leaves_nothing,
     commit_races_one_winner,
     commit_without_wake_ups,
+    commit_claims_replies_for_the_caller,
     concurrent_writes_keep_their_own_results,
     tenant_isolation,
     closed_store,
@@ -1124,6 +1125,65 @@ pub async fn commit_all_or_nothing(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
     assert_eq!(store.load_session(&key).await.unwrap().unwrap().version, 1);
     assert_eq!(store.history(&c, Page::default()).await.unwrap().len(), 3);
+}
+
+/// Replies a commit claims for its caller ([`Commit::claim_replies_until`]; a backend may
+/// leave them to a claim instead) are claimed as a claim would claim them: first attempt,
+/// until the lease, in order, only where their conversation has no earlier unfinished reply,
+/// and not claimed again while the lease holds. Commits run concurrently, so grouping
+/// backends write them together.
+pub async fn commit_claims_replies_for_the_caller(store: Arc<dyn Store>) {
+    const CHATS: usize = 6;
+    let lease = t(70);
+    let chats: Vec<ConversationKey> = (0..CHATS).map(|i| chat(ORG_A, &format!("c{i}"))).collect();
+    // Odd conversations have an unfinished reply already.
+    let mut earlier = HashMap::new();
+    for c in chats.iter().skip(1).step_by(2) {
+        earlier
+            .insert(c.contact_id.clone(), store.enqueue_outbox(ORG_A, &[reply(c, "earlier", t(0))]).await.unwrap()[0]);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in chats.clone() {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let commit = Commit {
+                outbox: vec![reply(&c, "first", t(1)), reply(&c, "second", t(1))],
+                claim_replies_until: Some(lease),
+                ..Commit::new(ORG_A, t(1))
+            };
+            (c, commit.outbox.clone(), store.commit(commit).await.unwrap())
+        });
+    }
+    let mut ours = HashSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (c, written, outcome) = joined.unwrap();
+        let claimed = &outcome.claimed_replies;
+        if earlier.contains_key(&c.contact_id) {
+            assert!(claimed.is_empty(), "{c}: an earlier reply is unfinished: {claimed:?}");
+        }
+        if claimed.is_empty() {
+            continue;
+        }
+        assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), outcome.outbox_ids, "{c}: all of them, in order");
+        for (m, w) in claimed.iter().zip(&written) {
+            assert_eq!((m.status, m.attempts, m.lease_until), (QueueStatus::Claimed, 1, Some(lease)), "{c}");
+            assert_eq!((&m.conversation, &m.payload, m.due_at), (&w.conversation, &w.payload, w.due_at), "{c}");
+            let stored = store.get_outbox(ORG_A, m.id).await.unwrap().unwrap();
+            assert_eq!((stored.status, stored.attempts, stored.lease_until), (QueueStatus::Claimed, 1, Some(lease)));
+            ours.insert(m.id);
+        }
+    }
+    // A claim while the leases hold takes none of ours: each conversation's first reply that
+    // is not out with this caller.
+    let found = store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(2), LEASE, 100)).await.unwrap();
+    assert!(found.iter().all(|m| !ours.contains(&m.id)), "claimed twice: {found:?}");
+    let found_earlier: HashSet<i64> =
+        found.iter().map(|m| m.id).filter(|id| earlier.values().any(|e| e == id)).collect();
+    assert_eq!(found_earlier, earlier.values().copied().collect(), "each earlier reply goes first");
+    // Ours finish with their claims, in order.
+    for id in &ours {
+        store.mark_sent(ORG_A, Claim { id: *id, attempt: 1 }, "wamid.x", t(3)).await.unwrap();
+    }
 }
 
 /// A version conflict leaves the inbox row claimed, and no log, outbox or wake-up rows.
