@@ -3,9 +3,9 @@
 //! and generic bounds over every decoded type would say less than the code), and the
 //! helpers around them are plain functions.
 
-use flowcore::Timestamp;
-
 use std::collections::HashSet;
+
+use flowcore::Timestamp;
 
 use crate::error::{StoreError, StoreResult};
 use crate::types::{Commit, ConversationKey, NewOutboxMessage, SessionInfo};
@@ -32,6 +32,10 @@ pub(crate) const OUTBOX_COLS: &str = "id, org_id, business_number_id, contact_id
 /// on `updated_at`, dropped since so that turns update sessions in place): a walk over every
 /// active session of the organization, where `sessions_active_key` holds only the
 /// conversation's few rows (one per flow).
+pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {
+    sessions.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
+}
+
 /// Which replies of a batch of units of work may be claimed for their callers as they are
 /// written (see [`Commit::claim_replies_until`]).
 pub(crate) struct ReplyClaims<'c> {
@@ -66,10 +70,6 @@ impl<'c> ReplyClaims<'c> {
                 && commit.outbox.iter().filter(|m| &m.conversation == conversation).all(|m| m.due_at <= commit.now)
         })
     }
-}
-
-pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {
-    sessions.sort_by_key(|s| std::cmp::Reverse((s.updated_at, s.id)));
 }
 
 /// Each of `conversations` once, in the order first asked.

@@ -539,9 +539,9 @@ fn claim_sql(table: &str, cols: &str) -> String {
 /// The unit of work's writes as one multi-statement query (one hop to sqlx's worker thread
 /// instead of one per statement): the session save, the inbox row done, the log rows and the
 /// replies (claimed for the caller when they can be, see `replies`), each statement tagging
-/// the rows it returns. Runs inside the caller's
-/// `BEGIN IMMEDIATE` transaction; when the session or the claim did not match, the caller's
-/// transaction is dropped (rolled back) with the error, so nothing of the unit lands.
+/// the rows it returns. Runs inside the caller's `BEGIN IMMEDIATE` transaction; when the
+/// session or the claim did not match, the caller's transaction is dropped (rolled back) with
+/// the error, so nothing of the unit lands.
 async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> StoreResult<CommitOutcome> {
     // Plain `?` parameters only: sqlx hands each statement of a multi-statement query the
     // next arguments in order (numbered `?N` would be bound wrongly past the first statement).
