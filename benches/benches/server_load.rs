@@ -37,6 +37,10 @@ use flowcore_examples::server::run::{self, RunningServer};
 use serde_json::json;
 use sqlx::Connection;
 
+// The allocator flowcore-server ships with, so that the bench measures the server as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-app-secret";
 const PNID: &str = "106000000000002";
 

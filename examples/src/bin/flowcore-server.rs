@@ -16,6 +16,11 @@ use std::process::ExitCode;
 use flowcore_examples::server::{env::EnvSettings, run};
 use tracing_subscriber::EnvFilter;
 
+// Every request allocates (bodies, JSON values, rows); mimalloc spends less CPU on that
+// than the system allocator under the server load bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
