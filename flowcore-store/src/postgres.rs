@@ -654,11 +654,11 @@ const MAX_WRITES_PER_TRANSACTION: usize = 256;
 /// Writer tasks for units of work and claim changes, each with its own connection while it
 /// runs a batch. One: what queues while a batch runs goes into the next one, so PostgreSQL
 /// sees fewer, larger commits. Every commit waits for a WAL flush, and flushes run one at
-/// a time; a second lane doubled the flushes competing with the webhooks' inserts (which
-/// have lanes of their own, [`INSERT_LANES`]) and the conversation locks they hold. Under
-/// the server load bench one lane took the webhook ack p99 at 1,000 msg/s from 10.7–11.7 ms
-/// to 7.2–8.0 ms, with throughput a little higher; the store bench with 8 busy callers went
-/// from about 4,300 to 4,800 units/s.
+/// a time; a second lane added commits competing for them with the webhooks' inserts (which
+/// have lanes of their own, [`INSERT_LANES`]), and more conversation locks held at once.
+/// Under the server load bench one lane took the webhook ack p99 at 1,000 msg/s from
+/// 10.7–11.7 ms to 6.8–8.0 ms, with throughput a little higher; the store bench with 8 busy
+/// callers went from about 4,300 to 4,800 units/s.
 const WRITE_LANES: usize = 1;
 
 /// Lanes of their own for inbox inserts: concurrent webhooks' rows share a call and a
