@@ -434,12 +434,14 @@ fn enqueue_rows(
     }
 }
 
-/// Claims from the inbox or the outbox (`queue` picks which) of the request's organization,
-/// or of all: the due heads of free conversations, earliest first, at most `limit`.
+/// Claims from the inbox or the outbox (`queue` picks which, with the outbox whose live
+/// claims hold the inbox's conversations back, see [`Inbox::claim_inbox`]) of the request's
+/// organization, or of all: the due heads of free conversations, earliest first, at most
+/// `limit`.
 fn claim<T, R>(
     inner: &mut Inner,
     request: &ClaimRequest,
-    queue: impl Fn(&mut OrgData) -> &mut Queue<T>,
+    queue: impl Fn(&mut OrgData) -> (&mut Queue<T>, Option<&Queue<OutboxData>>),
     output: impl Fn(i64, &QueueRow<T>) -> R,
 ) -> StoreResult<Vec<R>> {
     let now = request.now.as_unix_millis();
@@ -449,7 +451,8 @@ fn claim<T, R>(
         return Ok(claim_across(inner.orgs.values_mut().map(queue).collect(), now, limit, lease_until, output));
     };
     let mut out = Vec::with_capacity(limit.min(64));
-    queue(inner.org(org_id)?).pick(now, limit, |queue, (_, id)| {
+    let (queue, holding) = queue(inner.org(org_id)?);
+    queue.pick(now, limit, held_back(holding, now), |queue, (_, id)| {
         queue.take_claim(id, lease_until);
         if let Some(row) = queue.rows.get(id) {
             out.push(output(id, row));
@@ -458,24 +461,29 @@ fn claim<T, R>(
     Ok(out)
 }
 
+/// Whether a conversation waits for a reply of its that `holding` has out at `now`.
+fn held_back(holding: Option<&Queue<OutboxData>>, now: i64) -> impl Fn(&ConversationKey) -> bool + '_ {
+    move |conversation| holding.is_some_and(|outbox| outbox.has_live_claim(conversation, now))
+}
+
 /// [`claim`] for every organization: each queue's picks are in order and at most `limit`;
 /// the earliest `limit` of all win and the rest go back. Ids are unique across
 /// organizations.
 fn claim_across<T, R>(
-    mut queues: Vec<&mut Queue<T>>,
+    mut queues: Vec<(&mut Queue<T>, Option<&Queue<OutboxData>>)>,
     now: i64,
     limit: usize,
     lease_until: i64,
     output: impl Fn(i64, &QueueRow<T>) -> R,
 ) -> Vec<R> {
     let mut candidates: Vec<((i64, i64), usize)> = Vec::new();
-    for (q, queue) in queues.iter_mut().enumerate() {
-        queue.pick(now, limit, |_, candidate| candidates.push((candidate, q)));
+    for (q, (queue, holding)) in queues.iter_mut().enumerate() {
+        queue.pick(now, limit, held_back(*holding, now), |_, candidate| candidates.push((candidate, q)));
     }
     candidates.sort_unstable();
     let mut out = Vec::with_capacity(candidates.len().min(limit));
     for (n, ((_, id), q)) in candidates.into_iter().enumerate() {
-        let queue = &mut queues[q];
+        let queue = &mut queues[q].0;
         if n < limit {
             queue.take_claim(id, lease_until);
             if let Some(row) = queue.rows.get(id) {
@@ -744,7 +752,7 @@ impl Inbox for MemoryStore {
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
         let mut inner = self.lock()?;
-        claim(&mut inner, request, |org| &mut org.inbox, inbox_event)
+        claim(&mut inner, request, |org| (&mut org.inbox, Some(&org.outbox)), inbox_event)
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
@@ -807,7 +815,7 @@ impl Outbox for MemoryStore {
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
         let mut inner = self.lock()?;
-        claim(&mut inner, request, |org| &mut org.outbox, outbox_message)
+        claim(&mut inner, request, |org| (&mut org.outbox, None), outbox_message)
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {

@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "set_based_rows", include_str!("../migrations/postgres/0008_set_based_rows.sql")),
     (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
     (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
+    (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
 ];
 
 /// Connections idle this long are pinged before use.

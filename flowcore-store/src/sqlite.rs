@@ -514,6 +514,16 @@ const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = ?4
 /// rows), so a claim costs about the number of waiting conversations it passes, not the
 /// backlog.
 fn claim_sql(table: &str, cols: &str) -> String {
+    // An inbox head waits while a reply of its conversation is out with a sender (see
+    // `Inbox::claim_inbox`).
+    let held_back = if table == "inbox" {
+        "AND NOT EXISTS (
+               SELECT 1 FROM outbox o INDEXED BY outbox_open_conversation
+               WHERE o.org_id = i.org_id AND o.business_number_id = i.business_number_id AND o.contact_id = i.contact_id
+                 AND o.status IN ('pending', 'claimed') AND o.status = 'claimed' AND o.lease_until >= ?1)"
+    } else {
+        ""
+    };
     format!(
         "UPDATE {table} SET status = 'claimed', attempts = attempts + 1, lease_until = ?4
          WHERE id IN (
@@ -530,6 +540,7 @@ fn claim_sql(table: &str, cols: &str) -> String {
                SELECT 1 FROM {table} j INDEXED BY {table}_open_conversation
                WHERE j.org_id = i.org_id AND j.business_number_id = i.business_number_id AND j.contact_id = i.contact_id
                  AND j.status IN ('pending', 'claimed') AND j.status = 'claimed' AND j.lease_until >= ?1 AND j.id <> i.id)
+             {held_back}
            ORDER BY i.due_at, i.id
            LIMIT ?3)
          RETURNING {cols}"

@@ -71,6 +71,7 @@ cases!(
     inbox_wake_ups,
     inbox_failures_and_retries,
     inbox_lease_expiry_and_reclaim,
+    inbox_waits_for_replies_out,
     inbox_many_workers_in_order,
     outbox_lifecycle,
     outbox_delivery_statuses,
@@ -809,6 +810,43 @@ pub async fn inbox_lease_expiry_and_reclaim(store: Arc<dyn Store>) {
     assert_eq!((third[0].id, third[0].attempts), (first[0].id, 3));
     store.complete_inbox(ORG_A, third[0].claim(), t(102)).await.unwrap();
     assert_eq!(claim_one(&*store, ORG_A, t(103)).await[0].message_id, "m2");
+}
+
+/// A conversation's next event waits while one of its replies is claimed under a live
+/// lease (a sender has it out), not while one waits for a retry.
+pub async fn inbox_waits_for_replies_out(store: Arc<dyn Store>) {
+    let c1 = chat(ORG_A, "c1");
+    let c2 = chat(ORG_A, "c2");
+    let texts = |events: Vec<InboxEvent>| events.into_iter().map(|e| e.message_id).collect::<Vec<_>>();
+    store.enqueue_outbox(ORG_A, &[reply(&c1, "r1", t(0))]).await.unwrap();
+    let out = store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(0), Duration::from_secs(10), 10)).await.unwrap();
+    assert_eq!(out.len(), 1);
+    store.insert_inbox(message(&c1, "m1", t(0))).await.unwrap();
+    store.insert_inbox(message(&c2, "m2", t(0))).await.unwrap();
+    // c1 waits for its reply; c2 has none out. Claims across organizations hold it back too.
+    let got = store.claim_inbox(&ClaimRequest::any(t(1), LEASE, 10)).await.unwrap();
+    assert_eq!(texts(got.clone()), vec!["m2"]);
+    store.complete_inbox(ORG_A, got[0].claim(), t(1)).await.unwrap();
+    assert!(claim_one(&*store, ORG_A, t(10)).await.is_empty(), "the reply's lease lasts until t(10)");
+    // Once the lease ran out, the sender is presumed gone: the turn goes ahead.
+    let got = claim_one(&*store, ORG_A, t(11)).await;
+    assert_eq!(texts(got.clone()), vec!["m1"]);
+    store.complete_inbox(ORG_A, got[0].claim(), t(11)).await.unwrap();
+    // Sent: the next event goes as soon as the reply is marked sent.
+    store.insert_inbox(message(&c1, "m3", t(12))).await.unwrap();
+    let out = store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(12), LEASE, 10)).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(claim_one(&*store, ORG_A, t(13)).await.is_empty());
+    store.mark_sent(ORG_A, out[0].claim(), "wamid.r1", t(14)).await.unwrap();
+    let got = claim_one(&*store, ORG_A, t(14)).await;
+    assert_eq!(texts(got.clone()), vec!["m3"]);
+    store.complete_inbox(ORG_A, got[0].claim(), t(14)).await.unwrap();
+    // A reply backing off after a failure does not hold the conversation back.
+    store.enqueue_outbox(ORG_A, &[reply(&c1, "r2", t(20))]).await.unwrap();
+    let out = store.claim_outbox(&ClaimRequest::for_org(ORG_A, t(20), LEASE, 10)).await.unwrap();
+    store.reschedule_outbox(ORG_A, out[0].claim(), t(100), "429").await.unwrap();
+    store.insert_inbox(message(&c1, "m4", t(21))).await.unwrap();
+    assert_eq!(texts(claim_one(&*store, ORG_A, t(21)).await), vec!["m4"]);
 }
 
 /// Many workers on one inbox: every event handled exactly once, one at a time per

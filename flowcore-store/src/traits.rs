@@ -114,6 +114,12 @@ pub trait Inbox: Send + Sync {
     /// Claims due events: per conversation only the first unfinished event in `(due_at, id)`
     /// order, and only if no other event of that conversation is claimed under a live lease.
     /// Claims whose lease expired are claimable again (with a new attempt number).
+    ///
+    /// A conversation also waits while one of its outbox messages is claimed under a live
+    /// lease (a sender has it): its next turn then runs after that reply is sent, so the
+    /// turn's own replies find no earlier one unfinished and can be claimed as they are
+    /// committed (see [`Commit::claim_replies_until`](crate::Commit::claim_replies_until)).
+    /// A reply waiting for a retry does not hold the conversation back.
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>>;
 
     /// Marks a claimed event done.

@@ -4,7 +4,8 @@
 //! The claim contract (see [`Inbox::claim_inbox`](crate::Inbox::claim_inbox)): per
 //! conversation only its first unfinished row in `(due_at, id)` order, only when due, not
 //! backing off (`retry_at`), and only while no row of the conversation is claimed under a
-//! live lease. Walking the open rows to find those heads costs time proportional to the
+//! live lease (an inbox's conversation also waits for its replies out with a sender: the
+//! caller of [`Queue::pick`] tells which are held back). Walking the open rows to find those heads costs time proportional to the
 //! backlog on every claim; here every conversation instead sits in exactly one *gate*:
 //!
 //! - `Ready`: keyed by its head's `(due_at, id)` — a claim pops these in order until the
@@ -316,8 +317,15 @@ impl<T> Queue<T> {
 
     /// Takes the claimable heads at `now` out of the index, in `(due_at, id)` order, at most
     /// `limit`, handing each to `take` — which must [`take_claim`](Queue::take_claim) or
-    /// [`release`](Queue::release) it before the store's lock is let go.
-    pub(super) fn pick(&mut self, now: i64, limit: usize, mut take: impl FnMut(&mut Self, (i64, i64))) {
+    /// [`release`](Queue::release) it before the store's lock is let go. A conversation for
+    /// which `held_back` is true is passed over and stays ready.
+    pub(super) fn pick(
+        &mut self,
+        now: i64,
+        limit: usize,
+        held_back: impl Fn(&ConversationKey) -> bool,
+        mut take: impl FnMut(&mut Self, (i64, i64)),
+    ) {
         self.open_gates(now);
         let mut taken = 0;
         let mut passed_over = Vec::new();
@@ -331,13 +339,13 @@ impl<T> Queue<T> {
             if !self.ready.is_current(entry, &self.conversations) {
                 continue;
             }
-            if self.head_claimable(index, now) {
+            if self.head_claimable(index, now) && !self.rows.get(id).is_some_and(|row| held_back(&row.conversation)) {
                 self.set_gate(index, Gate::Idle);
                 take(self, (due_at, id));
                 taken += 1;
             } else {
-                // Only when callers' clocks disagree (this one is behind a retry time or a
-                // lease end another claim already moved past): it stays ready.
+                // Held back, or callers' clocks disagree (this one is behind a retry time or
+                // a lease end another claim already moved past): it stays ready.
                 passed_over.push(entry);
             }
         }
@@ -365,6 +373,14 @@ impl<T> Queue<T> {
                 self.settle(entry.2, now);
             }
         }
+    }
+
+    /// Whether a row of `conversation` is claimed under a lease live at `now`.
+    pub(super) fn has_live_claim(&self, conversation: &ConversationKey, now: i64) -> bool {
+        self.conversation_index
+            .get(conversation)
+            .and_then(|&index| self.conversations.get(index))
+            .is_some_and(|c| c.claimed.iter().any(|&id| self.rows.get(id).is_some_and(|r| r.under_live_lease(now))))
     }
 
     /// The exact claim rule for one conversation at `now`.
@@ -577,7 +593,7 @@ mod tests {
     }
 
     impl Model {
-        fn claim(&mut self, now: i64, limit: usize, lease_until: i64) -> Vec<i64> {
+        fn claim(&mut self, now: i64, limit: usize, lease_until: i64, held: Option<usize>) -> Vec<i64> {
             let mut open: Vec<(i64, i64)> =
                 self.rows.iter().filter(|(_, r)| r.open() && r.due_at <= now).map(|(&id, r)| (r.due_at, id)).collect();
             open.sort();
@@ -597,7 +613,7 @@ mod tests {
                     QueueStatus::Claimed => row.lease_until.is_none_or(|l| l < now),
                     _ => false,
                 };
-                if !blocked && eligible {
+                if !blocked && eligible && held != Some(row.conversation) {
                     out.push(id);
                 }
             }
@@ -661,9 +677,12 @@ mod tests {
                 35..=64 => {
                     let limit = rng.below(4) as usize;
                     let lease_until = now + rng.below(12);
-                    let expected = model.claim(now, limit, lease_until);
+                    // Now and then one conversation is held back (a reply of its out).
+                    let held = (rng.below(3) == 0).then(|| rng.below(conversations as u64) as usize);
+                    let expected = model.claim(now, limit, lease_until, held);
                     let mut got = Vec::new();
-                    queue.pick(now, limit, |queue, (_, id)| {
+                    let held_back = |k: &ConversationKey| held.is_some_and(|c| *k == key(c));
+                    queue.pick(now, limit, held_back, |queue, (_, id)| {
                         queue.take_claim(id, lease_until);
                         got.push(id);
                     });
