@@ -461,7 +461,8 @@ fn claim<T, R>(
     Ok(out)
 }
 
-/// Whether a conversation waits for a reply of its that `holding` has out at `now`.
+/// Whether a conversation has a reply claimed in `holding` under a lease live at `now`: an
+/// inbox claim then passes it over.
 fn held_back(holding: Option<&Queue<OutboxData>>, now: i64) -> impl Fn(&ConversationKey) -> bool + '_ {
     move |conversation| holding.is_some_and(|outbox| outbox.has_live_claim(conversation, now))
 }

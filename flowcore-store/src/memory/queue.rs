@@ -5,8 +5,9 @@
 //! conversation only its first unfinished row in `(due_at, id)` order, only when due, not
 //! backing off (`retry_at`), and only while no row of the conversation is claimed under a
 //! live lease (an inbox's conversation also waits for its replies out with a sender: the
-//! caller of [`Queue::pick`] tells which are held back). Walking the open rows to find those heads costs time proportional to the
-//! backlog on every claim; here every conversation instead sits in exactly one *gate*:
+//! caller of [`Queue::pick`] tells which are held back). Walking the open rows to find
+//! those heads costs time proportional to the backlog on every claim; here every
+//! conversation instead sits in exactly one *gate*:
 //!
 //! - `Ready`: keyed by its head's `(due_at, id)` — a claim pops these in order until the
 //!   next head is not due yet;
