@@ -4,31 +4,16 @@
 //! compile.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use flowcore::{CompiledFlow, Flow, Input, Session, SessionOptions, Timestamp};
-use flowcore_benches::{generated_flow, sample_text};
+use flowcore::{Flow, Input, Session, SessionOptions, Timestamp};
+use flowcore_benches::{generated_flow, lead_conversation, lead_flow, sample_text, LEAD_TURNS};
 use serde_json::Value;
 
-const LEAD_TURNS: [&str; 4] = ["oi", "Maria", "30", "maria@example.com"];
-
-fn lead() -> CompiledFlow {
-    Flow::from_json(&sample_text("lead.json")).unwrap().compile().unwrap()
-}
-
 fn conversation(c: &mut Criterion) {
-    let flow = lead();
+    let flow = lead_flow();
     let now = Timestamp::from_unix_seconds(1_700_000_000);
     let mut group = c.benchmark_group("lead_conversation");
     group.throughput(Throughput::Elements(LEAD_TURNS.len() as u64));
-    group.bench_function("4_turns", |b| {
-        b.iter(|| {
-            let mut session = Session::new(&flow, SessionOptions::default());
-            for text in LEAD_TURNS {
-                let turn = session.handle(&flow, Input::text(text), now).unwrap();
-                black_box(turn);
-            }
-            session
-        })
-    });
+    group.bench_function("4_turns", |b| b.iter(|| lead_conversation(&flow, now)));
     group.bench_function("4_turns_json_round_trip", |b| {
         b.iter(|| {
             let mut stored = serde_json::to_vec(&Session::new(&flow, SessionOptions::default())).unwrap();

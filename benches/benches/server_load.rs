@@ -77,6 +77,7 @@ fn main() {
         "machine: {} logical CPUs (shared with other work: numbers vary)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!("machine check: {}", machine_check(&dir));
 
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "sqlite" {
@@ -368,6 +369,67 @@ async fn fake_graph(accepted: Arc<AtomicU64>) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
+}
+
+/// How fast this machine does fixed work right now, so that a run's numbers can be read
+/// against another session's: one build (dd63ee1) gave 3,391–3,694 msg/s on SQLite in one
+/// session and 2,269 in the next, on another machine. Two probes, each taken several times
+/// because the machine is shared:
+/// - the engine's lead conversation on one core (the engine bench's
+///   `lead_conversation/4_turns`): the CPU's speed;
+/// - an 8 KiB write and `fdatasync` in the bench's directory: the disk flush a durable
+///   commit waits for (PostgreSQL's on every commit; SQLite's at checkpoints).
+fn machine_check(dir: &std::path::Path) -> String {
+    let flow = flowcore_benches::lead_flow();
+    let now = flowcore::Timestamp::from_unix_seconds(1_700_000_000);
+    const ROUNDS: usize = 7;
+    const CONVERSATIONS: u32 = 2_000;
+    let mut rounds: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..CONVERSATIONS {
+                std::hint::black_box(flowcore_benches::lead_conversation(&flow, now));
+            }
+            started.elapsed() / CONVERSATIONS
+        })
+        .collect();
+    rounds.sort();
+    let engine = format!(
+        "lead conversation (4 turns) best {:.2} µs, median {:.2} µs",
+        micros(rounds[0]),
+        micros(rounds[ROUNDS / 2])
+    );
+    match flush_times(&dir.join("flush-probe"), 21) {
+        Ok(flushes) => format!(
+            "{engine}; 8 KiB write + fdatasync median {:.2} ms, max {:.2} ms ({} tries)",
+            pct(&flushes, 0.5),
+            pct(&flushes, 1.0),
+            flushes.len()
+        ),
+        Err(e) => format!("{engine}; disk flush probe failed: {e}"),
+    }
+}
+
+/// `tries` timings of an 8 KiB write at the start of `path` followed by `fdatasync`.
+fn flush_times(path: &std::path::Path, tries: usize) -> std::io::Result<Vec<Duration>> {
+    use std::io::{Seek, Write};
+    let mut file = std::fs::File::create(path)?;
+    let page = [0x5a_u8; 8192];
+    let mut times = Vec::with_capacity(tries);
+    for _ in 0..tries {
+        let started = Instant::now();
+        file.rewind()?;
+        file.write_all(&page)?;
+        file.sync_data()?;
+        times.push(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(times)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn workdir() -> std::path::PathBuf {

@@ -3,7 +3,42 @@
 
 use std::path::PathBuf;
 
+use flowcore::{CompiledFlow, Flow, Input, Session, SessionOptions, Timestamp};
 use serde_json::{json, Value};
+
+/// The customer's side of the lead sample's conversation: greeting, name, age, e-mail.
+pub const LEAD_TURNS: [&str; 4] = ["oi", "Maria", "30", "maria@example.com"];
+
+/// The lead sample flow, compiled.
+///
+/// # Panics
+///
+/// When the sample cannot be read or does not compile: benchmarks cannot run without it.
+pub fn lead_flow() -> CompiledFlow {
+    Flow::from_json(&sample_text("lead.json")).unwrap().compile().unwrap()
+}
+
+/// One whole lead conversation ([`LEAD_TURNS`]) from a new session, at `now`: the engine
+/// bench's `lead_conversation/4_turns`, and the load bench's reference of the machine's speed.
+///
+/// ```
+/// let flow = flowcore_benches::lead_flow();
+/// let now = flowcore::Timestamp::from_unix_seconds(1_700_000_000);
+/// let session = flowcore_benches::lead_conversation(&flow, now);
+/// assert_eq!(session.variable("name").and_then(|v| v.as_str()), Some("Maria"));
+/// ```
+///
+/// # Panics
+///
+/// When a turn fails: the sample's conversation is known to run.
+pub fn lead_conversation(flow: &CompiledFlow, now: Timestamp) -> Session {
+    let mut session = Session::new(flow, SessionOptions::default());
+    for text in LEAD_TURNS {
+        let turn = session.handle(flow, Input::text(text), now).unwrap();
+        std::hint::black_box(turn);
+    }
+    session
+}
 
 /// The path of a sample flow in `../shared/samples/flows/` (the repository is checked out
 /// with `shared/` beside it).
