@@ -163,7 +163,14 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("wal_autocheckpoint", options.wal_autocheckpoint_pages.max(1).to_string())
             // A WAL that grew under a burst is cut back once checkpointed (64 MiB).
-            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
+            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
+            // Temporary files in memory. Each multi-row statement of the writer, and each
+            // unit of work run in its savepoint, keeps a sub-journal (the pages it changes, to
+            // undo it alone), which SQLite spills to a temporary file past 64 KiB: under load,
+            // files created, written page by page and deleted many times a second (see
+            // BENCHMARKS.md, session 15). A sub-journal lives only as long as its statement
+            // or savepoint.
+            .pragma("temp_store", "MEMORY");
         // A local file's connection does not go away: skip sqlx's ping on every acquire (one
         // more hop to the connection's worker thread per call).
         let writer = SqlitePoolOptions::new()
@@ -1361,6 +1368,24 @@ mod tests {
             plan,
             ["SEARCH sessions USING INDEX sessions_active_key (org_id=? AND business_number_id=? AND contact_id=?)"]
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn temporary_data_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("temp.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default()).await.unwrap();
+        // 2 is MEMORY (0 would leave it to the build's default: files).
+        for pool in [&store.writer, &store.reader] {
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
+            assert_eq!(temp_store, 2);
+        }
+        let mut write_connection = store.write_connection.lock().await;
+        let connection = write_connection.as_mut().expect("the store is open");
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *connection).await.unwrap();
+        assert_eq!(temp_store, 2);
+        drop(write_connection);
         store.close().await;
     }
 }
