@@ -6,6 +6,7 @@
 //! | `FLOWCORE_ADDR` | `127.0.0.1:8080` | listen address |
 //! | `FLOWCORE_CONFIG` | `examples/config/demo.toml` | tenant config (TOML) |
 //! | `DATABASE_URL` | `sqlite://flowcore.db` | `sqlite://PATH` (created if missing) or `postgres://…` |
+//! | `FLOWCORE_SQLITE_SYNCHRONOUS` | `full` | `full`: a webhook is acknowledged once its write is flushed to disk (survives power loss); `normal`: once it is in SQLite's WAL (survives a crash of the server, not of the machine) |
 //! | `WEBHOOK_VERIFY_TOKEN` | demo config only: `flowcore-demo-verify-token` | webhook verification token |
 //! | `META_APP_SECRET` | demo config only: `flowcore-test-app-secret` | `X-Hub-Signature-256` secret; comma-separated for rotation |
 //! | `FLOWCORE_INSECURE_SKIP_SIGNATURE` | unset | `1` accepts unsigned webhooks (loud warnings) |
@@ -61,6 +62,8 @@ pub struct EnvSettings {
     pub config_is_default: bool,
     /// Store URL.
     pub database_url: String,
+    /// `FLOWCORE_SQLITE_SYNCHRONOUS=full` (true, the default) or `normal`.
+    pub sqlite_synchronous_full: bool,
     /// `WEBHOOK_VERIFY_TOKEN`, if set.
     pub verify_token: Option<String>,
     /// `META_APP_SECRET`, split on commas, if set.
@@ -182,6 +185,18 @@ impl EnvSettings {
                 })
             }
         };
+        let sqlite_synchronous_full =
+            match get("FLOWCORE_SQLITE_SYNCHRONOUS").map(|v| v.to_ascii_lowercase()).as_deref() {
+                None | Some("full") => true,
+                Some("normal") => false,
+                Some(_) => {
+                    return Err(EnvError {
+                        name: "FLOWCORE_SQLITE_SYNCHRONOUS",
+                        value: get("FLOWCORE_SQLITE_SYNCHRONOUS").unwrap_or_default(),
+                        reason: "expected `full` or `normal`",
+                    })
+                }
+            };
         let ai = match (get("OPENAI_BASE_URL"), get("OPENAI_MODEL")) {
             (Some(base_url), model) => Some(AiSettings {
                 base_url: base_url.trim_end_matches('/').to_owned(),
@@ -201,6 +216,7 @@ impl EnvSettings {
             config_path,
             config_is_default,
             database_url: get("DATABASE_URL").unwrap_or_else(|| "sqlite://flowcore.db".to_owned()),
+            sqlite_synchronous_full,
             verify_token: get("WEBHOOK_VERIFY_TOKEN"),
             app_secrets: get("META_APP_SECRET")
                 .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
@@ -286,6 +302,15 @@ mod tests {
         assert!(s.config_is_default);
         assert!(!s.insecure_skip_signature);
         assert!(s.ai.is_none());
+        assert!(s.sqlite_synchronous_full, "acknowledged webhooks survive power loss by default");
+    }
+
+    #[test]
+    fn sqlite_durability_can_be_traded_for_speed() {
+        let s = EnvSettings::from_map(&vars(&[("FLOWCORE_SQLITE_SYNCHRONOUS", "NORMAL")])).unwrap();
+        assert!(!s.sqlite_synchronous_full);
+        let err = EnvSettings::from_map(&vars(&[("FLOWCORE_SQLITE_SYNCHRONOUS", "off")])).unwrap_err();
+        assert_eq!(err.name, "FLOWCORE_SQLITE_SYNCHRONOUS");
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub async fn start(
     }
     let graph_api_base = settings.graph_api_base.clone().unwrap_or_else(|| DEFAULT_GRAPH_API_BASE.to_owned());
 
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(&settings.database_url, settings.sqlite_synchronous_full).await?;
     let store_err = |source| StartError::Store { url: env::redact_url(&settings.database_url), source };
     for org in &config.file.organizations {
         store.register_organization(&org.id).await.map_err(store_err)?;
@@ -212,9 +212,17 @@ pub async fn start(
     Ok(RunningServer { addr, state, shutdown: shutdown_tx, http, background, grace: settings.shutdown_grace })
 }
 
-/// Opens the store at `url` (`sqlite://PATH`, created if missing, or `postgres://…`).
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StartError> {
-    flowcore_store::open(url).await.map_err(|source| StartError::Store { url: env::redact_url(url), source })
+/// Opens the store at `url` (`sqlite://PATH`, created if missing, or `postgres://…`). A
+/// SQLite store flushes every commit to disk unless `sqlite_synchronous_full` is false.
+pub async fn open_store(url: &str, sqlite_synchronous_full: bool) -> Result<Arc<dyn Store>, StartError> {
+    let opened = if url.to_ascii_lowercase().starts_with("sqlite:") {
+        let mut options = flowcore_store::SqliteOptions::default();
+        options.synchronous_full = sqlite_synchronous_full;
+        flowcore_store::SqliteStore::open(url, options).await.map(|store| Arc::new(store) as Arc<dyn Store>)
+    } else {
+        flowcore_store::open(url).await
+    };
+    opened.map_err(|source| StartError::Store { url: env::redact_url(url), source })
 }
 
 /// Periodic housekeeping: purge expired sessions and old rows, return rows whose lease
