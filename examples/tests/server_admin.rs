@@ -302,6 +302,18 @@ async fn ab_variants_are_stable_per_contact_and_reported_in_analytics() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(h.texts_to(c).await[2], "Prazer, Maria! Quantos anos você tem?", "the contact stayed on its variant");
+    // The variants' flows also run for chatbots outside the test: those sessions are not
+    // the test's.
+    let outsiders = ["5511900000001", "5511900000002"];
+    h.post_webhook(&webhook(PNID_LEAD, vec![msg(outsiders[0], "wamid.AB-out-lead", "oi")])).await;
+    h.post_webhook(&webhook(PNID_SUPPORT, vec![msg(outsiders[1], "wamid.AB-out-support", "oi")])).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for o in outsiders {
+        while h.texts_to(o).await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{o} not answered");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 
     let (status, analytics) = h.admin(Method::GET, Some(ACME_TOKEN), "/api/v1/analytics/conversations", None).await;
     assert_eq!(status, 200);
@@ -313,4 +325,42 @@ async fn ab_variants_are_stable_per_contact_and_reported_in_analytics() {
     };
     assert_eq!(count("lead") as usize, lead.len());
     assert_eq!(count("support") as usize, contacts.len() - lead.len());
+    let variant =
+        |flow: &str| test["variants"].as_array().unwrap().iter().find(|v| v["flow_id"] == flow).unwrap().clone();
+    assert_eq!(
+        (variant("lead")["active"].as_u64(), variant("lead")["closed"].as_u64()),
+        (Some(lead.len() as u64), Some(0))
+    );
+    // Per flow, every session counts, the outsiders' too.
+    let per_flow = |flow: &str| {
+        analytics["per_flow"].as_array().unwrap().iter().find(|f| f["flow_id"] == flow).unwrap()["conversations"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(per_flow("lead") as usize, lead.len() + 1);
+    assert_eq!(per_flow("support") as usize, contacts.len() - lead.len() + 1);
+}
+
+#[tokio::test]
+async fn readyz_answers_503_with_the_error_shape_when_the_store_is_unreachable() {
+    let h = Harness::start(&[]).await;
+    let (status, ready) = h.admin(Method::GET, None, "/readyz", None).await;
+    assert_eq!((status, &ready["status"]), (200, &json!("ready")));
+    // The store goes away under the running server (closed through the test's handle:
+    // every later call fails as a store that cannot be reached does).
+    h.server().state.store.close().await;
+    let r = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "unavailable", "{err}");
+    assert!(!err["error"]["message"].as_str().unwrap().is_empty(), "{err}");
+    assert_eq!(err.as_object().unwrap().len(), 1, "only the error object: {err}");
+    // Liveness does not depend on the store: the process is up, just not ready.
+    let (status, _) = h.admin(Method::GET, None, "/healthz", None).await;
+    assert_eq!(status, 200);
+    // And the API reports the store's absence the same way instead of failing obscurely.
+    let (status, err) = h.admin(Method::GET, Some(ACME_TOKEN), "/api/v1/conversations", None).await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable", "{err}");
 }

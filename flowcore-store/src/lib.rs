@@ -78,6 +78,7 @@
 //!             key: key.clone(),
 //!             expected_version: loaded.map_or(0, |s| s.version),
 //!             flow_version: 1,
+//!             cohort: None,
 //!             session: state,
 //!             status: SessionStatus::Active,
 //!             now,
@@ -155,8 +156,9 @@ pub use state::{Session, STATE_SCHEMA_VERSION};
 pub use traits::check_session;
 pub use traits::{FlowStore, Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
 pub use types::{
-    Claim, ClaimRequest, Commit, CommitOutcome, Content, ConversationKey, ConversationSummary, DayMetrics,
-    DeliveryStatus, Direction, FlowMetrics, InboxEvent, InboxInsert, InboxKind, LogEntry, Metrics, MetricsQuery,
-    NewInboxEvent, NewLogEntry, NewOutboxMessage, OutboxMessage, Page, PurgePolicy, PurgeReport, QueueStatus,
-    SavedSession, SessionInfo, SessionKey, SessionStatus, SessionWrite, StoredFlow, StoredSession, RATE_LIMITED,
+    Claim, ClaimRequest, CohortMetrics, Commit, CommitOutcome, Content, ConversationKey, ConversationSummary,
+    DayMetrics, DeliveryStatus, Direction, FlowMetrics, InboxEvent, InboxInsert, InboxKind, LogEntry, Metrics,
+    MetricsQuery, NewInboxEvent, NewLogEntry, NewOutboxMessage, OutboxMessage, Page, PurgePolicy, PurgeReport,
+    QueueStatus, SavedSession, SessionInfo, SessionKey, SessionStatus, SessionWrite, StoredFlow, StoredSession,
+    RATE_LIMITED,
 };

@@ -160,6 +160,7 @@ struct OrgData {
 struct SessionRow {
     info: SessionInfo,
     session: Session,
+    cohort: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -317,7 +318,7 @@ fn apply_session_write(
         updated_at: now,
         closed_at,
     };
-    org.sessions.insert(id, SessionRow { info, session: write.session });
+    org.sessions.insert(id, SessionRow { info, session: write.session, cohort: write.cohort });
     let mut leftovers = Leftovers::default();
     if write.status == SessionStatus::Active {
         org.active.insert(write.key, id);
@@ -690,6 +691,7 @@ impl MessageLog for MemoryStore {
         let in_window = |t: Timestamp| t.as_unix_millis() >= from && t.as_unix_millis() < to;
         let mut m = Metrics::default();
         let mut flows: BTreeMap<String, FlowMetrics> = BTreeMap::new();
+        let mut cohorts: BTreeMap<&str, CohortMetrics> = BTreeMap::new();
         let mut days: BTreeMap<i64, DayMetrics> = BTreeMap::new();
         let day_of = |t: Timestamp| t.as_unix_millis().div_euclid(DAY_MS);
         for row in org.sessions.values() {
@@ -704,6 +706,13 @@ impl MessageLog for MemoryStore {
                 .or_insert_with(|| FlowMetrics { flow_id: row.info.key.flow_id.clone(), ..Default::default() });
             f.conversations_total += 1;
             f.conversations_active += u64::from(active);
+            if let Some(cohort) = &row.cohort {
+                let c = cohorts
+                    .entry(cohort)
+                    .or_insert_with(|| CohortMetrics { cohort: cohort.clone(), ..Default::default() });
+                c.conversations_total += 1;
+                c.conversations_active += u64::from(active);
+            }
             days.entry(day_of(row.info.created_at)).or_default().conversations_started += 1;
         }
         for e in &org.log {
@@ -734,6 +743,7 @@ impl MessageLog for MemoryStore {
             }
         }
         m.per_flow = flows.into_values().collect();
+        m.per_cohort = cohorts.into_values().collect();
         m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
         Ok(m)
     }

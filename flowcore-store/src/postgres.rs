@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
     (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
     (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
+    (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
 ];
 
 /// Connections idle this long are pinged before use.
@@ -302,8 +303,8 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
     // The fifth parameter: the new session's flow version, or the version being replaced.
     let (sql, fifth) = if write.expected_version == 0 {
         (
-            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $12)
+            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at, cohort)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $11, $12, $13)
              ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
              RETURNING id, version",
             write.flow_version,
@@ -316,7 +317,7 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
             write.expected_version,
         )
     };
-    let row = sqlx::query(sql)
+    let query = sqlx::query(sql)
         .bind(&k.org_id)
         .bind(&k.business_number_id)
         .bind(&k.contact_id)
@@ -328,9 +329,10 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         .bind(current_node)
         .bind(wake_at.map(Timestamp::as_unix_millis))
         .bind(now)
-        .bind(closed_at)
-        .fetch_optional(&mut **tx)
-        .await?;
+        .bind(closed_at);
+    // Only a new session records its cohort.
+    let query = if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query };
+    let row = query.fetch_optional(&mut **tx).await?;
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
         None => {
@@ -1169,10 +1171,12 @@ impl MessageLog for PostgresStore {
         let (from, to) = query.bounds();
         let mut m = Metrics::default();
         let mut flows: std::collections::BTreeMap<String, FlowMetrics> = Default::default();
+        let mut cohorts: std::collections::BTreeMap<String, CohortMetrics> = Default::default();
         let mut days: std::collections::BTreeMap<i64, DayMetrics> = Default::default();
         let sessions = sqlx::query(
-            "SELECT flow_id, (created_at - (((created_at % $4) + $4) % $4)) / $4 AS day, status, COUNT(*) AS n FROM sessions
-             WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY flow_id, day, status",
+            "SELECT flow_id, cohort, (created_at - (((created_at % $4) + $4) % $4)) / $4 AS day, status, COUNT(*) AS n
+             FROM sessions
+             WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 GROUP BY flow_id, cohort, day, status",
         )
         .bind(org_id)
         .bind(from)
@@ -1189,6 +1193,11 @@ impl MessageLog for PostgresStore {
             let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
             f.conversations_total += n;
             f.conversations_active += active;
+            if let Some(cohort) = row.try_get::<Option<String>, _>("cohort")? {
+                let c = cohorts.entry(cohort.clone()).or_insert_with(|| CohortMetrics { cohort, ..Default::default() });
+                c.conversations_total += n;
+                c.conversations_active += active;
+            }
             days.entry(row.try_get("day")?).or_default().conversations_started += n;
         }
         let messages = sqlx::query(
@@ -1218,6 +1227,7 @@ impl MessageLog for PostgresStore {
             d.messages_out += o;
         }
         m.per_flow = flows.into_values().collect();
+        m.per_cohort = cohorts.into_values().collect();
         m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
         Ok(m)
     }

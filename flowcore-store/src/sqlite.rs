@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
     (4, "inbound_window", include_str!("../migrations/sqlite/0004_inbound_window.sql")),
     (5, "claimed_replies", include_str!("../migrations/sqlite/0005_claimed_replies.sql")),
+    (6, "session_cohort", include_str!("../migrations/sqlite/0006_session_cohort.sql")),
 ];
 
 /// Conversations per read of `active_sessions` and `inbound_counts` (at most five
@@ -333,8 +334,8 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
     // The fifth parameter: the new session's flow version, or the version being replaced.
     let (sql, fifth) = if write.expected_version == 0 {
         (
-            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
+            "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at, cohort)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)
              ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
              RETURNING id, version",
             write.flow_version,
@@ -347,7 +348,7 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
             write.expected_version,
         )
     };
-    let row = sqlx::query(sql)
+    let query = sqlx::query(sql)
         .bind(&k.org_id)
         .bind(&k.business_number_id)
         .bind(&k.contact_id)
@@ -359,9 +360,10 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         .bind(current_node)
         .bind(wake_at.map(Timestamp::as_unix_millis))
         .bind(now)
-        .bind(closed_at)
-        .fetch_optional(&mut **tx)
-        .await?;
+        .bind(closed_at);
+    // Only a new session records its cohort.
+    let query = if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query };
+    let row = query.fetch_optional(&mut **tx).await?;
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
         None => {
@@ -580,8 +582,8 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
         let wake_at = wake_at.map(Timestamp::as_unix_millis);
         if w.expected_version == 0 {
             sql.push_str(
-                "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
-                 VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status, state_schema, state, current_node, wake_at, created_at, updated_at, closed_at, cohort)
+                 VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (org_id, business_number_id, contact_id, flow_id) WHERE status = 'active' DO NOTHING
                  RETURNING 's', id, version;",
             );
@@ -598,7 +600,8 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
                 .bind(wake_at)
                 .bind(now)
                 .bind(now)
-                .bind(closed_at);
+                .bind(closed_at)
+                .bind(w.cohort.clone());
         } else {
             sql.push_str(
                 "UPDATE sessions SET version = version + 1, status = ?, state_schema = ?, state = ?, current_node = ?, wake_at = ?, updated_at = ?, closed_at = ?
@@ -1058,10 +1061,12 @@ impl MessageLog for SqliteStore {
         let (from, to) = query.bounds();
         let mut m = Metrics::default();
         let mut flows: std::collections::BTreeMap<String, FlowMetrics> = Default::default();
+        let mut cohorts: std::collections::BTreeMap<String, CohortMetrics> = Default::default();
         let mut days: std::collections::BTreeMap<i64, DayMetrics> = Default::default();
         let sessions = sqlx::query(
-            "SELECT flow_id, (created_at - (((created_at % ?4) + ?4) % ?4)) / ?4 AS day, status, COUNT(*) AS n FROM sessions
-             WHERE org_id = ?1 AND created_at >= ?2 AND created_at < ?3 GROUP BY flow_id, day, status",
+            "SELECT flow_id, cohort, (created_at - (((created_at % ?4) + ?4) % ?4)) / ?4 AS day, status, COUNT(*) AS n
+             FROM sessions
+             WHERE org_id = ?1 AND created_at >= ?2 AND created_at < ?3 GROUP BY flow_id, cohort, day, status",
         )
         .bind(org_id)
         .bind(from)
@@ -1078,6 +1083,11 @@ impl MessageLog for SqliteStore {
             let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
             f.conversations_total += n;
             f.conversations_active += active;
+            if let Some(cohort) = row.try_get::<Option<String>, _>("cohort")? {
+                let c = cohorts.entry(cohort.clone()).or_insert_with(|| CohortMetrics { cohort, ..Default::default() });
+                c.conversations_total += n;
+                c.conversations_active += active;
+            }
             days.entry(row.try_get("day")?).or_default().conversations_started += n;
         }
         let messages = sqlx::query(
@@ -1107,6 +1117,7 @@ impl MessageLog for SqliteStore {
             d.messages_out += o;
         }
         m.per_flow = flows.into_values().collect();
+        m.per_cohort = cohorts.into_values().collect();
         m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
         Ok(m)
     }

@@ -64,6 +64,7 @@ cases!(
     purge_failed_rows_by_failure_time,
     message_log_history_and_listing,
     message_log_metrics,
+    session_cohorts_in_metrics,
     message_log_inbound_counts,
     inbox_deduplicates,
     inbox_parallel_duplicate_inserts,
@@ -166,6 +167,7 @@ fn write(key: &SessionKey, expected: i64, tag: &str, now: Timestamp) -> SessionW
         key: key.clone(),
         expected_version: expected,
         flow_version: 1,
+        cohort: None,
         session: sample_state(tag),
         status: SessionStatus::Active,
         now,
@@ -650,6 +652,47 @@ pub async fn message_log_metrics(store: Arc<dyn Store>) {
     assert_eq!(window.per_day.len(), 1);
     let empty = store.metrics(ORG_B, MetricsQuery::default()).await.unwrap();
     assert_eq!(empty, Metrics::default());
+}
+
+/// Sessions are counted per cohort, the one each was created in: saved alone or in units of
+/// work committed together, kept through updates that name none, left out when they have
+/// none, and windowed by creation time like every session count.
+pub async fn session_cohorts_in_metrics(store: Arc<dyn Store>) {
+    let day = 24 * 3600;
+    let cohort_write = |c: &ConversationKey, flow: &str, cohort: Option<&str>, now: Timestamp| SessionWrite {
+        cohort: cohort.map(str::to_owned),
+        ..write(&c.session(flow), 0, "s", now)
+    };
+    let (c1, c2, c3, c4) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"), chat(ORG_A, "c3"), chat(ORG_A, "c4"));
+    // c1 saved alone in the test's first arm; c2 runs the same flow outside the test.
+    store.save_session(cohort_write(&c1, "lead", Some("ab/lead"), t(0))).await.unwrap();
+    store.save_session(cohort_write(&c2, "lead", None, t(0))).await.unwrap();
+    // c3 and c4 start in the second arm through units of work committed at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in [&c3, &c4] {
+        let (s, w) = (store.clone(), cohort_write(c, "survey", Some("ab/survey"), t(day)));
+        tasks.spawn(async move { s.commit(Commit { session: Some(w), ..Commit::new(ORG_A, t(day)) }).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    // An update names no cohort; the session keeps its own. c3 closes.
+    let c1_key = c1.session("lead");
+    store.save_session(write(&c1_key, 1, "s2", t(day))).await.unwrap();
+    store.close_session(&c3.session("survey"), t(day + 1)).await.unwrap();
+    // Another organization's test is not counted here.
+    store.save_session(cohort_write(&chat(ORG_B, "c1"), "lead", Some("ab/lead"), t(0))).await.unwrap();
+
+    let m = store.metrics(ORG_A, MetricsQuery::default()).await.unwrap();
+    let cohort = |name: &str, total, active| CohortMetrics {
+        cohort: name.into(),
+        conversations_total: total,
+        conversations_active: active,
+    };
+    assert_eq!(m.per_cohort, vec![cohort("ab/lead", 1, 1), cohort("ab/survey", 2, 1)]);
+    assert_eq!((m.conversations_total, m.conversations_active), (4, 3), "sessions without a cohort still count");
+    let window = store.metrics(ORG_A, MetricsQuery { from: Some(t(day)), to: None }).await.unwrap();
+    assert_eq!(window.per_cohort, vec![cohort("ab/survey", 2, 1)]);
 }
 
 /// A repeated message id is reported as a duplicate of the first row and not inserted.

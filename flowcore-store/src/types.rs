@@ -188,6 +188,10 @@ pub struct SessionWrite {
     /// The flow version the session runs on. Ignored on update (a session keeps the version
     /// it started on); recorded on create.
     pub flow_version: i64,
+    /// The group the session is counted in by [`Metrics::per_cohort`], such as the A/B
+    /// test variant its contact was assigned. Recorded on create, ignored on update: a
+    /// session stays in the cohort it started in.
+    pub cohort: Option<String>,
     /// The new state.
     pub session: Session,
     /// `Closed` ends the session with this save.
@@ -431,6 +435,9 @@ pub struct Metrics {
     pub messages_out: u64,
     /// The same counts per flow, ordered by flow id (log rows without a flow are left out).
     pub per_flow: Vec<FlowMetrics>,
+    /// Sessions created in the window per [`SessionWrite::cohort`], ordered by cohort
+    /// (sessions without one are left out).
+    pub per_cohort: Vec<CohortMetrics>,
     /// Counts per UTC day, ordered by day.
     pub per_day: Vec<DayMetrics>,
 }
@@ -448,6 +455,17 @@ pub struct FlowMetrics {
     pub messages_in: u64,
     /// Outbound log rows.
     pub messages_out: u64,
+}
+
+/// Session counts for one cohort: what an A/B test compares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CohortMetrics {
+    /// The cohort ([`SessionWrite::cohort`]).
+    pub cohort: String,
+    /// Sessions created in the window.
+    pub conversations_total: u64,
+    /// Of those, still active.
+    pub conversations_active: u64,
 }
 
 /// Counts for one UTC day.

@@ -39,12 +39,14 @@ pub(crate) fn reply(contact: &str, text: &str) -> NewOutboxMessage {
     NewOutboxMessage { conversation: chat(contact), payload: json!({"text": text}), due_at: at(5), inbox_id: None }
 }
 
-/// A save of `contact`'s session over version `expected` (0: a new session, on flow version 3).
+/// A save of `contact`'s session over version `expected` (0: a new session, on flow version 3,
+/// in cohort `ab/f`).
 pub(crate) fn save(contact: &str, expected: i64, status: SessionStatus) -> SessionWrite {
     SessionWrite {
         key: chat(contact).session("f"),
         expected_version: expected,
         flow_version: 3,
+        cohort: (expected == 0).then(|| "ab/f".to_owned()),
         session: sample_state(contact),
         status,
         now: at(5),

@@ -135,6 +135,7 @@ async fn corrupt_state_and_closed_pool_are_typed_errors() {
             key: key.clone(),
             expected_version: 0,
             flow_version: 1,
+            cohort: None,
             session: testkit::sample_state("s"),
             status: SessionStatus::Active,
             now,

@@ -23,6 +23,7 @@ use tracing::info;
 use super::error::{rejection, ApiError};
 use super::flows;
 use super::http::Org;
+use super::routing;
 use super::sender::OutboxPayload;
 use super::state::AppState;
 use super::util;
@@ -356,9 +357,17 @@ pub async fn analytics_conversations(
         .iter()
         .filter(|(o, _, _)| *o == org)
         .map(|(_, chatbot, variants)| {
+            // Counted per cohort, not per flow: a variant's flow may also run for other
+            // chatbots, whose sessions are not part of the test.
             let variants: Vec<Value> = variants
                 .iter()
-                .map(|flow| flow_counts_json(flow, m.per_flow.iter().find(|f| &f.flow_id == flow)))
+                .map(|flow| {
+                    let cohort = routing::ab_cohort(chatbot, flow);
+                    let counts = m.per_cohort.iter().find(|c| c.cohort == cohort);
+                    let total = counts.map_or(0, |c| c.conversations_total);
+                    let active = counts.map_or(0, |c| c.conversations_active);
+                    json!({"flow_id": flow, "conversations": total, "active": active, "closed": total - active})
+                })
                 .collect();
             json!({"chatbot": chatbot, "variants": variants})
         })

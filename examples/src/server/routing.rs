@@ -126,6 +126,12 @@ impl Router {
     }
 }
 
+/// The store cohort of an A/B test's variant: the chatbot and the variant's flow, as a JSON
+/// array (unambiguous whatever the ids contain). Analytics count sessions per cohort.
+pub fn ab_cohort(chatbot: &str, variant_flow: &str) -> String {
+    serde_json::to_string(&[chatbot, variant_flow]).expect("two strings")
+}
+
 /// A weighted choice by a stable hash of `key`: the same contact gets the same variant in
 /// every process and release (SHA-256, not the std hasher, whose seed is random).
 pub fn pick_variant<'v>(variants: &'v [(String, u32)], key: &[&str]) -> &'v String {

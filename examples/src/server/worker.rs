@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use super::effects::EffectContext;
 use super::flows::FlowLookupError;
 use super::intake::{input_text, InboundPayload, WakePayload};
-use super::routing::Route;
+use super::routing::{self, Route};
 use super::sender::OutboxPayload;
 use super::state::{AppState, Stats};
 use super::util;
@@ -189,6 +189,9 @@ impl From<FlowLookupError> for TurnError {
 struct Running {
     flow_id: String,
     flow_version: i64,
+    /// The A/B test cohort of a session this turn creates (see [`ab_cohort`]); `None` for a
+    /// resumed session, which keeps the cohort it was created in.
+    cohort: Option<String>,
     expected_version: i64,
     flow: Arc<CompiledFlow>,
     session: flowcore::Session,
@@ -225,6 +228,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
                     key: conv.session(&r.flow_id),
                     expected_version: r.expected_version,
                     flow_version: r.flow_version,
+                    cohort: None,
                     session: r.session.clone(),
                     status: SessionStatus::Closed,
                     now,
@@ -302,7 +306,15 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
                     let (version, compiled) = state.flows.latest(state.store.as_ref(), org, &flow).await?;
                     debug!(org, chatbot = %chatbot, flow = %flow, ?variant, fallback, "new session");
                     let session = new_session(state, &compiled, conv, inbound, &chatbot, variant.as_deref());
-                    Running { flow_id: flow, flow_version: version, expected_version: 0, flow: compiled, session }
+                    let cohort = variant.as_deref().map(|v| routing::ab_cohort(&chatbot, v));
+                    Running {
+                        flow_id: flow,
+                        flow_version: version,
+                        cohort,
+                        expected_version: 0,
+                        flow: compiled,
+                        session,
+                    }
                 }
                 Route::NotConfigured { reply, .. } => {
                     info!(org, phone_number_id = %conv.business_number_id, "no chatbot for this number; polite reply");
@@ -422,6 +434,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
         key: conv.session(&running.flow_id),
         expected_version: running.expected_version,
         flow_version: running.flow_version,
+        cohort: running.cohort.clone(),
         session: running.session.clone(),
         status,
         now,
@@ -473,6 +486,7 @@ async fn resume(
     Ok(Some(Running {
         flow_id: stored.key.flow_id,
         flow_version: stored.flow_version,
+        cohort: None,
         expected_version: stored.version,
         flow,
         session,

@@ -1,5 +1,5 @@
-//! Units of work as one call of `flowcore_commit_units` (migration 2), however many a
-//! batch holds.
+//! Units of work as one call of `flowcore_commit_units` (migration 2; migration 12 gives its
+//! current form), however many a batch holds.
 //!
 //! Every part of every unit (handled inbox rows, session saves, log rows, replies) is bound
 //! as a column array, so the call is one prepared statement, one round trip per batch, and
@@ -27,7 +27,7 @@ use crate::types::{Commit, CommitOutcome, OutboxMessage, SavedSession, SessionSt
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
-    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49)";
+    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50)";
 
 /// Whether `commits` can share one call: no two save the same session or handle the same
 /// inbox row (one statement cannot apply two changes to one row).
@@ -199,6 +199,8 @@ struct Columns<'c> {
     claim_now: Vec<i64>,
     updates: SessionColumns<'c>,
     creates: SessionColumns<'c>,
+    /// The new sessions' cohorts, beside `creates`.
+    create_cohorts: Vec<Option<&'c str>>,
     log: LogColumns<'c>,
     outbox: OutboxColumns<'c>,
 }
@@ -277,7 +279,10 @@ impl<'c> Columns<'c> {
                 c.claim_now.push(commit.now.as_unix_millis());
             }
             match &commit.session {
-                Some(w) if w.expected_version == 0 => c.creates.push(w, w.flow_version),
+                Some(w) if w.expected_version == 0 => {
+                    c.creates.push(w, w.flow_version);
+                    c.create_cohorts.push(w.cohort.as_deref());
+                }
                 Some(w) => c.updates.push(w, w.expected_version),
                 None => {}
             }
@@ -327,7 +332,7 @@ impl<'c> Columns<'c> {
     {
         let query = query.bind(self.claim_org).bind(self.claim_id).bind(self.claim_attempt).bind(self.claim_now);
         let query = self.updates.bind(query);
-        let query = self.creates.bind(query).bind(state::STATE_SCHEMA_VERSION);
+        let query = self.creates.bind(query).bind(self.create_cohorts).bind(state::STATE_SCHEMA_VERSION);
         let l = self.log;
         let query = query
             .bind(l.org)
@@ -426,6 +431,12 @@ mod tests {
                 .await
                 .unwrap();
         out.extend(rows.iter().map(|row| format!("{row:?}")));
+        let cohorts: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT contact_id, cohort FROM sessions ORDER BY contact_id, id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        out.extend(cohorts.iter().map(|row| format!("cohort {row:?}")));
         out
     }
 
@@ -448,6 +459,8 @@ mod tests {
         // c2's next message became its conversation's head; of c2's replies only the first is one.
         assert!(written.iter().any(|row| row.starts_with("(\"inbox\", 4, \"pending\", true)")), "{written:#?}");
         assert!(written.iter().any(|row| row.starts_with("(\"outbox\", 3, \"pending\", false)")), "{written:#?}");
+        // c2's new session records its cohort, as one saved alone does.
+        assert!(written.contains(&r#"cohort ("c2", Some("ab/f"))"#.to_owned()), "{written:#?}");
         grouped_store.drop_schema().await;
         single_store.drop_schema().await;
     }
@@ -524,7 +537,7 @@ mod tests {
         .fetch_one(store.pool())
         .await
         .unwrap();
-        assert_eq!(functions, 1, "migration 6 replaced the function");
+        assert_eq!(functions, 1, "each migration that redefines the function replaces it");
         let earlier = store.enqueue_outbox("o", &[reply("c1", "earlier")]).await.unwrap()[0];
         let lease = at(65);
         let commits: Vec<Commit> =

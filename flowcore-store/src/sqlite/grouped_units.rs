@@ -182,7 +182,7 @@ impl<'q> GroupedQuery<'q> {
 /// Parameters per row of each grouped statement.
 const SESSION_ID_WIDTH: usize = 5;
 const SESSION_UPDATE_WIDTH: usize = 12;
-const SESSION_INSERT_WIDTH: usize = 14;
+const SESSION_INSERT_WIDTH: usize = 15;
 const INBOX_DONE_WIDTH: usize = 4;
 const LOG_ROW_WIDTH: usize = 11;
 const WAKE_UP_WIDTH: usize = 9;
@@ -306,7 +306,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
     q.multi_row(
         Step::SessionInserts(creates.len()),
         "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status,
-                               state_schema, state, current_node, wake_at, created_at, updated_at, closed_at)
+                               state_schema, state, current_node, wake_at, created_at, updated_at, closed_at, cohort)
          VALUES ",
         &creates,
         SESSION_INSERT_WIDTH,
@@ -330,6 +330,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                 .bind(now)
                 .bind(now)
                 .bind((w.status == SessionStatus::Closed).then_some(now))
+                .bind(w.cohort.clone())
         },
     );
     q.multi_row(
@@ -642,7 +643,21 @@ mod tests {
         assert_eq!(
             grouped_store.get_inbox("o", wake).await.unwrap().map(|e| e.message_id),
             Some("wake:c2:1".to_owned())
-        );
+        ); // c2's new session records its cohort, as one saved alone does.
+        for store in [&grouped_store, &single_store] {
+            assert_eq!(
+                session_cohorts(store).await,
+                [("c1", Some("ab/f")), ("c2", Some("ab/f")), ("c3", Some("ab/f"))]
+                    .map(|(c, k)| (c.to_owned(), k.map(str::to_owned)))
+            );
+        }
+    }
+
+    async fn session_cohorts(store: &SqliteStore) -> Vec<(String, Option<String>)> {
+        sqlx::query_as("SELECT contact_id, cohort FROM sessions ORDER BY contact_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
     }
 
     /// Claimed replies, grouped or one unit at a time: `c1` has an earlier unfinished reply,
