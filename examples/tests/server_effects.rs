@@ -100,6 +100,104 @@ async fn a_delay_is_a_scheduled_wake_up_that_survives_a_restart() {
     server.shutdown().await;
 }
 
+/// acme: the idle-timeout flow (a question with `timeoutSeconds`), added to a test's workdir
+/// by [`add_timeout_bot`].
+const PNID_TIMEOUT: &str = "106000000000008";
+const TIMEOUT_SECONDS: i64 = 3;
+
+/// Adds the idle-timeout flow, a chatbot and a business number for it to `dir`'s config.
+fn add_timeout_bot(dir: &std::path::Path) {
+    let flow =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_flows/timeout.json")).unwrap();
+    assert!(flow.contains(&format!("\"timeoutSeconds\": {TIMEOUT_SECONDS}")));
+    std::fs::write(dir.join("flows/timeout.json"), flow).unwrap();
+    let mut config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    config.push_str(&format!(
+        r#"
+[[flows]]
+id = "timeout"
+organization = "acme"
+path = "flows/timeout.json"
+[[chatbots]]
+id = "timeout-bot"
+organization = "acme"
+flow = "timeout"
+[[numbers]]
+phone_number_id = "{PNID_TIMEOUT}"
+display_phone_number = "13125550177"
+organization = "acme"
+default_chatbot = "timeout-bot"
+"#
+    ));
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+fn wall_clock() -> flowcore::Timestamp {
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    flowcore::Timestamp::from_unix_millis(i64::try_from(millis).unwrap())
+}
+
+#[tokio::test]
+async fn an_idle_timeout_is_a_scheduled_wake_up_that_survives_kill_9() {
+    let graph = MockServer::start().await;
+    mount_graph_ok(&graph).await;
+    let dir = workdir(&graph.uri());
+    add_timeout_bot(&dir);
+    let env = base_env(&dir, &graph.uri());
+    let c = "12025550606";
+
+    // First life: the contact writes, the question is asked and its timeout scheduled.
+    let mut first = BinaryServer::spawn(env.clone(), dir.join("first.log")).await;
+    let asked_from = wall_clock();
+    let http = reqwest::Client::new();
+    let body = webhook(PNID_TIMEOUT, vec![msg(c, "wamid.T1", "oi")]);
+    assert_eq!(post_signed(&http, &first.base, &body, SECRET).await.status().as_u16(), 200);
+    wait_sent(&graph, 1, Duration::from_secs(15)).await;
+    // SIGKILL well before the timeout is due: the wake-up exists only in the database.
+    first.kill_9();
+    let texts: Vec<String> = sent_messages(&graph).await.iter().map(message_text).collect();
+    assert_eq!(texts, ["Ainda está aí?"], "the timeout fired before the kill; the test proves nothing");
+
+    // The killed server left the session waiting at the question, with its wake-up time.
+    let store = run::open_store(&env["DATABASE_URL"], true).await.unwrap();
+    let sessions = store.list_active_sessions("acme", flowcore_store::Page::first(10)).await.unwrap();
+    let waiting = sessions.iter().find(|s| s.key.contact_id == c).expect("the session was committed");
+    assert_eq!(waiting.current_node.as_deref(), Some("ask"));
+    let wake_at = waiting.wake_at.expect("the question's timeout is scheduled");
+    assert!(
+        wake_at.as_unix_millis() >= asked_from.as_unix_millis() + TIMEOUT_SECONDS * 1000,
+        "wake-up {wake_at:?} is earlier than {TIMEOUT_SECONDS} s after the message"
+    );
+    store.close().await;
+
+    // Second life, same database: nothing arrives from the contact, the timeout still fires.
+    let mut second = BinaryServer::spawn(env, dir.join("second.log")).await;
+    let sent = wait_sent(&graph, 2, Duration::from_secs(30)).await;
+    let observed_at = wall_clock();
+    assert!(observed_at >= wake_at, "the timeout message was sent before its wake-up time");
+    let texts: Vec<String> = sent.iter().map(message_text).collect();
+    assert_eq!(texts, ["Ainda está aí?", "Encerrando por inatividade."]);
+    assert!(sent.iter().all(|m| m["to"] == c));
+    // Exactly once: no second copy from a re-run wake-up.
+    assert_settled(&graph, 2).await;
+    // The conversation's history has the timeout's reply once too.
+    let (status, conv) = {
+        let r =
+            http.get(format!("{}/api/v1/conversations/{c}", second.base)).bearer_auth(ACME_TOKEN).send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    let bot: Vec<&str> = conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "bot")
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(bot, ["Ainda está aí?", "Encerrando por inatividade."]);
+    second.kill_9();
+}
+
 #[tokio::test]
 async fn start_up_refuses_broken_configs_with_readable_messages() {
     let dir = workdir("http://127.0.0.1:9");

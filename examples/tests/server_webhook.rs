@@ -321,3 +321,117 @@ async fn an_idle_session_expires_after_the_ttl_and_the_flow_starts_again() {
         "the expired session did not carry on"
     );
 }
+
+#[tokio::test]
+async fn with_the_insecure_opt_out_unsigned_webhooks_are_answered_and_each_logs_a_warning() {
+    // The built binary, so the test reads the log an operator would see.
+    let graph = wiremock::MockServer::start().await;
+    mount_graph_ok(&graph).await;
+    let dir = workdir(&graph.uri());
+    let mut env = base_env(&dir, &graph.uri());
+    env.remove("META_APP_SECRET");
+    env.insert("FLOWCORE_INSECURE_SKIP_SIGNATURE".into(), "1".into());
+    let server = BinaryServer::spawn(env, dir.join("insecure.log")).await;
+    const AT_START: &str = "webhook signatures are NOT checked";
+    const PER_REQUEST: &str = "webhook accepted WITHOUT signature verification";
+    let warnings = |log: &str, what: &str| log.lines().filter(|l| l.contains(what) && l.contains("WARN")).count();
+    let log = server.log_text();
+    assert_eq!(warnings(&log, AT_START), 1, "no start-up warning:\n{log}");
+    assert_eq!(warnings(&log, PER_REQUEST), 0, "{log}");
+
+    let http = reqwest::Client::new();
+    let c = "12025550113";
+    let unsigned = |wamid: &str, text: &str| {
+        http.post(format!("{}/api/v1/whatsapp/webhook", server.base))
+            .header("content-type", "application/json")
+            .body(webhook(PNID_ECHO, vec![msg(c, wamid, text)]))
+            .send()
+    };
+    let r = unsigned("wamid.U1", "oi").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ack: Value = r.json().await.unwrap();
+    assert_eq!(ack["inserted"], 1);
+    wait_sent(&graph, 1, Duration::from_secs(15)).await;
+    assert_eq!(unsigned("wamid.U2", "sem assinatura").await.unwrap().status().as_u16(), 200);
+    let sent = wait_sent(&graph, 3, Duration::from_secs(15)).await;
+    let texts: Vec<String> = sent.iter().map(message_text).collect();
+    assert_eq!(texts, ["Diga algo", "echo: sem assinatura", "Diga algo"]);
+    assert!(sent.iter().all(|m| m["to"] == c));
+
+    // One warning per accepted request, at WARN level; the start-up one is not repeated.
+    eventually(Duration::from_secs(10), "a warning for each unsigned request", || {
+        let log = server.log_text();
+        async move { warnings(&log, PER_REQUEST) >= 2 }
+    })
+    .await;
+    let log = server.log_text();
+    assert_eq!(warnings(&log, PER_REQUEST), 2, "{log}");
+    assert_eq!(warnings(&log, AT_START), 1, "{log}");
+    assert_settled(&graph, 3).await;
+}
+
+/// The active sessions of `contact` in acme, straight from the store.
+async fn active_sessions_of(store: &std::sync::Arc<dyn flowcore_store::Store>, contact: &str) -> usize {
+    let page = flowcore_store::Page::first(flowcore_store::Page::MAX_LIMIT);
+    store.list_active_sessions("acme", page).await.unwrap().iter().filter(|s| s.key.contact_id == contact).count()
+}
+
+#[tokio::test]
+async fn the_purge_job_deletes_expired_sessions_with_no_message_arriving() {
+    // First life, default TTL (24 h): the lead flow leaves a session waiting at its question.
+    let mut h = Harness::start(&[]).await;
+    let old = "12025550114";
+    h.post_webhook(&webhook(PNID_LEAD, vec![msg(old, "wamid.PJ1", "oi")])).await;
+    h.wait_sent(2).await;
+    let store = h.server().state.store.clone();
+    eventually(Duration::from_secs(10), "the session is saved", || async {
+        active_sessions_of(&store, old).await == 1
+    })
+    .await;
+    h.stop().await;
+
+    // Second life on the same database, with a TTL of 0 hours (every session is expired)
+    // and a short purge interval. Nothing is sent to the server: only its periodic job can
+    // delete the session (the worker closes an expired session only when a message comes).
+    let mut env = base_env(&h.dir, &h.graph.uri());
+    env.insert("CONVERSATION_SESSION_TTL_HOURS".into(), "0".into());
+    env.insert("FLOWCORE_PURGE_INTERVAL_SECS".into(), "1".into());
+    let server = start_server(env).await;
+    let store = server.state.store.clone();
+    eventually(Duration::from_secs(20), "the expired session is purged", || async {
+        active_sessions_of(&store, old).await == 0
+    })
+    .await;
+
+    // The job keeps running: a session saved after the purge at start-up expires (TTL 0)
+    // and is deleted by a later run, again with no further message.
+    let base = format!("http://{}", server.addr);
+    let new = "12025550115";
+    post_signed(&h.http, &base, &webhook(PNID_LEAD, vec![msg(new, "wamid.PJ2", "oi")]), SECRET).await;
+    h.wait_sent(4).await;
+    assert_eq!(h.texts_to(new).await, ["Olá! Aqui é a Acme.", "Qual é o seu nome?"], "the flow waits at a question");
+    eventually(Duration::from_secs(20), "the later session is purged too", || async {
+        active_sessions_of(&store, new).await == 0
+    })
+    .await;
+
+    // Nothing was sent to either contact meanwhile, and the history is kept: only the
+    // sessions went.
+    assert_settled(&h.graph, 4).await;
+    for contact in [old, new] {
+        let conv: Value = h
+            .http
+            .get(format!("{base}/api/v1/conversations/{contact}"))
+            .bearer_auth(ACME_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let kinds: Vec<&str> =
+            conv["messages"].as_array().unwrap().iter().map(|m| m["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["user", "bot", "bot"], "{conv}");
+    }
+    server.shutdown().await;
+}

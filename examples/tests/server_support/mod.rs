@@ -445,3 +445,69 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+// ---- the built binary ------------------------------------------------------------
+
+/// The built `flowcore-server` binary running as a child process, its stdout and stderr
+/// in a log file (so a test can read what an operator would see). Killed on drop.
+pub struct BinaryServer {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl BinaryServer {
+    /// Starts the binary with exactly `env` (plus `PATH`; nothing else is inherited, so the
+    /// test runner's own environment cannot change the server's settings) on a free
+    /// loopback port, writing its output to `log`; returns once `/readyz` answers 200.
+    pub async fn spawn(mut env: HashMap<String, String>, log: PathBuf) -> BinaryServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        env.insert("FLOWCORE_ADDR".into(), format!("127.0.0.1:{port}"));
+        env.entry("RUST_LOG".into()).or_insert_with(|| "info".into());
+        let logfile = std::fs::File::create(&log).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowcore-server"));
+        command.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
+        let child = command
+            .envs(env)
+            .stdout(std::process::Stdio::from(logfile.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(logfile))
+            .spawn()
+            .unwrap();
+        let mut server = BinaryServer { child, base: format!("http://127.0.0.1:{port}"), log };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", server.base)).send().await {
+                if r.status().is_success() {
+                    return server;
+                }
+            }
+            if let Some(exit) = server.child.try_wait().unwrap() {
+                panic!("the server exited ({exit}) before it was ready:\n{}", server.log_text());
+            }
+            assert!(Instant::now() < deadline, "the server did not become ready:\n{}", server.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the server wrote so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs. Waits for the process to be gone.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        // A failed test must not leave its server running.
+        self.kill_9();
+    }
+}
