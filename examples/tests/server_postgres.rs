@@ -146,3 +146,44 @@ async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
     server.shutdown().await;
     drop_database(&admin_url, &name).await;
 }
+
+/// `/readyz` asks the database itself: when PostgreSQL stops taking connections it answers
+/// 503, and ready again once the database is back, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database() {
+    let Some(admin_url) = admin_url() else { return };
+    let (url, name) = fresh_database(&admin_url).await;
+    let graph = wiremock::MockServer::start().await;
+    mount_graph_ok(&graph).await;
+    let dir = workdir("http://127.0.0.1:9");
+    let mut env: HashMap<String, String> = base_env(&dir, &graph.uri());
+    env.insert("DATABASE_URL".into(), url);
+    let server = start_server(env).await;
+    let readyz = format!("http://{}/readyz", server.addr);
+    let http = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(http.get(&readyz).send().await.unwrap()), 200);
+
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let set_connections = |allowed: bool| format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allowed}");
+    sqlx::query(&set_connections(false)).execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let r = http.get(&readyz).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+    sqlx::query(&set_connections(true)).execute(&mut admin).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(http.get(&readyz).send().await.unwrap()) != 200 {
+        assert!(Instant::now() < deadline, "/readyz stays unavailable with the database back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin.close().await.unwrap();
+    server.shutdown().await;
+    drop_database(&admin_url, &name).await;
+}

@@ -978,6 +978,10 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.lock().map(drop)
+    }
+
     async fn close(&self) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         guard.closed = true;

@@ -1463,6 +1463,11 @@ impl Store for PostgresStore {
         self.writes.submit(|reply| Write::Commit { commit: Box::new(commit), reply }).await
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         // The pool's close waits for every connection to come back.
         self.lanes.release().await;

@@ -1337,6 +1337,11 @@ impl Store for SqliteStore {
         self.writes.submit(|reply| SqliteWrite::Shared(Write::Commit { commit: Box::new(commit), reply })).await
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         if let Some(checkpoints) = &self.checkpoints {
             checkpoints.0.abort();

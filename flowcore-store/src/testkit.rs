@@ -1536,8 +1536,10 @@ pub async fn tenant_isolation(store: Arc<dyn Store>) {
 pub async fn closed_store(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
     store.insert_inbox(message(&c, "m1", t(0))).await.unwrap();
+    store.ping().await.unwrap();
     store.close().await;
     let closed = |e: StoreError| assert!(matches!(e, StoreError::Closed), "{e:?}");
+    closed(store.ping().await.unwrap_err());
     closed(store.register_organization("x").await.unwrap_err());
     closed(store.load_session(&c.session("f")).await.unwrap_err());
     closed(store.save_session(write(&c.session("f"), 0, "s", t(0))).await.unwrap_err());

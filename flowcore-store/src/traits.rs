@@ -201,6 +201,11 @@ pub trait Store: Organizations + SessionStore + MessageLog + Inbox + Outbox + Fl
     /// Commits one engine turn atomically (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome>;
 
+    /// Asks the backend for a trivial answer, through the same connections the other calls
+    /// use: what a readiness probe needs, since other calls may answer from what the store
+    /// remembers. An error says the database cannot be reached now (or the store is closed).
+    async fn ping(&self) -> StoreResult<()>;
+
     /// Closes the store; every later call fails with
     /// [`StoreError::Closed`](crate::StoreError::Closed).
     async fn close(&self);

@@ -88,9 +88,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    // A cheap read that goes through the pool: proves the database answers.
-    let org = state.tenants.organizations.first().cloned().unwrap_or_default();
-    match state.store.organization_exists(&org).await {
+    match state.store.ping().await {
         Ok(_) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
         Err(e) => {
             error!(error = %e, "readiness check: store unreachable");
