@@ -19,7 +19,9 @@
 //! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgres` runs one backend. Each instance runs
 //! `BENCH_WORKERS` (32) inbox workers. The per-contact rate limit is off unless
 //! `BENCH_RATE_LIMIT` sets one (messages per minute: 1000000 counts every message against
-//! the store's log and refuses none). The runtimes name their threads
+//! the store's log and refuses none). SQLite flushes every commit to disk, as the server
+//! does by default; `BENCH_SQLITE_SYNCHRONOUS=normal` measures the faster, crash-safe but
+//! not power-safe setting instead. The runtimes name their threads
 //! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
 //!
 //! The flow is an echo loop: each message after the first gets two replies ("echo: …"
@@ -144,6 +146,8 @@ fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
                 ("FLOWCORE_RATE_LIMIT_PER_MINUTE", env_or("BENCH_RATE_LIMIT", 0).to_string()),
                 ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
                 ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 32).to_string()),
+                // The server's default (`full`) unless the run asks for `normal`.
+                ("FLOWCORE_SQLITE_SYNCHRONOUS", std::env::var("BENCH_SQLITE_SYNCHRONOUS").unwrap_or_default()),
             ] {
                 env.insert(k.to_owned(), v);
             }
