@@ -44,15 +44,22 @@ async fn drop_database(admin_url: &str, name: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
-    let Some(admin_url) = admin_url() else { return };
-    let (url, name) = fresh_database(&admin_url).await;
+/// A server environment on a fresh database, with a Graph API that accepts every reply;
+/// the database's name, to drop it.
+async fn fresh_database_and_graph(admin_url: &str) -> (HashMap<String, String>, wiremock::MockServer, String) {
+    let (url, name) = fresh_database(admin_url).await;
     let graph = wiremock::MockServer::start().await;
     mount_graph_ok(&graph).await;
     let dir = workdir("http://127.0.0.1:9");
     let mut env: HashMap<String, String> = base_env(&dir, &graph.uri());
     env.insert("DATABASE_URL".into(), url);
+    (env, graph, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
+    let Some(admin_url) = admin_url() else { return };
+    let (env, graph, name) = fresh_database_and_graph(&admin_url).await;
     let a = start_server(env.clone()).await;
     let b = start_server(env).await;
     let bases = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
@@ -152,12 +159,7 @@ async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database() {
     let Some(admin_url) = admin_url() else { return };
-    let (url, name) = fresh_database(&admin_url).await;
-    let graph = wiremock::MockServer::start().await;
-    mount_graph_ok(&graph).await;
-    let dir = workdir("http://127.0.0.1:9");
-    let mut env: HashMap<String, String> = base_env(&dir, &graph.uri());
-    env.insert("DATABASE_URL".into(), url);
+    let (env, _graph, name) = fresh_database_and_graph(&admin_url).await;
     let server = start_server(env).await;
     let readyz = format!("http://{}/readyz", server.addr);
     let http = reqwest::Client::new();

@@ -281,16 +281,7 @@ async fn the_rate_limit_is_counted_in_the_shared_store_not_per_instance() {
     let later = webhook(PNID_ECHO, vec![msg(c, "wamid.RS2", "m2"), msg(c, "wamid.RS3", "m3")]);
     assert_eq!(post_signed(&h.http, &base_b, &later, SECRET).await.status(), 200);
     let user_messages = || async {
-        let conv: Value = h
-            .http
-            .get(format!("{base_b}/api/v1/conversations/{c}"))
-            .bearer_auth(GLOBEX_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let conv = get_conversation(&h.http, &base_b, GLOBEX_TOKEN, c).await;
         conv["messages"].as_array().unwrap().iter().filter(|m| m["type"] == "user").count()
     };
     eventually(Duration::from_secs(15), "both later messages logged", || async { user_messages().await == 4 }).await;
@@ -419,16 +410,7 @@ async fn the_purge_job_deletes_expired_sessions_with_no_message_arriving() {
     // sessions went.
     assert_settled(&h.graph, 4).await;
     for contact in [old, new] {
-        let conv: Value = h
-            .http
-            .get(format!("{base}/api/v1/conversations/{contact}"))
-            .bearer_auth(ACME_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let conv = get_conversation(&h.http, &base, ACME_TOKEN, contact).await;
         let kinds: Vec<&str> =
             conv["messages"].as_array().unwrap().iter().map(|m| m["type"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["user", "bot", "bot"], "{conv}");

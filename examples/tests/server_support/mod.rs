@@ -374,6 +374,18 @@ pub async fn assert_settled(graph: &MockServer, expected: usize) {
     );
 }
 
+/// `GET /api/v1/conversations/{contact}` on `base` with `token`, as JSON.
+pub async fn get_conversation(http: &reqwest::Client, base: &str, token: &str, contact: &str) -> Value {
+    http.get(format!("{base}/api/v1/conversations/{contact}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The visible text of an outgoing Graph message.
 pub fn message_text(m: &Value) -> String {
     match m["type"].as_str() {
