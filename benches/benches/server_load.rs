@@ -17,7 +17,7 @@
 //!    `BENCH_SECONDS` (10) s; reports the webhook acknowledgement latency percentiles.
 //!
 //! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgres` runs one backend. Each instance runs
-//! `BENCH_WORKERS` (32) inbox workers. The per-contact rate limit is off unless
+//! `BENCH_WORKERS` inbox workers (the server's default, 32). The per-contact rate limit is off unless
 //! `BENCH_RATE_LIMIT` sets one (messages per minute: 1000000 counts every message against
 //! the store's log and refuses none). SQLite flushes every commit to disk, as the server
 //! does by default; `BENCH_SQLITE_SYNCHRONOUS=normal` measures the faster, crash-safe but
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use flowcore_examples::server::env::EnvSettings;
+use flowcore_examples::server::env::{EnvSettings, DEFAULT_WORKERS};
 use flowcore_examples::server::run::{self, RunningServer};
 use serde_json::json;
 use sqlx::Connection;
@@ -145,7 +145,7 @@ fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
                 ("META_GRAPH_API_BASE", format!("{graph_uri}/v21.0")),
                 ("FLOWCORE_RATE_LIMIT_PER_MINUTE", env_or("BENCH_RATE_LIMIT", 0).to_string()),
                 ("FLOWCORE_POLL_INTERVAL_MS", "50".to_owned()),
-                ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", 32).to_string()),
+                ("FLOWCORE_WORKERS", env_or("BENCH_WORKERS", DEFAULT_WORKERS as u64).to_string()),
                 // The server's default (`full`) unless the run asks for `normal`.
                 ("FLOWCORE_SQLITE_SYNCHRONOUS", std::env::var("BENCH_SQLITE_SYNCHRONOUS").unwrap_or_default()),
             ] {

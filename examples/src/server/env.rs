@@ -18,7 +18,7 @@
 //! | `FLOW_EXECUTION_TIMEOUT_MS` | 10000 | timeout of `api_call` (and `ai_prompt`) effects |
 //! | `FLOWCORE_MAX_BODY_BYTES` | 3145728 (3 MiB) | webhook bodies above are refused with 413 |
 //! | `FLOWCORE_RATE_LIMIT_PER_MINUTE` | 5 | inbound messages per contact per minute run through a flow; 0 = unlimited |
-//! | `FLOWCORE_WORKERS` | 4 | concurrent inbox workers |
+//! | `FLOWCORE_WORKERS` | 32 | concurrent inbox workers (turns in flight); with 4 the load bench ran at under half the rate of 32 |
 //! | `FLOWCORE_POLL_INTERVAL_MS` | 200 | idle poll interval of workers and sender |
 //! | `FLOWCORE_LEASE_MS` | 30000 | how long a claimed inbox/outbox row stays invisible to others |
 //! | `FLOWCORE_PURGE_INTERVAL_SECS` | 300 | period of the expired-session purge |
@@ -41,6 +41,11 @@ pub const DEMO_VERIFY_TOKEN: &str = "flowcore-demo-verify-token";
 pub const DEFAULT_GRAPH_API_BASE: &str = "https://graph.facebook.com/v21.0";
 /// The bundled demo config, relative to the repository root.
 pub const DEMO_CONFIG_PATH: &str = "examples/config/demo.toml";
+
+/// Inbox workers by default. Turns wait on the store (and on effects), so one core keeps many
+/// in flight: the load bench ran at 1,400 msg/s with 4 and 2,483–3,185 with 32 (BENCHMARKS.md,
+/// session 16); 16 and 64 were slower than 32 on PostgreSQL.
+pub const DEFAULT_WORKERS: usize = 32;
 
 /// How replies leave the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +240,7 @@ impl EnvSettings {
             )?),
             max_body_bytes: parse(&get, "FLOWCORE_MAX_BODY_BYTES", 3 * 1024 * 1024, "bytes")?,
             rate_limit_per_minute: parse(&get, "FLOWCORE_RATE_LIMIT_PER_MINUTE", 5, "a whole number (0 = unlimited)")?,
-            workers: parse::<usize>(&get, "FLOWCORE_WORKERS", 4, "a positive number")?.max(1),
+            workers: parse::<usize>(&get, "FLOWCORE_WORKERS", DEFAULT_WORKERS, "a positive number")?.max(1),
             poll_interval: Duration::from_millis(parse(&get, "FLOWCORE_POLL_INTERVAL_MS", 200, "milliseconds")?),
             lease: Duration::from_millis(parse(&get, "FLOWCORE_LEASE_MS", 30_000, "milliseconds")?),
             purge_interval: Duration::from_secs(parse(&get, "FLOWCORE_PURGE_INTERVAL_SECS", 300, "seconds")?),
@@ -299,6 +304,7 @@ mod tests {
         assert_eq!(s.session_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(s.max_body_bytes, 3 * 1024 * 1024);
         assert_eq!(s.rate_limit_per_minute, 5);
+        assert_eq!(s.workers, DEFAULT_WORKERS);
         assert!(s.config_is_default);
         assert!(!s.insecure_skip_signature);
         assert!(s.ai.is_none());
