@@ -125,6 +125,7 @@
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group_commit;
+mod metrics_tally;
 mod open;
 mod state;
 mod traits;

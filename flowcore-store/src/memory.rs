@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use flowcore::Timestamp;
 
 use crate::error::{StoreError, StoreResult};
+use crate::metrics_tally::MetricsTally;
 use crate::state::{self, Session};
 use crate::traits::*;
 use crate::types::*;
@@ -689,63 +690,16 @@ impl MessageLog for MemoryStore {
         let org = inner.org_ref(org_id)?;
         let (from, to) = query.bounds();
         let in_window = |t: Timestamp| t.as_unix_millis() >= from && t.as_unix_millis() < to;
-        let mut m = Metrics::default();
-        let mut flows: BTreeMap<String, FlowMetrics> = BTreeMap::new();
-        let mut cohorts: BTreeMap<&str, CohortMetrics> = BTreeMap::new();
-        let mut days: BTreeMap<i64, DayMetrics> = BTreeMap::new();
         let day_of = |t: Timestamp| t.as_unix_millis().div_euclid(DAY_MS);
-        for row in org.sessions.values() {
-            if !in_window(row.info.created_at) {
-                continue;
-            }
+        let mut tally = MetricsTally::default();
+        for row in org.sessions.values().filter(|row| in_window(row.info.created_at)) {
             let active = row.info.status == SessionStatus::Active;
-            m.conversations_total += 1;
-            m.conversations_active += u64::from(active);
-            let f = flows
-                .entry(row.info.key.flow_id.clone())
-                .or_insert_with(|| FlowMetrics { flow_id: row.info.key.flow_id.clone(), ..Default::default() });
-            f.conversations_total += 1;
-            f.conversations_active += u64::from(active);
-            if let Some(cohort) = &row.cohort {
-                let c = cohorts
-                    .entry(cohort)
-                    .or_insert_with(|| CohortMetrics { cohort: cohort.clone(), ..Default::default() });
-                c.conversations_total += 1;
-                c.conversations_active += u64::from(active);
-            }
-            days.entry(day_of(row.info.created_at)).or_default().conversations_started += 1;
+            tally.sessions(&row.info.key.flow_id, row.cohort.as_deref(), day_of(row.info.created_at), active, 1);
         }
-        for e in &org.log {
-            if !in_window(e.at) {
-                continue;
-            }
-            let inbound = e.direction == Direction::Inbound;
-            if inbound {
-                m.messages_in += 1;
-            } else {
-                m.messages_out += 1;
-            }
-            if let Some(flow_id) = &e.flow_id {
-                let f = flows
-                    .entry(flow_id.clone())
-                    .or_insert_with(|| FlowMetrics { flow_id: flow_id.clone(), ..Default::default() });
-                if inbound {
-                    f.messages_in += 1;
-                } else {
-                    f.messages_out += 1;
-                }
-            }
-            let d = days.entry(day_of(e.at)).or_default();
-            if inbound {
-                d.messages_in += 1;
-            } else {
-                d.messages_out += 1;
-            }
+        for e in org.log.iter().filter(|e| in_window(e.at)) {
+            tally.messages(e.flow_id.as_deref(), day_of(e.at), e.direction == Direction::Inbound, 1);
         }
-        m.per_flow = flows.into_values().collect();
-        m.per_cohort = cohorts.into_values().collect();
-        m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
-        Ok(m)
+        Ok(tally.finish())
     }
 }
 

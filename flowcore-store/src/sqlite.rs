@@ -23,6 +23,7 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
+use crate::metrics_tally::MetricsTally;
 use crate::sql_rows::{
     distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, ReplyClaims, INBOX_COLS,
     OUTBOX_COLS, SESSION_INFO_COLS,
@@ -1059,10 +1060,7 @@ impl MessageLog for SqliteStore {
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
         self.check_org(org_id).await?;
         let (from, to) = query.bounds();
-        let mut m = Metrics::default();
-        let mut flows: std::collections::BTreeMap<String, FlowMetrics> = Default::default();
-        let mut cohorts: std::collections::BTreeMap<String, CohortMetrics> = Default::default();
-        let mut days: std::collections::BTreeMap<i64, DayMetrics> = Default::default();
+        let mut tally = MetricsTally::default();
         let sessions = sqlx::query(
             "SELECT flow_id, cohort, (created_at - (((created_at % ?4) + ?4) % ?4)) / ?4 AS day, status, COUNT(*) AS n
              FROM sessions
@@ -1075,20 +1073,13 @@ impl MessageLog for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         for row in &sessions {
-            let flow_id: String = row.try_get("flow_id")?;
-            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-            let active = if row.try_get::<&str, _>("status")? == "active" { n } else { 0 };
-            m.conversations_total += n;
-            m.conversations_active += active;
-            let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
-            f.conversations_total += n;
-            f.conversations_active += active;
-            if let Some(cohort) = row.try_get::<Option<String>, _>("cohort")? {
-                let c = cohorts.entry(cohort.clone()).or_insert_with(|| CohortMetrics { cohort, ..Default::default() });
-                c.conversations_total += n;
-                c.conversations_active += active;
-            }
-            days.entry(row.try_get("day")?).or_default().conversations_started += n;
+            tally.sessions(
+                row.try_get("flow_id")?,
+                row.try_get("cohort")?,
+                row.try_get("day")?,
+                row.try_get::<&str, _>("status")? == "active",
+                row.try_get::<i64, _>("n")?.max(0) as u64,
+            );
         }
         let messages = sqlx::query(
             "SELECT flow_id, (at - (((at % ?4) + ?4) % ?4)) / ?4 AS day, direction, COUNT(*) AS n FROM message_log
@@ -1101,25 +1092,14 @@ impl MessageLog for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         for row in &messages {
-            let flow_id: Option<String> = row.try_get("flow_id")?;
-            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-            let inbound = row.try_get::<&str, _>("direction")? == "in";
-            let (i, o) = if inbound { (n, 0) } else { (0, n) };
-            m.messages_in += i;
-            m.messages_out += o;
-            if let Some(flow_id) = flow_id {
-                let f = flows.entry(flow_id.clone()).or_insert_with(|| FlowMetrics { flow_id, ..Default::default() });
-                f.messages_in += i;
-                f.messages_out += o;
-            }
-            let d = days.entry(row.try_get("day")?).or_default();
-            d.messages_in += i;
-            d.messages_out += o;
+            tally.messages(
+                row.try_get("flow_id")?,
+                row.try_get("day")?,
+                row.try_get::<&str, _>("direction")? == "in",
+                row.try_get::<i64, _>("n")?.max(0) as u64,
+            );
         }
-        m.per_flow = flows.into_values().collect();
-        m.per_cohort = cohorts.into_values().collect();
-        m.per_day = days.into_iter().map(|(day, d)| DayMetrics { day: civil_day(day), ..d }).collect();
-        Ok(m)
+        Ok(tally.finish())
     }
 }
 

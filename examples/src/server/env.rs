@@ -190,18 +190,18 @@ impl EnvSettings {
                 })
             }
         };
-        let sqlite_synchronous_full =
-            match get("FLOWCORE_SQLITE_SYNCHRONOUS").map(|v| v.to_ascii_lowercase()).as_deref() {
-                None | Some("full") => true,
-                Some("normal") => false,
-                Some(_) => {
-                    return Err(EnvError {
-                        name: "FLOWCORE_SQLITE_SYNCHRONOUS",
-                        value: get("FLOWCORE_SQLITE_SYNCHRONOUS").unwrap_or_default(),
-                        reason: "expected `full` or `normal`",
-                    })
-                }
-            };
+        let sqlite_synchronous_full = match get("FLOWCORE_SQLITE_SYNCHRONOUS") {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("full") => true,
+            Some(v) if v.eq_ignore_ascii_case("normal") => false,
+            Some(value) => {
+                return Err(EnvError {
+                    name: "FLOWCORE_SQLITE_SYNCHRONOUS",
+                    value,
+                    reason: "expected `full` or `normal`",
+                })
+            }
+        };
         let ai = match (get("OPENAI_BASE_URL"), get("OPENAI_MODEL")) {
             (Some(base_url), model) => Some(AiSettings {
                 base_url: base_url.trim_end_matches('/').to_owned(),
