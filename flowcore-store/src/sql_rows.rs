@@ -228,6 +228,30 @@ macro_rules! row_decoders {
                 metadata: json_col(row.try_get::<&str, _>("metadata")?),
             })
         }
+
+        /// Metrics from the metrics query's counted rows: sessions (`flow_id`, `cohort`,
+        /// `day`, `status`, `n`) and log rows (`flow_id`, `day`, `direction`, `n`).
+        fn tally_metrics(sessions: &[$row], messages: &[$row]) -> StoreResult<Metrics> {
+            let mut tally = crate::metrics_tally::MetricsTally::default();
+            for row in sessions {
+                tally.sessions(
+                    row.try_get("flow_id")?,
+                    row.try_get("cohort")?,
+                    row.try_get("day")?,
+                    row.try_get::<&str, _>("status")? == "active",
+                    row.try_get::<i64, _>("n")?.max(0) as u64,
+                );
+            }
+            for row in messages {
+                tally.messages(
+                    row.try_get("flow_id")?,
+                    row.try_get("day")?,
+                    row.try_get::<&str, _>("direction")? == "in",
+                    row.try_get::<i64, _>("n")?.max(0) as u64,
+                );
+            }
+            Ok(tally.finish())
+        }
     };
 }
 pub(crate) use row_decoders;

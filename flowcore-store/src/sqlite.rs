@@ -23,7 +23,6 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{ClaimChange, GroupCommit, Write};
-use crate::metrics_tally::MetricsTally;
 use crate::sql_rows::{
     distinct_conversations, json_col, newest_first, same_org, session_info_cols_of_s, ts, ReplyClaims, INBOX_COLS,
     OUTBOX_COLS, SESSION_INFO_COLS,
@@ -1060,7 +1059,6 @@ impl MessageLog for SqliteStore {
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
         self.check_org(org_id).await?;
         let (from, to) = query.bounds();
-        let mut tally = MetricsTally::default();
         let sessions = sqlx::query(
             "SELECT flow_id, cohort, (created_at - (((created_at % ?4) + ?4) % ?4)) / ?4 AS day, status, COUNT(*) AS n
              FROM sessions
@@ -1072,15 +1070,6 @@ impl MessageLog for SqliteStore {
         .bind(DAY_MS)
         .fetch_all(&self.reader)
         .await?;
-        for row in &sessions {
-            tally.sessions(
-                row.try_get("flow_id")?,
-                row.try_get("cohort")?,
-                row.try_get("day")?,
-                row.try_get::<&str, _>("status")? == "active",
-                row.try_get::<i64, _>("n")?.max(0) as u64,
-            );
-        }
         let messages = sqlx::query(
             "SELECT flow_id, (at - (((at % ?4) + ?4) % ?4)) / ?4 AS day, direction, COUNT(*) AS n FROM message_log
              WHERE org_id = ?1 AND at >= ?2 AND at < ?3 GROUP BY flow_id, day, direction",
@@ -1091,15 +1080,7 @@ impl MessageLog for SqliteStore {
         .bind(DAY_MS)
         .fetch_all(&self.reader)
         .await?;
-        for row in &messages {
-            tally.messages(
-                row.try_get("flow_id")?,
-                row.try_get("day")?,
-                row.try_get::<&str, _>("direction")? == "in",
-                row.try_get::<i64, _>("n")?.max(0) as u64,
-            );
-        }
-        Ok(tally.finish())
+        tally_metrics(&sessions, &messages)
     }
 }
 
