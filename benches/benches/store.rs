@@ -100,6 +100,7 @@ fn unit(chat: &ConversationKey, key: &SessionKey, state: &Session, version: i64,
         schedule: vec![],
         inbox_done: Some(claim),
         claim_replies_until: None,
+        claim_next_until: None,
     }
 }
 

@@ -102,6 +102,7 @@
 //!         schedule: vec![],
 //!         inbox_done: Some(job.claim()),
 //!         claim_replies_until: None, // or claim them for this sender as they are written
+//!         claim_next_until: None,    // or claim the conversation's next event for this worker
 //!     })
 //!     .await?;
 //! assert_eq!(outcome.session.map(|s| s.version), Some(1));

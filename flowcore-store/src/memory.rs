@@ -887,10 +887,19 @@ impl FlowStore for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
-        // Replies are left for a claim: `claim_replies_until` is a saving this backend has no
-        // use for.
-        let Commit { org_id, now, session, mut log, mut outbox, mut schedule, inbox_done, claim_replies_until: _ } =
-            commit;
+        // Replies and the next inbox event are left for a claim: `claim_replies_until` and
+        // `claim_next_until` are savings this backend has no use for.
+        let Commit {
+            org_id,
+            now,
+            session,
+            mut log,
+            mut outbox,
+            mut schedule,
+            inbox_done,
+            claim_replies_until: _,
+            claim_next_until: _,
+        } = commit;
         // What needs no lock happens before it is taken, what can be dropped after it is let
         // go: every other caller waits while it is held.
         let rows_of_org = check_commit_rows(&org_id, session.as_ref(), &log, &outbox, &schedule);
@@ -900,6 +909,7 @@ impl Store for MemoryStore {
             outbox_ids: Vec::with_capacity(outbox.len()),
             scheduled: Vec::with_capacity(schedule.len()),
             claimed_replies: Vec::new(),
+            claimed_next: None,
         };
         let mut guard = self.lock()?;
         let inner = &mut *guard;

@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
     (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
     (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
+    (13, "claim_next", include_str!("../migrations/postgres/0013_claim_next.sql")),
 ];
 
 /// Connections idle this long are pinged before use.

@@ -1172,6 +1172,7 @@ fn turn(c: &ConversationKey, key: &SessionKey, expected: i64, claim: Option<Clai
         )],
         inbox_done: claim,
         claim_replies_until: None,
+        claim_next_until: None,
     }
 }
 

@@ -666,7 +666,7 @@ impl ClaimRequest {
 }
 
 /// An inbox row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxEvent {
     /// The row id.
     pub id: i64,
@@ -869,6 +869,15 @@ pub struct Commit {
     /// other: [`CommitOutcome::claimed_replies`]. A backend may leave them to a claim
     /// instead (the memory backend does, and SQLite for a unit that schedules wake-ups).
     pub claim_replies_until: Option<Timestamp>,
+    /// Claim the conversation's next inbox event for the caller until this time, as the
+    /// handled row (`inbox_done`) is marked done: when that event is due by `now`, is not
+    /// waiting for a retry and is its conversation's first unfinished one, as a claim would
+    /// (saving a claim and the head's own hand-off). It comes back as
+    /// [`CommitOutcome::claimed_next`]. Unlike a claim, it does not wait for this turn's
+    /// replies to be sent: the caller should send them before it runs the claimed event's
+    /// turn. A backend may leave the event to a claim instead (the memory and SQLite
+    /// backends do, and PostgreSQL for a unit that schedules wake-ups).
+    pub claim_next_until: Option<Timestamp>,
 }
 
 impl Commit {
@@ -892,6 +901,7 @@ impl Commit {
             schedule: Vec::new(),
             inbox_done: None,
             claim_replies_until: None,
+            claim_next_until: None,
         }
     }
 }
@@ -910,6 +920,9 @@ pub struct CommitOutcome {
     /// The replies claimed for the caller (see [`Commit::claim_replies_until`]), in the
     /// order they must be sent.
     pub claimed_replies: Vec<OutboxMessage>,
+    /// The conversation's next inbox event, claimed for the caller (see
+    /// [`Commit::claim_next_until`]).
+    pub claimed_next: Option<Box<InboxEvent>>,
 }
 
 pub(crate) const DAY_MS: i64 = 86_400_000;

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use super::env::OutboundMode;
-use super::state::{AppState, Stats};
+use super::state::{AppState, HandedOver, Stats};
 use super::util;
 
 /// What an outbox row carries.
@@ -58,15 +58,18 @@ const MAX_IN_FLIGHT: usize = 64;
 /// on `handed_over`, each turn's in the order they must go.
 pub async fn run(
     state: AppState,
-    mut handed_over: mpsc::UnboundedReceiver<Vec<OutboxMessage>>,
+    mut handed_over: mpsc::UnboundedReceiver<HandedOver>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let clients = std::sync::Arc::new(Clients::new(&state));
     let policy = std::sync::Arc::new(retry_policy(&state));
     let mut tasks = JoinSet::new();
-    let start_in_order = |tasks: &mut JoinSet<()>, replies: Vec<OutboxMessage>| {
+    let start_in_order = |tasks: &mut JoinSet<()>, handed: HandedOver| {
         let (state, clients, policy) = (state.clone(), clients.clone(), policy.clone());
-        tasks.spawn(async move { send_in_order(&state, &clients, &policy, replies).await });
+        tasks.spawn(async move {
+            send_in_order(&state, &clients, &policy, handed.replies).await;
+            drop(handed.done);
+        });
     };
     // Whether a claim may find something: a turn left replies to one, a claim came back
     // full, or the poll interval passed (retries fall due, leases lapse). Most replies are
@@ -80,8 +83,8 @@ pub async fn run(
             break;
         }
         // Handed-over replies are claimed already: they start at once, whatever is in flight.
-        while let Ok(replies) = handed_over.try_recv() {
-            start_in_order(&mut tasks, replies);
+        while let Ok(handed) = handed_over.try_recv() {
+            start_in_order(&mut tasks, handed);
         }
         let free = MAX_IN_FLIGHT.saturating_sub(tasks.len());
         // Claims scan the queue, so they are batched: with sends in flight, claim again
@@ -106,7 +109,7 @@ pub async fn run(
         if batch.is_empty() {
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                Some(replies) = handed_over.recv() => start_in_order(&mut tasks, replies),
+                Some(handed) = handed_over.recv() => start_in_order(&mut tasks, handed),
                 _ = state.outbox_ready.notified() => claim_wanted = true,
                 _ = poll.tick() => claim_wanted = true,
                 _ = shutdown.changed() => {}
@@ -126,8 +129,8 @@ pub async fn run(
     // so no reply is left half-done; replies handed over but not started go back to the
     // queue at once rather than after their lease.
     handed_over.close();
-    while let Some(replies) = handed_over.recv().await {
-        release(&state, &replies, "the sender stopped before sending it").await;
+    while let Some(handed) = handed_over.recv().await {
+        release(&state, &handed.replies, "the sender stopped before sending it").await;
     }
     while tasks.join_next().await.is_some() {}
     debug!("sender stopped");

@@ -52,7 +52,7 @@ pub struct Shared {
     /// Wakes the sender after a turn enqueued replies.
     pub outbox_ready: Notify,
     /// Replies a turn claimed as it committed them, for the sender to send in order.
-    pub claimed_replies: tokio::sync::mpsc::UnboundedSender<Vec<flowcore_store::OutboxMessage>>,
+    pub claimed_replies: tokio::sync::mpsc::UnboundedSender<HandedOver>,
     /// Counters for `/api/v1/analytics/metrics` and the load bench.
     pub stats: Stats,
 }
@@ -204,4 +204,15 @@ mod subtle_compare {
     pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
+}
+
+/// A turn's replies, claimed as they were committed, handed to the sender.
+#[derive(Debug)]
+pub struct HandedOver {
+    /// The replies, in the order they must go.
+    pub replies: Vec<flowcore_store::OutboxMessage>,
+    /// Dropped once the sender is done with them (each sent and recorded, or given back to
+    /// the queue): the turn that handed them over waits for it before its conversation's
+    /// next turn.
+    pub done: tokio::sync::oneshot::Sender<()>,
 }

@@ -8,12 +8,12 @@ use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn
 use flowcore_meta::outgoing::TEXT_BODY_MAX;
 use flowcore_meta::split_text;
 use flowcore_store::{
-    ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
-    NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
+    ClaimRequest, Commit, CommitOutcome, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent,
+    NewLogEntry, NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -22,7 +22,7 @@ use super::flows::FlowLookupError;
 use super::intake::{input_text, InboundPayload, WakePayload};
 use super::routing::{self, Route};
 use super::sender::OutboxPayload;
-use super::state::{AppState, Stats};
+use super::state::{AppState, HandedOver, Stats};
 use super::util;
 
 /// How many effect round trips one inbound event may cause before the turn is cut
@@ -33,6 +33,9 @@ const MAX_EFFECTS_PER_TURN: usize = 32;
 /// before it returns, unclaimed events stay in the inbox.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(state.settings.workers));
+    // Wakes the dispatcher when a turn gives its permit back while its task goes on with the
+    // conversation's next event (the task has not finished, so joining it would not).
+    let freed = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
@@ -46,6 +49,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         if free == 0 || (free < batch_from && !tasks.is_empty()) {
             tokio::select! {
                 _ = tasks.join_next() => {}
+                _ = freed.notified() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -81,12 +85,15 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         let mut counted = counted_messages(&state, &claimed).await.into_iter();
         for event in claimed {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let state = state.clone();
-            let loaded = Loaded { session: sessions.next().unwrap_or(Read::NotYet), counted: counted.next().flatten() };
-            tasks.spawn(async move {
-                handle_event(&state, event, loaded).await;
-                drop(permit);
-            });
+            let session = SessionSource::Stored(sessions.next().unwrap_or(Read::NotYet));
+            let loaded = Loaded { session, counted: counted.next().flatten() };
+            let conversation = Conversation {
+                state: state.clone(),
+                permits: permits.clone(),
+                freed: freed.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(conversation.run(event, loaded, permit));
         }
     }
     // Graceful: every claimed event finishes its turn (bounded by the effect timeout).
@@ -94,10 +101,52 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     debug!("inbox workers stopped");
 }
 
+/// A worker's run through one conversation: the claimed event's turn, then each next event
+/// its turn claimed as it committed (see [`Commit::claim_next_until`]), one after the other.
+struct Conversation {
+    state: AppState,
+    permits: Arc<Semaphore>,
+    freed: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Conversation {
+    async fn run(self, mut event: InboxEvent, mut loaded: Loaded, mut permit: OwnedSemaphorePermit) {
+        loop {
+            // Once shutting down, no turn claims the next event: it stays in the inbox.
+            let chain = !*self.shutdown.borrow();
+            let next = handle_event(&self.state, event, loaded, chain).await;
+            drop(permit);
+            let Some(next) = next else { return };
+            self.freed.notify_one();
+            // The next turn's replies are claimed as they are written only when this turn's
+            // are sent (a conversation's replies go in order), so it waits for them; a
+            // reply stuck in a slow send holds it back a bounded time, its replies then
+            // left to the sender's claims.
+            if let Some(sent) = next.replies_sent {
+                let _ = tokio::time::timeout(self.state.settings.lease / 4, sent).await;
+            }
+            permit = match self.permits.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return,
+            };
+            (event, loaded) = (next.event, next.loaded);
+        }
+    }
+}
+
+/// A conversation's next event, claimed by the turn before it.
+struct Next {
+    event: InboxEvent,
+    loaded: Loaded,
+    /// Resolves once the sender is done with the turn before's replies.
+    replies_sent: Option<oneshot::Receiver<()>>,
+}
+
 /// What was read for a claimed event together with the claim.
 struct Loaded {
     /// The conversation's active session.
-    session: Read<Option<Box<StoredSession>>>,
+    session: SessionSource,
     /// For a message under a rate limit: how many of the contact's messages counted in its
     /// window (`None`: not read yet, the turn reads it).
     counted: Option<u64>,
@@ -107,6 +156,14 @@ struct Loaded {
 enum Read<T> {
     Done(T),
     NotYet,
+}
+
+/// Where a turn's session comes from.
+enum SessionSource {
+    /// As stored.
+    Stored(Read<Option<Box<StoredSession>>>),
+    /// As the turn before it in this worker left it, saved (`None`: it left none active).
+    Carried(Option<Box<Running>>),
 }
 
 /// For each claimed event, in order: the count the rate limit judges it by, if it is a
@@ -134,11 +191,13 @@ fn is_rate_limited(state: &AppState, event: &InboxEvent) -> bool {
     state.rate_limit.is_enabled() && event.kind == InboxKind::Message
 }
 
-async fn handle_event(state: &AppState, event: InboxEvent, loaded: Loaded) {
+/// Runs `event`'s turn; `chain`: the turn may claim its conversation's next event, returned.
+async fn handle_event(state: &AppState, event: InboxEvent, loaded: Loaded, chain: bool) -> Option<Next> {
     let org = event.conversation.org_id.clone();
     let claim = event.claim();
-    match process(state, &event, loaded).await {
-        Ok(()) => {}
+    let mut turn = TurnCommit { state, chain, next: None };
+    match process(&mut turn, &event, loaded).await {
+        Ok(()) => return turn.next,
         Err(TurnError::LeaseLost) => warn!(inbox_id = event.id, "inbox lease lost; another worker owns the event now"),
         Err(TurnError::Retry(reason)) => {
             warn!(inbox_id = event.id, %reason, "turn failed; will retry");
@@ -154,6 +213,7 @@ async fn handle_event(state: &AppState, event: InboxEvent, loaded: Loaded) {
             }
         }
     }
+    None
 }
 
 enum TurnError {
@@ -197,7 +257,8 @@ struct Running {
     session: flowcore::Session,
 }
 
-async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result<(), TurnError> {
+async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) -> Result<(), TurnError> {
+    let state = unit.state;
     let conv = &event.conversation;
     let org = conv.org_id.as_str();
     let now = util::now();
@@ -213,11 +274,16 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
     };
 
     // The conversation's current session, if any (it keeps its flow, version and variant).
-    let stored = match loaded.session {
-        Read::Done(stored) => stored.map(|s| *s),
-        Read::NotYet => state.store.active_session(conv).await?,
+    let mut running = match loaded.session {
+        SessionSource::Carried(running) => running.map(|r| *r),
+        SessionSource::Stored(read) => {
+            let stored = match read {
+                Read::Done(stored) => stored.map(|s| *s),
+                Read::NotYet => state.store.active_session(conv).await?,
+            };
+            resume(state, conv, stored).await?
+        }
     };
-    let mut running = resume(state, conv, stored).await?;
     if let Some(r) = &running {
         if r.session.is_expired(now) {
             debug!(inbox_id = event.id, "session expired; closing it before this turn");
@@ -259,7 +325,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
                 event.received_at,
                 json!({ RATE_LIMITED: true }),
             ));
-            state.store.commit(commit).await?;
+            unit.finish(commit).await?;
             return Ok(());
         }
     }
@@ -272,7 +338,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
         if current.is_none() {
             // The session moved on (the contact answered, it ended or was closed).
             debug!(inbox_id = event.id, "stale wake-up ignored");
-            state.store.commit(commit).await?;
+            unit.finish(commit).await?;
             return Ok(());
         }
     }
@@ -289,7 +355,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
                     json!({"handoff": true}),
                 ));
             }
-            state.store.commit(commit).await?;
+            unit.finish(commit).await?;
             return Ok(());
         }
     }
@@ -298,7 +364,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
         Some(r) => r,
         None => {
             let Some(inbound) = &inbound else {
-                state.store.commit(commit).await?;
+                unit.finish(commit).await?;
                 return Ok(());
             };
             match state.tenants.router.route(&conv.business_number_id, &conv.contact_id) {
@@ -326,12 +392,12 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
                         json!({"not_configured": true}),
                     ));
                     push_reply(&mut commit, conv, None, Message::Text { text: reply }, None, event.id, now);
-                    commit_with_replies(state, commit).await?;
+                    unit.finish(commit).await?;
                     return Ok(());
                 }
                 Route::UnknownNumber => {
                     info!(phone_number_id = %conv.business_number_id, "business number no longer configured; event dropped");
-                    state.store.commit(commit).await?;
+                    unit.finish(commit).await?;
                     return Ok(());
                 }
             }
@@ -351,7 +417,7 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
         Err(e) => {
             // An input the session cannot take (for example a stray event): logged, no reply.
             warn!(inbox_id = event.id, error = %e, "the engine refused the input");
-            state.store.commit(commit).await?;
+            unit.finish(commit).await?;
             return Ok(());
         }
     };
@@ -439,33 +505,75 @@ async fn process(state: &AppState, event: &InboxEvent, loaded: Loaded) -> Result
         status,
         now,
     });
-    commit_with_replies(state, commit).await?;
+    let outcome = unit.finish(commit).await?;
     Stats::bump(&state.stats.turns);
-    running.expected_version += 1;
+    // The conversation's next turn, if this worker runs it, starts from the session as saved.
+    let carried = match outcome.session {
+        Some(saved) if status == SessionStatus::Active => {
+            Some(Box::new(Running { expected_version: saved.version, cohort: None, ..running }))
+        }
+        _ => None,
+    };
+    unit.carry(SessionSource::Carried(carried));
     Ok(())
 }
 
-/// Commits a turn and hands its replies to the sender: claimed as they are written when
-/// the store can (the sender then sends them without a claim of its own), else queued for
-/// its next claim.
-async fn commit_with_replies(state: &AppState, mut commit: Commit) -> Result<(), TurnError> {
-    let replies = commit.outbox.len();
-    if replies > 0 {
+/// Commits a turn's unit of work (the handled inbox row with everything the turn wrote)
+/// and hands what it claimed on: its replies to the sender, the conversation's next event to
+/// the worker that runs this conversation.
+struct TurnCommit<'a> {
+    state: &'a AppState,
+    /// Whether the turn may claim its conversation's next event.
+    chain: bool,
+    next: Option<Next>,
+}
+
+impl TurnCommit<'_> {
+    /// Commits `commit`: its replies claimed as they are written when the store can (the
+    /// sender then sends them without a claim of its own), else queued for the sender's next
+    /// claim; and, when it handles an inbox row and `chain` allows, the conversation's next
+    /// event claimed for this worker.
+    async fn finish(&mut self, mut commit: Commit) -> Result<CommitOutcome, TurnError> {
+        let state = self.state;
         let lease = u64::try_from(state.settings.lease.as_millis()).unwrap_or(u64::MAX);
-        commit.claim_replies_until = Some(commit.now.saturating_add_millis(lease));
+        let lease_until = commit.now.saturating_add_millis(lease);
+        let replies = commit.outbox.len();
+        if replies > 0 {
+            commit.claim_replies_until = Some(lease_until);
+        }
+        if self.chain && commit.inbox_done.is_some() {
+            commit.claim_next_until = Some(lease_until);
+        }
+        let mut outcome = state.store.commit(commit).await?;
+        let claimed = std::mem::take(&mut outcome.claimed_replies);
+        state.stats.handed_over.fetch_add(claimed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let handed = claimed.len();
+        let mut replies_sent = None;
+        if handed > 0 {
+            let (done, sent) = oneshot::channel();
+            match state.claimed_replies.send(HandedOver { replies: claimed, done }) {
+                Ok(()) => replies_sent = Some(sent),
+                // The sender has stopped (shutting down): the claims lapse with their lease,
+                // and a claim sends them then.
+                Err(_) => debug!(claimed = handed, "sender stopped; claimed replies left to their lease"),
+            }
+        }
+        if handed < replies {
+            state.outbox_ready.notify_one();
+        }
+        if let Some(event) = outcome.claimed_next.take() {
+            let loaded = Loaded { session: SessionSource::Stored(Read::NotYet), counted: None };
+            self.next = Some(Next { event: *event, loaded, replies_sent });
+        }
+        Ok(outcome)
     }
-    let outcome = state.store.commit(commit).await?;
-    let claimed = outcome.claimed_replies.len();
-    state.stats.handed_over.fetch_add(claimed as u64, std::sync::atomic::Ordering::Relaxed);
-    if claimed > 0 && state.claimed_replies.send(outcome.claimed_replies).is_err() {
-        // The sender has stopped (shutting down): the claims lapse with their lease, and a
-        // claim sends them then.
-        debug!(claimed, "sender stopped; claimed replies left to their lease");
+
+    /// The session the conversation's next turn starts from, if this turn claimed it.
+    fn carry(&mut self, session: SessionSource) {
+        if let Some(next) = &mut self.next {
+            next.loaded.session = session;
+        }
     }
-    if claimed < replies {
-        state.outbox_ready.notify_one();
-    }
-    Ok(())
 }
 
 fn is_finished(session: &flowcore::Session) -> bool {

@@ -13,21 +13,25 @@
 //! race, a lost lease), so the common batch costs one call. A write that falls short of what
 //! the checks promised is an error: the transaction is rolled back, never half applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use flowcore::Timestamp;
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use super::{ConversationLocks, LOCK_SPACE};
 use crate::error::{StoreError, StoreResult};
-use crate::sql_rows::ReplyClaims;
+use crate::sql_rows::{json_col, ReplyClaims};
 use crate::state;
-use crate::types::{Commit, CommitOutcome, OutboxMessage, SavedSession, SessionStatus, SessionWrite};
+use crate::types::{
+    Commit, CommitOutcome, ConversationKey, InboxEvent, InboxKind, OutboxMessage, QueueStatus, SavedSession,
+    SessionStatus, SessionWrite,
+};
 
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
-    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50)";
+    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51)";
 
 /// Whether `commits` can share one call: no two save the same session or handle the same
 /// inbox row (one statement cannot apply two changes to one row).
@@ -75,6 +79,7 @@ pub(super) async fn commit_units<'e>(
         log_ids: row.try_get("log_ids").map_err(read)?,
         outbox_ids: row.try_get("outbox_ids").map_err(read)?,
         outbox_claimed: row.try_get("outbox_claimed").map_err(read)?,
+        next: ClaimedNext::read(&row).map_err(read)?,
     };
     written.check(&counts).map_err(CallFailed::Unknown)?;
     Ok(UnitsWritten::Written(written.outcomes(commits)))
@@ -129,6 +134,102 @@ struct Written {
     outbox_ids: Vec<i64>,
     /// Whether each reply was claimed as it was written.
     outbox_claimed: Vec<bool>,
+    /// The next inbox events claimed for the units, by the handled row each follows.
+    next: ClaimedNext,
+}
+
+/// The next inbox events the call claimed (see [`Commit::claim_next_until`]), as the
+/// function returns them: one column array per field, `after` the handled row each follows.
+struct ClaimedNext {
+    after: Vec<i64>,
+    ids: Vec<i64>,
+    numbers: Vec<String>,
+    contacts: Vec<String>,
+    messages: Vec<String>,
+    kinds: Vec<String>,
+    payloads: Vec<String>,
+    received: Vec<i64>,
+    due: Vec<i64>,
+    attempts: Vec<i64>,
+    leases: Vec<Option<i64>>,
+    retry: Vec<Option<i64>>,
+    errors: Vec<Option<String>>,
+}
+
+impl ClaimedNext {
+    fn read(row: &PgRow) -> Result<ClaimedNext, sqlx::Error> {
+        Ok(ClaimedNext {
+            after: row.try_get("next_after")?,
+            ids: row.try_get("next_ids")?,
+            numbers: row.try_get("next_numbers")?,
+            contacts: row.try_get("next_contacts")?,
+            messages: row.try_get("next_messages")?,
+            kinds: row.try_get("next_kinds")?,
+            payloads: row.try_get("next_payloads")?,
+            received: row.try_get("next_received")?,
+            due: row.try_get("next_due")?,
+            attempts: row.try_get("next_attempts")?,
+            leases: row.try_get("next_leases")?,
+            retry: row.try_get("next_retry")?,
+            errors: row.try_get("next_errors")?,
+        })
+    }
+
+    fn is_complete(&self) -> bool {
+        let n = self.ids.len();
+        [
+            self.after.len(),
+            self.numbers.len(),
+            self.contacts.len(),
+            self.messages.len(),
+            self.kinds.len(),
+            self.payloads.len(),
+            self.received.len(),
+            self.due.len(),
+            self.attempts.len(),
+            self.leases.len(),
+            self.retry.len(),
+            self.errors.len(),
+        ]
+        .iter()
+        .all(|&len| len == n)
+    }
+
+    /// The events by the handled row each follows (every conversation of `org_id`: a call
+    /// writes one organization's units, each checked against its claim's organization).
+    fn into_events(self, commits: &[&Commit]) -> HashMap<i64, Box<InboxEvent>> {
+        let org_of: HashMap<i64, &str> =
+            commits.iter().filter_map(|c| c.inbox_done.map(|k| (k.id, c.org_id.as_str()))).collect();
+        let mut events = HashMap::with_capacity(self.ids.len());
+        let fields = self.after.into_iter().zip(self.ids).zip(self.numbers).zip(self.contacts).zip(self.messages);
+        let more = self.kinds.into_iter().zip(self.payloads).zip(self.received).zip(self.due).zip(self.attempts);
+        let rest = self.leases.into_iter().zip(self.retry).zip(self.errors);
+        for (
+            (((((after, id), number), contact), message_id), ((((kind, payload), received), due), attempts)),
+            ((lease, retry), error),
+        ) in fields.zip(more).zip(rest)
+        {
+            let Some(org) = org_of.get(&after) else { continue };
+            events.insert(
+                after,
+                Box::new(InboxEvent {
+                    id,
+                    conversation: ConversationKey::new(*org, number, contact),
+                    message_id,
+                    kind: InboxKind::parse(&kind),
+                    payload: json_col(&payload),
+                    received_at: Timestamp::from_unix_millis(received),
+                    due_at: Timestamp::from_unix_millis(due),
+                    status: QueueStatus::Claimed,
+                    attempts,
+                    lease_until: lease.map(Timestamp::from_unix_millis),
+                    retry_at: retry.map(Timestamp::from_unix_millis),
+                    last_error: error,
+                }),
+            );
+        }
+        events
+    }
 }
 
 impl Written {
@@ -141,7 +242,9 @@ impl Written {
             && self.done == counts.claims as i64
             && self.log_ids.len() == counts.log
             && self.outbox_ids.len() == counts.outbox
-            && self.outbox_claimed.len() == counts.outbox;
+            && self.outbox_claimed.len() == counts.outbox
+            && self.next.is_complete()
+            && self.next.ids.len() <= counts.claims;
         if complete {
             Ok(())
         } else {
@@ -158,6 +261,7 @@ impl Written {
         let mut created = self.created_ids.into_iter();
         let mut log = self.log_ids.into_iter();
         let mut outbox = self.outbox_ids.into_iter().zip(self.outbox_claimed);
+        let mut claimed_next = self.next.into_events(commits);
         commits
             .iter()
             .map(|commit| {
@@ -184,6 +288,7 @@ impl Written {
                     outbox_ids: replies.iter().map(|(id, _)| *id).collect(),
                     scheduled: Vec::new(),
                     claimed_replies,
+                    claimed_next: commit.inbox_done.and_then(|k| claimed_next.remove(&k.id)),
                 }
             })
             .collect()
@@ -197,6 +302,9 @@ struct Columns<'c> {
     claim_id: Vec<i64>,
     claim_attempt: Vec<i64>,
     claim_now: Vec<i64>,
+    /// The lease's end for the next inbox event of a handled row's conversation, claimed as
+    /// the row is done (see [`Commit::claim_next_until`]).
+    claim_next_until: Vec<Option<i64>>,
     updates: SessionColumns<'c>,
     creates: SessionColumns<'c>,
     /// The new sessions' cohorts, beside `creates`.
@@ -277,6 +385,10 @@ impl<'c> Columns<'c> {
                 c.claim_id.push(claim.id);
                 c.claim_attempt.push(claim.attempt);
                 c.claim_now.push(commit.now.as_unix_millis());
+                // A wake-up the unit schedules is inserted after the call, and could come
+                // before the event the call would claim: that one is left to a claim.
+                let next = commit.claim_next_until.filter(|_| commit.schedule.is_empty());
+                c.claim_next_until.push(next.map(Timestamp::as_unix_millis));
             }
             match &commit.session {
                 Some(w) if w.expected_version == 0 => {
@@ -355,6 +467,7 @@ impl<'c> Columns<'c> {
             .bind(o.inbox_id)
             .bind(o.due_at)
             .bind(o.claim_until)
+            .bind(self.claim_next_until)
     }
 }
 
@@ -390,7 +503,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::traits::{Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
-    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page};
+    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page, QueueStatus};
     use crate::unit_fixtures::{at, chat, claims_in_contact_order, reply, save, units, FreshPostgres as Fresh};
     use crate::PostgresStore;
 
@@ -570,5 +683,58 @@ mod tests {
         let claimed: Vec<usize> = outcomes.iter().map(|o| o.claimed_replies.len()).collect();
         assert_eq!(claimed, [1, 0, 0], "only c1's, alone in its conversation");
         fresh.drop_schema().await;
+    }
+
+    /// A unit that asks for it gets its conversation's next inbox event claimed as the head
+    /// is handed on, when that event is claimable at the unit's time; else it is left to a
+    /// claim, as the head.
+    #[tokio::test]
+    async fn the_next_event_is_claimed_as_the_head_is_handed_on() {
+        let Some((fresh, claims)) = prepared().await else { return };
+        let store = &fresh.store;
+        let lease = at(65);
+        let commits: Vec<Commit> =
+            units(&claims).into_iter().map(|c| Commit { claim_next_until: Some(lease), ..c }).collect();
+        let UnitsWritten::Written(outcomes) = grouped(store, &commits).await else { panic!("every check holds") };
+        type Claimed<'a> = (i64, &'a str, QueueStatus, i64, Option<Timestamp>);
+        let next: Vec<Option<Claimed<'_>>> = outcomes
+            .iter()
+            .map(|o| {
+                o.claimed_next.as_ref().map(|e| (e.id, e.message_id.as_str(), e.status, e.attempts, e.lease_until))
+            })
+            .collect();
+        assert_eq!(next, [None, Some((4, "m2-next", QueueStatus::Claimed, 1, Some(lease))), None]);
+        let event = outcomes[1].claimed_next.clone().unwrap();
+        assert_eq!(event.conversation, chat("c2"));
+        assert_eq!(event.received_at, at(0));
+        assert_eq!(store.get_inbox("o", 4).await.unwrap().as_ref(), Some(&*event), "as stored");
+        // It is out with this caller: a claim passes over it, and its turn commits.
+        let request = ClaimRequest::for_org("o", at(6), Duration::from_secs(60), 10);
+        assert!(store.claim_inbox(&request).await.unwrap().is_empty());
+        store.commit(Commit { inbox_done: Some(event.claim()), ..Commit::new("o", at(7)) }).await.unwrap();
+        fresh.drop_schema().await;
+
+        // A unit that schedules a wake-up, or whose time is before the next event is due,
+        // leaves it to a claim.
+        for spoil in 0..2 {
+            let (fresh, claims) = prepared().await.unwrap();
+            let store = &fresh.store;
+            let mut commits: Vec<Commit> =
+                units(&claims).into_iter().map(|c| Commit { claim_next_until: Some(lease), ..c }).collect();
+            if spoil == 0 {
+                let wake = NewInboxEvent::wake_up(chat("c2"), "wake", json!({}), at(5), at(500));
+                commits[1].schedule.push(wake);
+            } else {
+                commits[1].now = at(-1);
+            }
+            let outcomes: Vec<CommitOutcome> =
+                futures_util::future::try_join_all(commits.into_iter().map(|c| store.commit(c))).await.unwrap();
+            assert!(outcomes.iter().all(|o| o.claimed_next.is_none()), "case {spoil}");
+            let request = ClaimRequest::for_org("o", at(6), Duration::from_secs(60), 10);
+            let found: Vec<String> =
+                store.claim_inbox(&request).await.unwrap().into_iter().map(|e| e.message_id).collect();
+            assert_eq!(found, ["m2-next"], "case {spoil}: the head, left to a claim");
+            fresh.drop_schema().await;
+        }
     }
 }

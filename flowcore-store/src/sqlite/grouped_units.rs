@@ -547,6 +547,8 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
             outbox_ids,
             scheduled: take(&mut next_wake_up, commit.schedule.len()).into_iter().map(InboxInsert::Inserted).collect(),
             claimed_replies,
+            // Left to a claim: SQLite's claims share the writer's batches, so one saves little.
+            claimed_next: None,
         });
     }
     Ok(out)
