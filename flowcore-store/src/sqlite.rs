@@ -33,6 +33,7 @@ use crate::types::*;
 use writer::{SqliteWrite, WriteConnection};
 
 mod grouped_units;
+mod next_event;
 mod replies;
 mod writer;
 

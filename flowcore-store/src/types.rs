@@ -875,8 +875,8 @@ pub struct Commit {
     /// (saving a claim and the head's own hand-off). It comes back as
     /// [`CommitOutcome::claimed_next`]. Unlike a claim, it does not wait for this turn's
     /// replies to be sent: the caller should send them before it runs the claimed event's
-    /// turn. A backend may leave the event to a claim instead (the memory and SQLite
-    /// backends do, and PostgreSQL for a unit that schedules wake-ups).
+    /// turn. A backend may leave the event to a claim instead (the memory backend does, and
+    /// the SQL backends for a unit that schedules wake-ups).
     pub claim_next_until: Option<Timestamp>,
 }
 

@@ -478,7 +478,7 @@ type QueryItem = Either<SqliteQueryResult, SqliteRow>;
 
 /// Every statement's rows and result, in order, up to the first error. Boxed: the stream's
 /// borrows then meet the writer's `Send` bound at one concrete lifetime.
-fn fetch_results<'e>(
+pub(super) fn fetch_results<'e>(
     conn: &'e mut SqliteConnection,
     sql: &'e str,
     args: SqliteArguments<'e>,
@@ -547,7 +547,7 @@ fn outcomes(commits: &[&Commit], results: &Results) -> StoreResult<Vec<CommitOut
             outbox_ids,
             scheduled: take(&mut next_wake_up, commit.schedule.len()).into_iter().map(InboxInsert::Inserted).collect(),
             claimed_replies,
-            // Left to a claim: SQLite's claims share the writer's batches, so one saves little.
+            // Claimed after the batch's units, by the writer (see `next_event.rs`).
             claimed_next: None,
         });
     }

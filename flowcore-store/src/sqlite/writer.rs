@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 
 use super::{
     bind_inbox_event, commit_batch_tx, commit_scheduled_tx, finish_claim_tx, grouped_units, insert_inbox_tx,
-    take_arguments, Tx,
+    next_event, take_arguments, Tx,
 };
 use crate::error::{StoreError, StoreResult};
 use crate::group_commit::{copy_error, ClaimChange, Queue, Queued, Reply, Write, UNIT_OF_WORK_COST};
@@ -438,60 +438,77 @@ fn change_values(change: &ClaimChange) -> (i64, Option<String>) {
 }
 
 /// The batch's units of work: grouped into one query when every unit's checks hold (see
-/// `grouped_units.rs`), else each in its savepoint.
+/// `grouped_units.rs`), else each in its savepoint; then the next inbox events the committed
+/// units asked for (see `next_event.rs`).
 async fn commit_all(
     tx: &mut Tx<'_>,
     commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
     answers: &mut Vec<Answer>,
 ) -> StoreResult<()> {
-    let units: Vec<&Commit> = commits.iter().map(|(commit, _)| &**commit).collect();
-    if grouped_units::worth_grouping(&units) {
-        let grouped = grouped_units::commit_grouped(tx, &units).await;
-        drop(units);
-        match grouped {
-            Ok(Some(outcomes)) => {
-                for ((_, reply), outcome) in commits.into_iter().zip(outcomes) {
-                    answers.push(Answer::Commit(reply, Ok(outcome)));
-                }
-                return Ok(());
-            }
+    let (commits, replies): (Vec<Box<Commit>>, Vec<Reply<CommitOutcome>>) = commits.into_iter().unzip();
+    let units: Vec<&Commit> = commits.iter().map(|commit| &**commit).collect();
+    let (mut results, failure) = write_units(tx, &units).await;
+    let failure = match failure {
+        Some(e) => Some(e),
+        None => claim_next_events(tx, &units, &mut results).await.err(),
+    };
+    answers.extend(replies.into_iter().zip(results).map(|(reply, result)| Answer::Commit(reply, result)));
+    failure.map_or(Ok(()), Err)
+}
+
+/// Each unit's result, and the error that stopped the transaction, if one did.
+async fn write_units(tx: &mut Tx<'_>, units: &[&Commit]) -> (Vec<StoreResult<CommitOutcome>>, Option<StoreError>) {
+    if grouped_units::worth_grouping(units) {
+        match grouped_units::commit_grouped(tx, units).await {
+            Ok(Some(outcomes)) => return (outcomes.into_iter().map(Ok).collect(), None),
             // A check did not hold: one by one below, each refusal diagnosed on its own.
             Ok(None) => {}
-            Err(e) => {
-                commits.into_iter().for_each(|(_, reply)| answers.push(Answer::Commit(reply, Err(copy_error(&e)))));
-                return Err(e);
-            }
+            Err(e) => return (units.iter().map(|_| Err(copy_error(&e))).collect(), Some(e)),
         }
     }
-    one_by_one(tx, commits, answers).await
+    one_by_one(tx, units).await
 }
 
 /// Units of work, each in its savepoint.
-async fn one_by_one(
-    tx: &mut Tx<'_>,
-    commits: Vec<(Box<Commit>, Reply<CommitOutcome>)>,
-    answers: &mut Vec<Answer>,
-) -> StoreResult<()> {
+async fn one_by_one(tx: &mut Tx<'_>, units: &[&Commit]) -> (Vec<StoreResult<CommitOutcome>>, Option<StoreError>) {
+    let mut results = Vec::with_capacity(units.len());
     let mut savepoint_open = false;
-    let mut commits = commits.into_iter();
-    while let Some((commit, reply)) = commits.next() {
+    for commit in units {
         let prefix = if savepoint_open { RELEASE_AND_SAVEPOINT } else { SAVEPOINT };
         let result = if commit.schedule.is_empty() {
-            commit_batch_tx(tx, &commit, prefix).await
+            commit_batch_tx(tx, commit, prefix).await
         } else {
-            commit_scheduled_tx(tx, &commit, prefix).await
+            commit_scheduled_tx(tx, commit, prefix).await
         };
         savepoint_open = true;
         if result.is_err() {
             // Undo whatever part of the unit ran; the savepoint stays open (empty).
             if let Err(e) = sqlx::query("ROLLBACK TO unit").execute(&mut **tx).await {
                 let e = StoreError::from(e);
-                answers.push(Answer::Commit(reply, result));
-                commits.for_each(|(_, reply)| answers.push(Answer::Commit(reply, Err(copy_error(&e)))));
-                return Err(e);
+                results.push(result);
+                results.extend(units[results.len()..].iter().map(|_| Err(copy_error(&e))));
+                return (results, Some(e));
             }
         }
-        answers.push(Answer::Commit(reply, result));
+        results.push(result);
+    }
+    (results, None)
+}
+
+/// Claims the next inbox event of each committed unit that asked, into its outcome. `Err`
+/// when the transaction cannot go on.
+async fn claim_next_events(
+    tx: &mut Tx<'_>,
+    units: &[&Commit],
+    results: &mut [StoreResult<CommitOutcome>],
+) -> StoreResult<()> {
+    let committed: Vec<usize> = (0..units.len()).filter(|&i| results[i].is_ok()).collect();
+    let asking: Vec<&Commit> = committed.iter().map(|&i| units[i]).collect();
+    let claimed = next_event::claim_next_events(tx, &asking).await?;
+    for (i, event) in committed.into_iter().zip(claimed) {
+        if let Ok(outcome) = &mut results[i] {
+            outcome.claimed_next = event;
+        }
     }
     Ok(())
 }
