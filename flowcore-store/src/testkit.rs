@@ -86,6 +86,7 @@ cases!(
     commit_races_one_winner,
     commit_without_wake_ups,
     commit_claims_replies_for_the_caller,
+    commit_claims_the_next_event_for_the_caller,
     concurrent_writes_keep_their_own_results,
     tenant_isolation,
     closed_store,
@@ -1265,6 +1266,61 @@ pub async fn commit_claims_replies_for_the_caller(store: Arc<dyn Store>) {
     // Ours finish with their claims, in order.
     for id in &ours {
         store.mark_sent(ORG_A, Claim { id: *id, attempt: 1 }, "wamid.x", t(3)).await.unwrap();
+    }
+}
+
+/// The next inbox event a commit claims for its caller ([`Commit::claim_next_until`]; a
+/// backend may leave it to a claim instead) is its conversation's next one, claimed as a
+/// claim would claim it: first attempt, until the lease, and only once it is due. A claim
+/// passes over it while the lease holds, and its own turn commits. Commits run
+/// concurrently, so grouping backends write them together.
+pub async fn commit_claims_the_next_event_for_the_caller(store: Arc<dyn Store>) {
+    const CHATS: usize = 4;
+    let lease = t(70);
+    let chats: Vec<ConversationKey> = (0..CHATS).map(|i| chat(ORG_A, &format!("c{i}"))).collect();
+    for (i, c) in chats.iter().enumerate() {
+        store.insert_inbox(message(c, &format!("{c}-first"), t(0))).await.unwrap();
+        // The last conversation's next event is a wake-up, not due when the first is handled.
+        let next = if i == CHATS - 1 {
+            NewInboxEvent::wake_up(c.clone(), format!("{c}-next"), json!({}), t(0), t(500))
+        } else {
+            message(c, &format!("{c}-next"), t(0))
+        };
+        store.insert_inbox(next).await.unwrap();
+    }
+    let claimed = store.claim_inbox(&ClaimRequest::for_org(ORG_A, t(1), LEASE, 100)).await.unwrap();
+    assert_eq!(claimed.len(), CHATS, "one per conversation");
+    let mut tasks = tokio::task::JoinSet::new();
+    for event in claimed {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let commit =
+                Commit { inbox_done: Some(event.claim()), claim_next_until: Some(lease), ..Commit::new(ORG_A, t(5)) };
+            (event.conversation.clone(), store.commit(commit).await.unwrap().claimed_next)
+        });
+    }
+    let mut ours = Vec::new();
+    let mut left = HashSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (c, next) = joined.unwrap();
+        let Some(next) = next else {
+            if c != chats[CHATS - 1] {
+                left.insert(format!("{c}-next"));
+            }
+            continue;
+        };
+        assert_ne!(c, chats[CHATS - 1], "a wake-up not due yet was claimed: {next:?}");
+        assert_eq!((&next.conversation, next.message_id.as_str()), (&c, format!("{c}-next").as_str()));
+        assert_eq!((next.status, next.attempts, next.lease_until), (QueueStatus::Claimed, 1, Some(lease)), "{c}");
+        assert_eq!(store.get_inbox(ORG_A, next.id).await.unwrap().as_ref(), Some(&*next), "{c}: as stored");
+        ours.push(next);
+    }
+    // A claim while the leases hold finds only what no commit claimed (the wake-up is not due).
+    let found = store.claim_inbox(&ClaimRequest::for_org(ORG_A, t(6), LEASE, 100)).await.unwrap();
+    let found: HashSet<String> = found.into_iter().map(|e| e.message_id).collect();
+    assert_eq!(found, left);
+    for next in ours {
+        store.commit(Commit { inbox_done: Some(next.claim()), ..Commit::new(ORG_A, t(7)) }).await.unwrap();
     }
 }
 
