@@ -162,8 +162,8 @@ enum Read<T> {
 enum SessionSource {
     /// As stored.
     Stored(Read<Option<Box<StoredSession>>>),
-    /// As the turn before it in this worker left it, saved (`None`: it left none active).
-    Carried(Option<Box<Running>>),
+    /// As the turn before it in this worker saved it, active.
+    Carried(Box<Running>),
 }
 
 /// For each claimed event, in order: the count the rate limit judges it by, if it is a
@@ -275,7 +275,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
 
     // The conversation's current session, if any (it keeps its flow, version and variant).
     let mut running = match loaded.session {
-        SessionSource::Carried(running) => running.map(|r| *r),
+        SessionSource::Carried(running) => Some(*running),
         SessionSource::Stored(read) => {
             let stored = match read {
                 Read::Done(stored) => stored.map(|s| *s),
@@ -508,13 +508,14 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
     let outcome = unit.finish(commit).await?;
     Stats::bump(&state.stats.turns);
     // The conversation's next turn, if this worker runs it, starts from the session as saved.
-    let carried = match outcome.session {
-        Some(saved) if status == SessionStatus::Active => {
-            Some(Box::new(Running { expected_version: saved.version, cohort: None, ..running }))
-        }
-        _ => None,
-    };
-    unit.carry(SessionSource::Carried(carried));
+    // After a session ends, it reads which one is active, as a claimed turn does.
+    if let (Some(saved), SessionStatus::Active) = (outcome.session, status) {
+        unit.carry(SessionSource::Carried(Box::new(Running {
+            expected_version: saved.version,
+            cohort: None,
+            ..running
+        })));
+    }
     Ok(())
 }
 
