@@ -157,42 +157,25 @@ struct ClaimedNext {
 }
 
 impl ClaimedNext {
+    /// Reads the arrays, each as long as `next_after`.
     fn read(row: &PgRow) -> Result<ClaimedNext, sqlx::Error> {
+        let after: Vec<i64> = row.try_get("next_after")?;
+        let column = ColumnArrays { row, len: after.len() };
         Ok(ClaimedNext {
-            after: row.try_get("next_after")?,
-            ids: row.try_get("next_ids")?,
-            numbers: row.try_get("next_numbers")?,
-            contacts: row.try_get("next_contacts")?,
-            messages: row.try_get("next_messages")?,
-            kinds: row.try_get("next_kinds")?,
-            payloads: row.try_get("next_payloads")?,
-            received: row.try_get("next_received")?,
-            due: row.try_get("next_due")?,
-            attempts: row.try_get("next_attempts")?,
-            leases: row.try_get("next_leases")?,
-            retry: row.try_get("next_retry")?,
-            errors: row.try_get("next_errors")?,
+            ids: column.get("next_ids")?,
+            numbers: column.get("next_numbers")?,
+            contacts: column.get("next_contacts")?,
+            messages: column.get("next_messages")?,
+            kinds: column.get("next_kinds")?,
+            payloads: column.get("next_payloads")?,
+            received: column.get("next_received")?,
+            due: column.get("next_due")?,
+            attempts: column.get("next_attempts")?,
+            leases: column.get("next_leases")?,
+            retry: column.get("next_retry")?,
+            errors: column.get("next_errors")?,
+            after,
         })
-    }
-
-    fn is_complete(&self) -> bool {
-        let n = self.ids.len();
-        [
-            self.after.len(),
-            self.numbers.len(),
-            self.contacts.len(),
-            self.messages.len(),
-            self.kinds.len(),
-            self.payloads.len(),
-            self.received.len(),
-            self.due.len(),
-            self.attempts.len(),
-            self.leases.len(),
-            self.retry.len(),
-            self.errors.len(),
-        ]
-        .iter()
-        .all(|&len| len == n)
     }
 
     /// The events by the handled row each follows (every conversation of `org_id`: a call
@@ -232,6 +215,26 @@ impl ClaimedNext {
     }
 }
 
+/// A row's column arrays that must all be `len` long.
+struct ColumnArrays<'r> {
+    row: &'r PgRow,
+    len: usize,
+}
+
+impl ColumnArrays<'_> {
+    fn get<T>(&self, name: &str) -> Result<Vec<T>, sqlx::Error>
+    where
+        for<'v> Vec<T>: sqlx::Decode<'v, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        let values: Vec<T> = self.row.try_get(name)?;
+        if values.len() == self.len {
+            Ok(values)
+        } else {
+            Err(sqlx::Error::Decode(format!("{name}: {} values, expected {}", values.len(), self.len).into()))
+        }
+    }
+}
+
 impl Written {
     /// Every row the checks promised was written (the function raises an error otherwise;
     /// this guards the mapping of ids to units).
@@ -243,7 +246,6 @@ impl Written {
             && self.log_ids.len() == counts.log
             && self.outbox_ids.len() == counts.outbox
             && self.outbox_claimed.len() == counts.outbox
-            && self.next.is_complete()
             && self.next.ids.len() <= counts.claims;
         if complete {
             Ok(())
