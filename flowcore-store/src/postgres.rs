@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
     (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
     (13, "claim_next", include_str!("../migrations/postgres/0013_claim_next.sql")),
+    (14, "claims_by_primary_key", include_str!("../migrations/postgres/0014_claims_by_primary_key.sql")),
 ];
 
 /// Connections idle this long are pinged before use.

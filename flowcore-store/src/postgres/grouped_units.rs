@@ -653,6 +653,26 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(functions, 1, "each migration that redefines the function replaces it");
+        // Migration 14 patched the claimed rows' lookups (a status test the partial index of
+        // claimed rows cannot serve), and only those.
+        for (function, patched) in [
+            ("flowcore_commit_units", "AND CASE WHEN i.status = 'claimed' THEN true END"),
+            ("flowcore_finish_inbox_rows", "AND CASE WHEN q.status = 'claimed' THEN true END"),
+            ("flowcore_finish_outbox_rows", "AND CASE WHEN q.status = 'claimed' THEN true END"),
+        ] {
+            let definition: String = sqlx::query_scalar(
+                "SELECT pg_get_functiondef(p.oid) FROM pg_proc p
+                 WHERE p.proname = $1 AND p.pronamespace = current_schema()::regnamespace",
+            )
+            .bind(function)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(definition.matches(patched).count(), 1, "{function}");
+            assert!(
+                !definition.contains("AND i.status = 'claimed'") && !definition.contains("AND q.status = 'claimed'")
+            );
+        }
         let earlier = store.enqueue_outbox("o", &[reply("c1", "earlier")]).await.unwrap()[0];
         let lease = at(65);
         let commits: Vec<Commit> =
