@@ -547,8 +547,8 @@ impl TurnCommit<'_> {
         }
         let mut outcome = state.store.commit(commit).await?;
         let claimed = std::mem::take(&mut outcome.claimed_replies);
-        state.stats.handed_over.fetch_add(claimed.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let handed = claimed.len();
+        state.stats.handed_over.fetch_add(handed as u64, std::sync::atomic::Ordering::Relaxed);
         let mut replies_sent = None;
         if handed > 0 {
             let (done, sent) = oneshot::channel();

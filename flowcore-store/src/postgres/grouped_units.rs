@@ -1,5 +1,5 @@
-//! Units of work as one call of `flowcore_commit_units` (migration 2; migration 12 gives its
-//! current form), however many a batch holds.
+//! Units of work as one call of `flowcore_commit_units` (migration 2; migrations 13 and 14
+//! give its current form), however many a batch holds.
 //!
 //! Every part of every unit (handled inbox rows, session saves, log rows, replies) is bound
 //! as a column array, so the call is one prepared statement, one round trip per batch, and
@@ -178,38 +178,33 @@ impl ClaimedNext {
         })
     }
 
-    /// The events by the handled row each follows (every conversation of `org_id`: a call
-    /// writes one organization's units, each checked against its claim's organization).
-    fn into_events(self, commits: &[&Commit]) -> HashMap<i64, Box<InboxEvent>> {
+    /// The events by the handled row each follows, in the organization of that row's unit.
+    /// Every array is as long as `after` (see [`ClaimedNext::read`]).
+    fn into_events(mut self, commits: &[&Commit]) -> HashMap<i64, Box<InboxEvent>> {
         let org_of: HashMap<i64, &str> =
             commits.iter().filter_map(|c| c.inbox_done.map(|k| (k.id, c.org_id.as_str()))).collect();
-        let mut events = HashMap::with_capacity(self.ids.len());
-        let fields = self.after.into_iter().zip(self.ids).zip(self.numbers).zip(self.contacts).zip(self.messages);
-        let more = self.kinds.into_iter().zip(self.payloads).zip(self.received).zip(self.due).zip(self.attempts);
-        let rest = self.leases.into_iter().zip(self.retry).zip(self.errors);
-        for (
-            (((((after, id), number), contact), message_id), ((((kind, payload), received), due), attempts)),
-            ((lease, retry), error),
-        ) in fields.zip(more).zip(rest)
-        {
+        let mut events = HashMap::with_capacity(self.after.len());
+        for (i, after) in self.after.iter().copied().enumerate() {
             let Some(org) = org_of.get(&after) else { continue };
-            events.insert(
-                after,
-                Box::new(InboxEvent {
-                    id,
-                    conversation: ConversationKey::new(*org, number, contact),
-                    message_id,
-                    kind: InboxKind::parse(&kind),
-                    payload: json_col(&payload),
-                    received_at: Timestamp::from_unix_millis(received),
-                    due_at: Timestamp::from_unix_millis(due),
-                    status: QueueStatus::Claimed,
-                    attempts,
-                    lease_until: lease.map(Timestamp::from_unix_millis),
-                    retry_at: retry.map(Timestamp::from_unix_millis),
-                    last_error: error,
-                }),
-            );
+            let event = InboxEvent {
+                id: self.ids[i],
+                conversation: ConversationKey::new(
+                    *org,
+                    std::mem::take(&mut self.numbers[i]),
+                    std::mem::take(&mut self.contacts[i]),
+                ),
+                message_id: std::mem::take(&mut self.messages[i]),
+                kind: InboxKind::parse(&self.kinds[i]),
+                payload: json_col(&self.payloads[i]),
+                received_at: Timestamp::from_unix_millis(self.received[i]),
+                due_at: Timestamp::from_unix_millis(self.due[i]),
+                status: QueueStatus::Claimed,
+                attempts: self.attempts[i],
+                lease_until: self.leases[i].map(Timestamp::from_unix_millis),
+                retry_at: self.retry[i].map(Timestamp::from_unix_millis),
+                last_error: self.errors[i].take(),
+            };
+            events.insert(after, Box::new(event));
         }
         events
     }

@@ -7,12 +7,28 @@
 //! per asking unit, all in one query (one hop to sqlx's connection thread); each statement's
 //! rows are its unit's.
 
+use std::sync::LazyLock;
+
 use sqlx::Either;
 
 use super::{grouped_units::fetch_results, inbox_event, take_arguments, Tx};
 use crate::error::{StoreError, StoreResult};
 use crate::sql_rows::INBOX_COLS;
 use crate::types::{Commit, InboxEvent};
+
+/// One asking unit's statement: parameters the lease's end, the handled row, and the unit's
+/// time twice.
+static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE inbox SET status = 'claimed', attempts = attempts + 1, lease_until = ?
+         WHERE id = (SELECT j.id FROM inbox h, inbox j INDEXED BY inbox_open_conversation
+                     WHERE h.id = ? AND j.org_id = h.org_id AND j.business_number_id = h.business_number_id
+                       AND j.contact_id = h.contact_id AND j.status IN ('pending', 'claimed')
+                     ORDER BY j.due_at, j.id LIMIT 1)
+           AND status = 'pending' AND due_at <= ? AND (retry_at IS NULL OR retry_at <= ?)
+         RETURNING {INBOX_COLS};"
+    )
+});
 
 /// Claims the next event of each asking unit's conversation when it is claimable at the
 /// unit's time: pending, due, not waiting for a retry. A unit asks when it handled an inbox
@@ -36,16 +52,7 @@ pub(super) async fn claim_next_events(
     if asking.is_empty() {
         return Ok(claimed);
     }
-    let statement = format!(
-        "UPDATE inbox SET status = 'claimed', attempts = attempts + 1, lease_until = ?
-         WHERE id = (SELECT j.id FROM inbox h, inbox j INDEXED BY inbox_open_conversation
-                     WHERE h.id = ? AND j.org_id = h.org_id AND j.business_number_id = h.business_number_id
-                       AND j.contact_id = h.contact_id AND j.status IN ('pending', 'claimed')
-                     ORDER BY j.due_at, j.id LIMIT 1)
-           AND status = 'pending' AND due_at <= ? AND (retry_at IS NULL OR retry_at <= ?)
-         RETURNING {INBOX_COLS};"
-    );
-    let sql = statement.repeat(asking.len());
+    let sql = CLAIM_NEXT.repeat(asking.len());
     let mut query = sqlx::query::<sqlx::Sqlite>("");
     for &(_, handled, until, now) in &asking {
         query = query.bind(until).bind(handled).bind(now).bind(now);
