@@ -254,14 +254,7 @@ async fn the_per_contact_rate_limit_drops_excess_messages() {
     let (status, conv) =
         h.admin(reqwest::Method::GET, Some(GLOBEX_TOKEN), &format!("/api/v1/conversations/{c}"), None).await;
     assert_eq!(status, 200);
-    let user: Vec<&str> = conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["type"] == "user")
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(user, ["m0", "m1", "m2", "m3"]);
+    assert_eq!(texts_of(&conv, "user"), ["m0", "m1", "m2", "m3"]);
 }
 
 #[tokio::test]

@@ -386,6 +386,12 @@ pub async fn get_conversation(http: &reqwest::Client, base: &str, token: &str, c
         .unwrap()
 }
 
+/// The texts of a conversation (as the admin API shows it) of one `type`: `"user"` or `"bot"`.
+pub fn texts_of(conversation: &Value, kind: &str) -> Vec<String> {
+    let messages = conversation["messages"].as_array().expect("a conversation lists its messages");
+    messages.iter().filter(|m| m["type"] == kind).map(|m| m["text"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
 /// The visible text of an outgoing Graph message.
 pub fn message_text(m: &Value) -> String {
     match m["type"].as_str() {
