@@ -25,10 +25,13 @@ fn admin_url() -> Option<String> {
 
 /// Creates a fresh database next to the one `admin_url` names; returns its URL.
 async fn fresh_database(admin_url: &str) -> (String, String) {
+    // The counter keeps names apart when two tests start within the same microsecond.
+    static CREATED: AtomicU64 = AtomicU64::new(0);
     let name = format!(
-        "flowcore_server_{}_{}",
+        "flowcore_server_{}_{}_{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros(),
+        CREATED.fetch_add(1, Ordering::Relaxed)
     );
     let mut conn = sqlx::PgConnection::connect(admin_url).await.expect("FLOWCORE_TEST_POSTGRES_URL connects");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
