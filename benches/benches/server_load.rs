@@ -24,9 +24,11 @@
 //! not power-safe setting instead. The runtimes name their threads
 //! (`server`, `bench-harness`) so that a profile tells the server from the load generator.
 //!
-//! The flow is an echo loop: each message after the first gets two replies ("echo: …"
-//! and the question again), so the fake API accepts about twice as many messages as
-//! arrive.
+//! The flow is an echo loop (`benches/flows/echo_once.json`): each message after the first
+//! gets one reply, "echo: …", which asks again; "end to end" is a message's webhook until
+//! its reply is accepted. `BENCH_REPLIES=2` runs the heavier loop the bench used before
+//! (`examples/tests/server_flows/echo.json`): two replies per message, the echo and then the
+//! question again, so twice the outbox rows, logged replies and sends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +58,7 @@ fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 64) as usize;
     let rate = env_or("BENCH_RATE", 1000);
     let seconds = env_or("BENCH_SECONDS", 10);
+    let replies = env_or("BENCH_REPLIES", 1).clamp(1, 2);
 
     // The load generator and the fake Graph API run here; each server has its own runtime.
     let client_rt = tokio::runtime::Builder::new_multi_thread()
@@ -66,15 +69,15 @@ fn main() {
         .unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let graph_uri = client_rt.block_on(fake_graph(accepted.clone()));
-    let dir = workdir();
+    let dir = workdir(replies);
     let bench = Bench {
         dir: &dir,
         graph_uri: &graph_uri,
         client_rt: &client_rt,
         accepted: &accepted,
-        load: Load { messages, conversations, concurrency, rate, seconds },
+        load: Load { messages, conversations, concurrency, rate, seconds, replies },
     };
-    println!("flowcore-server load bench: {messages} messages over {conversations} conversations, {concurrency} in flight; then {rate} msg/s for {seconds} s");
+    println!("flowcore-server load bench: {messages} messages over {conversations} conversations, {concurrency} in flight, {replies} repl{} per message; then {rate} msg/s for {seconds} s", if replies == 1 { "y" } else { "ies" });
     println!(
         "machine: {} logical CPUs (shared with other work: numbers vary)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -118,11 +121,13 @@ struct Load {
     concurrency: usize,
     rate: u64,
     seconds: u64,
+    /// Replies per message after the first (1 or 2, see the module docs).
+    replies: u64,
 }
 
 fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
     let Bench { dir, graph_uri, client_rt, accepted, load } = *bench;
-    let Load { messages, conversations, concurrency, rate, seconds } = load;
+    let Load { messages, conversations, concurrency, rate, seconds, replies } = load;
     // One runtime per instance, two threads each: the machine has two cores, which the
     // instances, the load generator and the fake API all share.
     let servers: Vec<(tokio::runtime::Runtime, RunningServer)> = urls
@@ -165,7 +170,7 @@ fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
 
     // 1. Throughput.
     let before = accepted.load(Ordering::Relaxed);
-    let expected = before + 2 * messages as u64;
+    let expected = before + replies * messages as u64;
     let (started, cpu_before, machine_before, pg_before) =
         (Instant::now(), process_cpu(), machine_cpu(), postgres_cpu());
     let acks = client_rt.block_on(send_all(&bases, messages, conversations, concurrency, "tp", 0));
@@ -206,13 +211,13 @@ fn run_backend(label: &str, urls: &[String], bench: &Bench<'_>) {
     let n = (rate * seconds) as usize;
     let started = Instant::now();
     let acks = client_rt.block_on(open_loop(&bases, n, conversations, rate));
-    let ok = client_rt.block_on(wait_for(accepted, before + 2 * n as u64, Duration::from_secs(600)));
+    let ok = client_rt.block_on(wait_for(accepted, before + replies * n as u64, Duration::from_secs(600)));
     println!(
         "[{label}] {rate} msg/s for {seconds} s: webhook ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {} replies accepted {:.2} s after the first webhook{}",
         pct(&acks, 0.50),
         pct(&acks, 0.99),
         pct(&acks, 1.0),
-        2 * n,
+        replies * n as u64,
         started.elapsed().as_secs_f64(),
         if ok { "" } else { " — TIMED OUT" },
     );
@@ -436,10 +441,16 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn workdir() -> std::path::PathBuf {
+/// A directory with the config and the echo flow that answers each message with `replies`
+/// messages.
+fn workdir(replies: u64) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("flowcore-server-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tests/server_flows/echo.json");
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let echo = match replies {
+        1 => manifest.join("flows/echo_once.json"),
+        _ => manifest.join("../examples/tests/server_flows/echo.json"),
+    };
     std::fs::copy(echo, dir.join("echo.json")).unwrap();
     std::fs::write(
         dir.join("config.toml"),
