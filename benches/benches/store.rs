@@ -5,7 +5,9 @@
 //! (PostgreSQL runs when `FLOWCORE_TEST_POSTGRES_URL` is set, in a fresh schema that is
 //! dropped at the end even when a run fails; `FLOWCORE_BENCH_SCALE=0.1` shortens every run;
 //! `FLOWCORE_BENCH_ONLY=sqlite`, `FLOWCORE_BENCH_TASKS=8` and `FLOWCORE_BENCH_PARTS=units` pick
-//! backends, concurrency and parts.)
+//! backends, concurrency and parts. `FLOWCORE_BENCH_CLAIM_REPLIES=1` has the units claim their
+//! replies as they are written, as the server's worker does; nothing sends them, so the
+//! unfinished replies pile up during the run, as they do while Meta is down.)
 //!
 //! - *unit of work*: one `Store::commit` = compare-and-set session save + 2 log rows +
 //!   1 outbox row + the (already claimed) inbox row marked done;
@@ -68,6 +70,8 @@ async fn claimed_rows(store: &Arc<dyn Store>, n: u64, tag: &str) -> Vec<Claim> {
 /// The worker's commit for one turn: version-checked session save, the inbound and the
 /// outbound log rows, one reply, the claimed inbox row done.
 fn unit(chat: &ConversationKey, key: &SessionKey, state: &Session, version: i64, claim: Claim) -> Commit {
+    // Only the lease's presence matters: the clock of these units stands still.
+    let claim_replies_until = claim_replies().then(|| now().saturating_add_seconds(60));
     let log = |direction, text: &str| NewLogEntry {
         conversation: chat.clone(),
         flow_id: Some("lead".into()),
@@ -99,9 +103,14 @@ fn unit(chat: &ConversationKey, key: &SessionKey, state: &Session, version: i64,
         }],
         schedule: vec![],
         inbox_done: Some(claim),
-        claim_replies_until: None,
+        claim_replies_until,
         claim_next_until: None,
     }
+}
+
+/// `FLOWCORE_BENCH_CLAIM_REPLIES=1` (see the module docs).
+fn claim_replies() -> bool {
+    std::env::var("FLOWCORE_BENCH_CLAIM_REPLIES").is_ok_and(|v| v == "1")
 }
 
 /// Runs `tasks` tasks; each builds its inputs with `prepare`, waits for the others, then

@@ -500,7 +500,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::traits::{Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
-    use crate::types::{Claim, ClaimRequest, NewInboxEvent, Page, QueueStatus};
+    use crate::types::{Claim, ClaimRequest, NewInboxEvent, NewOutboxMessage, Page, QueueStatus};
     use crate::unit_fixtures::{at, chat, claims_in_contact_order, reply, save, units, FreshPostgres as Fresh};
     use crate::PostgresStore;
 
@@ -631,6 +631,35 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((updated, in_place), (2, 1), "c1's turn in place, c3's close not");
+        tx.rollback().await.unwrap();
+        fresh.drop_schema().await;
+    }
+
+    /// Whether a unit's replies are claimed as they are written is decided from their
+    /// conversation's replies alone: however many replies other conversations have waiting,
+    /// the call reads a few entries of `outbox_open_conversation`, not all of them
+    /// (migration 15; a hashed subplan read every unfinished reply of the outbox per call).
+    #[tokio::test]
+    async fn the_replies_claim_test_reads_only_their_conversation() {
+        let Some((fresh, claims)) = prepared().await else { return };
+        let store = &fresh.store;
+        const WAITING: usize = 300;
+        let waiting: Vec<NewOutboxMessage> = (0..WAITING).map(|i| reply(&format!("other-{i}"), "waiting")).collect();
+        store.enqueue_outbox("o", &waiting).await.unwrap();
+        let commits: Vec<Commit> =
+            units(&claims).into_iter().map(|c| Commit { claim_replies_until: Some(at(65)), ..c }).collect();
+        let units: Vec<&Commit> = commits.iter().collect();
+        let mut tx = store.pool().begin().await.unwrap();
+        let UnitsWritten::Written(outcomes) = commit_units(&mut *tx, &units).await.unwrap() else { panic!("written") };
+        assert!(outcomes.iter().any(|o| !o.claimed_replies.is_empty()), "the test ran: some replies were claimed");
+        // Entries this transaction's scans read off the index (its own counters: no wait for
+        // the statistics to be flushed).
+        let read: i64 =
+            sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_returned('outbox_open_conversation'::regclass)")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert!(read < 50, "{read} entries of outbox_open_conversation read for 3 units' replies");
         tx.rollback().await.unwrap();
         fresh.drop_schema().await;
     }
