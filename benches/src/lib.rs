@@ -101,3 +101,35 @@ pub fn generated_flow(nodes: usize) -> Value {
     link(&mut es, &prev, "end", None);
     json!({"id": format!("gen{nodes}"), "name": "generated", "nodes": ns, "edges": es})
 }
+
+#[cfg(test)]
+mod tests {
+    use flowcore::{Message, Output};
+
+    use super::*;
+
+    /// The texts a turn sends.
+    fn texts(turn: &flowcore::Turn) -> Vec<String> {
+        turn.outputs
+            .iter()
+            .map(|output| match output {
+                Output::Send { message: Message::Text { text }, .. } => text.clone(),
+                other => panic!("only texts expected, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The load bench's flow answers each message once, after the first: what the bench
+    /// counts as a message's reply.
+    #[test]
+    fn the_load_bench_flow_answers_each_message_once() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("flows/echo_once.json");
+        let flow = Flow::from_json(&std::fs::read_to_string(path).unwrap()).unwrap().compile().unwrap();
+        let now = Timestamp::from_unix_seconds(1_700_000_000);
+        let mut session = Session::new(&flow, SessionOptions::default());
+        assert_eq!(texts(&session.handle(&flow, Input::text("oi"), now).unwrap()), ["Diga algo"]);
+        for text in ["um", "dois", "três"] {
+            assert_eq!(texts(&session.handle(&flow, Input::text(text), now).unwrap()), [format!("echo: {text}")]);
+        }
+    }
+}
