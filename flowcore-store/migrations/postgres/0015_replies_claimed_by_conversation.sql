@@ -30,7 +30,8 @@ BEGIN
         RAISE EXCEPTION 'migration 15: flowcore_commit_units is missing';
     END IF;
     definition := pg_get_functiondef(target);
-    IF regexp_count(definition, old_test) <> 1 THEN
+    -- Counted with `regexp_matches`, not `regexp_count`, which needs PostgreSQL 15.
+    IF (SELECT count(*) FROM regexp_matches(definition, old_test, 'g')) <> 1 THEN
         RAISE EXCEPTION 'migration 15: % does not hold its replies'' claim test exactly once', target;
     END IF;
     EXECUTE regexp_replace(definition, old_test, new_test);
