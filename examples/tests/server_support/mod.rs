@@ -149,11 +149,12 @@ organization = "initech"
 /// A fresh temporary directory with the config and every flow.
 pub fn workdir(api_base: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
+    // The start time keeps a later run whose process id repeats off this run's database.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "flowcore-server-test-{}-{}-{}",
+        "flowcore-server-test-{}-{}-{started}",
         std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        Instant::now().elapsed().as_nanos()
+        N.fetch_add(1, Ordering::Relaxed)
     ));
     let flows = dir.join("flows");
     std::fs::create_dir_all(&flows).unwrap();
