@@ -50,11 +50,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
     (13, "claim_next", include_str!("../migrations/postgres/0013_claim_next.sql")),
     (14, "claims_by_primary_key", include_str!("../migrations/postgres/0014_claims_by_primary_key.sql")),
-    (
-        15,
-        "replies_claimed_by_conversation",
-        include_str!("../migrations/postgres/0015_replies_claimed_by_conversation.sql"),
-    ),
 ];
 
 /// Connections idle this long are pinged before use.

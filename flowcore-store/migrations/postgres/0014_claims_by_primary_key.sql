@@ -1,14 +1,13 @@
--- flowcore-store schema v14 (PostgreSQL): rows named by id are found by their primary key.
+-- flowcore-store schema v14 (PostgreSQL): the claim changes find their rows by primary key.
 --
--- The units' call finds its handled inbox rows with `id = ANY(p_claim_id) AND status =
--- 'claimed'`, and the claim changes (replies sent, inbox rows failed or retried) find theirs
--- with `id = ANY(p_id) AND ... AND status = 'claimed'`. A function's plan is made once per
+-- The claim changes (replies sent, inbox rows done, failed or retried) find their rows with
+-- `id = ANY(p_id) AND ... AND status = 'claimed'`. A function's plan is made once per
 -- connection, often on nearly empty tables, and the status condition let the planner read
 -- the rows off the partial index of claimed rows (`inbox_claimed`, `outbox_claimed`)
--- instead: every claimed row, and every dead entry of one not yet cleaned up, for each call.
--- Under the server load bench that was 170 index entries and 140 row fetches a call for the
--- units, and 34 a call for the replies sent. Written as a `CASE`, the status test no longer
--- matches the index's predicate, so the primary key is the only way in.
+-- instead: every claimed row, and every dead entry of one not yet cleaned up, for each call
+-- (34 index entries a call for the replies sent under the server load bench). Written as a
+-- `CASE`, the status test no longer matches the index's predicate, so the primary key is the
+-- only way in. Migration 13 does the same for the units' call.
 --
 -- Only that condition changes, so the functions are patched in place rather than restated:
 -- each is read back with `pg_get_functiondef`, the one condition replaced, and the result
@@ -21,8 +20,6 @@ BEGIN
     FOR patch IN
         SELECT p.oid::regprocedure AS function, x.old, x.new
         FROM (VALUES
-                  ('flowcore_commit_units', 'WHERE i.id = ANY(p_claim_id) AND i.status = ''claimed''',
-                   'WHERE i.id = ANY(p_claim_id) AND CASE WHEN i.status = ''claimed'' THEN true END'),
                   ('flowcore_finish_inbox_rows', 'AND q.org_id = c.org AND q.status = ''claimed''',
                    'AND q.org_id = c.org AND CASE WHEN q.status = ''claimed'' THEN true END'),
                   ('flowcore_finish_outbox_rows', 'AND q.org_id = c.org AND q.status = ''claimed''',
@@ -37,8 +34,8 @@ BEGIN
         EXECUTE replace(definition, patch.old, patch.new);
     END LOOP;
     IF (SELECT count(*) FROM pg_proc
-        WHERE proname IN ('flowcore_commit_units', 'flowcore_finish_inbox_rows', 'flowcore_finish_outbox_rows')
-          AND pronamespace = current_schema()::regnamespace) <> 3 THEN
+        WHERE proname IN ('flowcore_finish_inbox_rows', 'flowcore_finish_outbox_rows')
+          AND pronamespace = current_schema()::regnamespace) <> 2 THEN
         RAISE EXCEPTION 'migration 14: a function to patch is missing';
     END IF;
 END

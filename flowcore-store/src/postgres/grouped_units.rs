@@ -1,5 +1,5 @@
-//! Units of work as one call of `flowcore_commit_units` (migration 2; migrations 13 and 14
-//! give its current form), however many a batch holds.
+//! Units of work as one call of `flowcore_commit_units` (migration 2; migration 13 gives its
+//! current form), however many a batch holds.
 //!
 //! Every part of every unit (handled inbox rows, session saves, log rows, replies) is bound
 //! as a column array, so the call is one prepared statement, one round trip per batch, and
@@ -637,8 +637,8 @@ mod tests {
 
     /// Whether a unit's replies are claimed as they are written is decided from their
     /// conversation's replies alone: however many replies other conversations have waiting,
-    /// the call reads a few entries of `outbox_open_conversation`, not all of them
-    /// (migration 15; a hashed subplan read every unfinished reply of the outbox per call).
+    /// the call reads a few entries of `outbox_open_conversation`, not all of them (migration
+    /// 13; a `NOT EXISTS` planned as a hashed subplan read every unfinished reply per call).
     #[tokio::test]
     async fn the_replies_claim_test_reads_only_their_conversation() {
         let Some((fresh, claims)) = prepared().await else { return };
@@ -677,8 +677,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(functions, 1, "each migration that redefines the function replaces it");
-        // Migration 14 patched the claimed rows' lookups (a status test the partial index of
-        // claimed rows cannot serve), and only those.
+        // The claimed rows' lookups (migration 13 for the units' call, 14 for the claim
+        // changes) test the status in a form the partial index of claimed rows cannot serve.
         for (function, patched) in [
             ("flowcore_commit_units", "AND CASE WHEN i.status = 'claimed' THEN true END"),
             ("flowcore_finish_inbox_rows", "AND CASE WHEN q.status = 'claimed' THEN true END"),
