@@ -109,7 +109,8 @@ async fn a_burst_over_two_instances_is_answered_exactly_once_in_order() {
         assert_eq!(texts, &want, "conversation {contact}");
     }
     // Both instances did part of the work.
-    let turns = |s: &flowcore_examples::server::run::RunningServer| s.state.stats.turns.load(Ordering::Relaxed);
+    let turns =
+        |s: &flowcore_examples::server::run::RunningServer| s.state.runtime.stats().turns.load(Ordering::Relaxed);
     let (ta, tb) = (turns(&a), turns(&b));
     println!("turns: instance a {ta}, instance b {tb}");
     assert_eq!(ta + tb, (CONVERSATIONS * PER_CONVERSATION) as u64);
@@ -151,7 +152,7 @@ async fn a_failed_reply_holds_back_the_rest_of_its_turn() {
     assert_eq!(texts, ["Diga algo", "echo: tudo bem", "echo: tudo bem", "Diga algo"]);
     assert_settled(&graph, 4).await;
     // All three replies went the handed-over way, none through a claim of the sender's.
-    let handed_over = server.state.stats.handed_over.load(Ordering::Relaxed);
+    let handed_over = server.state.runtime.stats().handed_over.load(Ordering::Relaxed);
     assert_eq!(handed_over, 3);
     server.shutdown().await;
     drop_database(&admin_url, &name).await;

@@ -103,6 +103,8 @@ mod error;
 pub mod outgoing;
 mod pacing;
 mod retry;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 mod signature;
 mod transport;
 mod verify;
@@ -120,6 +122,6 @@ pub use retry::{
 pub use signature::{sign, verify_signature, SignatureError, SIGNATURE_HEADER};
 #[cfg(feature = "reqwest")]
 pub use transport::ReqwestTransport;
-pub use transport::{HttpRequest, HttpResponse, Method, Transport, TransportError};
+pub use transport::{HttpRequest, HttpResponse, Method, RecordingTransport, Transport, TransportError};
 pub use verify::{verify_subscription, SubscriptionQuery, VerifyError};
 pub use webhook::{parse, DedupKey, Event, MessageEvent, ParseError, StatusEvent, Webhook};

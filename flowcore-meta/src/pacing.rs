@@ -96,11 +96,38 @@ impl NumberPacer {
         Pace::WaitUntil(now.saturating_add_millis(wait_ms.max(1)))
     }
 
+    /// Reserves the next free slot, counted at once: the time this message may go (`now`
+    /// when a token is free). Unlike [`try_acquire`](NumberPacer::try_acquire), callers
+    /// that ask one after the other get increasing slots, so a queue of sends goes out in
+    /// the order it asked and none is starved.
+    ///
+    /// ```
+    /// use flowcore::Timestamp;
+    /// use flowcore_meta::NumberPacer;
+    ///
+    /// let mut pacer = NumberPacer::new(2);
+    /// let t0 = Timestamp::from_unix_seconds(1_000);
+    /// assert_eq!(pacer.reserve(t0), t0);
+    /// assert_eq!(pacer.reserve(t0), t0);
+    /// assert_eq!(pacer.reserve(t0), t0.saturating_add_millis(500));
+    /// assert_eq!(pacer.reserve(t0), t0.saturating_add_millis(1000));
+    /// ```
+    pub fn reserve(&mut self, now: Timestamp) -> Timestamp {
+        self.refill(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            return now;
+        }
+        let wait_ms = (-self.tokens / self.rate * 1000.0).ceil() as u64;
+        now.saturating_add_millis(wait_ms)
+    }
+
     /// Meta answered 130429 (throughput reached): halve the rate and empty the bucket.
     pub fn on_throttled(&mut self, now: Timestamp) {
         self.refill(now);
         self.rate = (self.rate / 2.0).max(1.0);
-        self.tokens = 0.0;
+        // Slots reserved before stay owed.
+        self.tokens = self.tokens.min(0.0);
         self.recover_at = Some(now.saturating_add_millis(RECOVERY.as_millis() as u64));
     }
 }

@@ -156,6 +156,41 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     }
 }
 
+/// A [`Transport`] that sends nothing: it records every request and accepts each send with
+/// a fresh message id (`wamid.recorded.1`, `.2`, …). Clones share the record, so a test
+/// keeps one clone and hands the other to a client.
+///
+/// ```
+/// use flowcore_meta::{HttpRequest, Method, RecordingTransport, Transport};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let transport = RecordingTransport::default();
+/// let answer = transport.execute(HttpRequest::new(Method::Post, "https://example.invalid/106/messages")).await.unwrap();
+/// assert_eq!(answer.status, 200);
+/// assert_eq!(transport.requests().len(), 1);
+/// # });
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct RecordingTransport {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<HttpRequest>>>,
+}
+
+impl RecordingTransport {
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<HttpRequest> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for RecordingTransport {
+    async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        requests.push(request);
+        let body = format!(r#"{{"messages":[{{"id":"wamid.recorded.{}"}}]}}"#, requests.len());
+        Ok(HttpResponse::new(200, vec![("content-type".into(), "application/json".into())], body.into_bytes()))
+    }
+}
+
 /// A [`Transport`] over reqwest (rustls). Feature `reqwest` (on by default).
 #[cfg(feature = "reqwest")]
 #[derive(Clone, Debug, Default)]

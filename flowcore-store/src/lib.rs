@@ -34,6 +34,7 @@
 //! | `sqlite` | no | [`SqliteStore`]: a file (WAL mode, busy timeout), migrations embedded and run on open |
 //! | `postgres` | no | [`PostgresStore`]: claims with `FOR UPDATE SKIP LOCKED`, so several processes share the inbox and outbox |
 //! | `testkit` | no | [`testkit`]: the conformance suite every backend — also a host's own — must pass |
+//! | `runtime` | no | [`runtime`]: the durable pipeline (workers, sender, janitor) over any [`Store`], for hosts that embed flowcore |
 //!
 //! [`open`] picks a backend from a URL: `memory`, `sqlite://PATH` (created if missing) or
 //! `postgres://…`.
@@ -137,6 +138,8 @@ mod types;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql_rows;
 #[cfg(feature = "sqlite")]

@@ -21,12 +21,11 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use super::error::{rejection, ApiError};
-use super::flows;
 use super::http::Org;
 use super::routing;
-use super::sender::OutboxPayload;
 use super::state::AppState;
 use super::util;
+use flowcore_store::runtime::{compile, declared_id, OutboxPayload};
 
 /// `skip` / `limit` query parameters.
 #[derive(Debug, Deserialize)]
@@ -263,7 +262,7 @@ pub async fn send_message(
     let Some((key, _)) = conversations.into_iter().next() else {
         return Err(ApiError::NotFound("conversation".to_owned()));
     };
-    let now = util::now();
+    let now = state.now();
     let message = Message::Text { text: body.text.clone() };
     let payload = OutboxPayload { message: message.clone(), node: None, manual: true };
     let ids = state
@@ -296,7 +295,7 @@ pub async fn send_message(
         )
         .await
         .map_err(ApiError::store)?;
-    state.outbox_ready.notify_one();
+    state.runtime.notify_outbox();
     info!(org = %org, "manual message queued");
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "queued", "outbox_id": ids.first()}))).into_response())
 }
@@ -312,7 +311,7 @@ pub async fn close_conversation(
     if conversations.is_empty() {
         return Err(ApiError::NotFound("conversation".to_owned()));
     }
-    let now = util::now();
+    let now = state.now();
     let mut closed = 0;
     for (key, _) in conversations {
         for session in state.store.conversation_sessions(&key).await.map_err(ApiError::store)? {
@@ -413,7 +412,7 @@ pub async fn analytics_metrics(
         "per_day": per_day,
         // Process-wide counters: they cover every organization of this instance, so only
         // totals that reveal no other tenant's content are shown.
-        "instance": state.stats.snapshot(),
+        "instance": state.stats_snapshot(),
     })))
 }
 
@@ -435,13 +434,12 @@ pub async fn publish_flow(
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not UTF-8".to_owned()))?;
     let flow_id = query
         .flow_id
-        .or_else(|| flows::declared_id(text))
+        .or_else(|| declared_id(text))
         .filter(|id| !id.trim().is_empty())
         .ok_or_else(|| ApiError::BadRequest("the flow needs an \"id\" (or ?flow_id=)".to_owned()))?;
-    let compiled = flows::compile(text).map_err(|p| ApiError::InvalidFlow(p.json))?;
+    let compiled = compile(text).map_err(|p| ApiError::InvalidFlow(p.json))?;
     let warnings: Vec<String> = compiled.warnings().iter().map(ToString::to_string).collect();
-    let version =
-        state.flows.publish(state.store.as_ref(), &org, &flow_id, text, compiled).await.map_err(ApiError::store)?;
+    let version = state.runtime.flows().publish(&org, &flow_id, text, compiled).await.map_err(ApiError::store)?;
     info!(org = %org, flow_id = %flow_id, version, "flow published");
     Ok((StatusCode::CREATED, Json(json!({"flow_id": flow_id, "version": version, "warnings": warnings})))
         .into_response())

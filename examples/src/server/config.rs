@@ -27,6 +27,7 @@
 //! organization = "acme"
 //! default_chatbot = "lead-bot"          # optional
 //! access_token = "EAAG..."              # optional, else META_ACCESS_TOKEN
+//! messages_per_second = 80              # optional, default 80: the number's Meta throughput
 //! ```
 //!
 //! Ids of flows and chatbots are scoped to their organization: two organizations may both
@@ -143,6 +144,14 @@ pub struct NumberConfig {
     /// The Graph API token for this number (else `META_ACCESS_TOKEN`).
     #[serde(default)]
     pub access_token: Option<String>,
+    /// How many replies per second the number may send (Meta's throughput: 80 by default,
+    /// up to 1,000 for upgraded numbers); sends beyond it wait their turn.
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+}
+
+fn default_messages_per_second() -> u32 {
+    80
 }
 
 impl fmt::Debug for NumberConfig {
@@ -151,6 +160,7 @@ impl fmt::Debug for NumberConfig {
             .field("phone_number_id", &self.phone_number_id)
             .field("organization", &self.organization)
             .field("default_chatbot", &self.default_chatbot)
+            .field("messages_per_second", &self.messages_per_second)
             .field("access_token", &self.access_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }

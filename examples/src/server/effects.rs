@@ -10,20 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::{EffectKind, EffectOutcome};
+pub use flowcore_store::runtime::EffectContext;
+use flowcore_store::runtime::EffectHandler;
 use serde_json::{json, Value};
 
 use super::env::AiSettings;
-
-/// Who asked for an effect: handlers can scope their work (and their data) by tenant.
-#[derive(Clone, Debug)]
-pub struct EffectContext {
-    /// The organization.
-    pub organization: String,
-    /// The flow id.
-    pub flow_id: String,
-    /// The conversation's contact id (`wa_id` or BSUID).
-    pub contact: String,
-}
 
 /// Effects the server cannot perform by itself: `database_query`, `script`, `action`,
 /// and `ai_prompt` when no chat-completions endpoint is configured.
@@ -81,7 +72,7 @@ impl Effects {
         Effects { http, timeout, ai, host }
     }
 
-    /// Performs one effect. Analytics is handled by the worker (it is recorded, not run).
+    /// Performs one effect. Analytics is handled by the runtime (it is recorded, not run).
     pub async fn perform(&self, ctx: &EffectContext, kind: &EffectKind) -> EffectOutcome {
         match kind {
             EffectKind::ApiCall { method, url, headers, body, timeout_ms } => {
@@ -180,6 +171,13 @@ impl Effects {
             Some(content) => EffectOutcome::Success(Value::String(content.to_owned())),
             None => EffectOutcome::Failure("ai_prompt: response has no choices[0].message.content".to_owned()),
         }
+    }
+}
+
+#[async_trait]
+impl EffectHandler for Effects {
+    async fn perform(&self, ctx: &EffectContext, kind: &EffectKind) -> EffectOutcome {
+        Effects::perform(self, ctx, kind).await
     }
 }
 

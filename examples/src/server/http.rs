@@ -16,9 +16,8 @@ use tracing::{error, warn};
 
 use super::admin;
 use super::error::ApiError;
-use super::intake;
 use super::openapi;
-use super::state::{AppState, Stats};
+use super::state::AppState;
 
 /// Every route the app serves, as (method, path) in OpenAPI's spelling. The OpenAPI
 /// document is checked against this list, and this list against the router, by tests.
@@ -139,8 +138,13 @@ async fn receive_webhook(
             return Err(ApiError::BadSignature(e.to_string()));
         }
     }
-    Stats::bump(&state.stats.webhooks);
-    let report = intake::accept(&state, &body).await?;
+    state.webhooks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let router = &state.tenants.router;
+    let report = flowcore_meta::runtime::accept_webhook(&state.runtime, &body, |number| {
+        router.organization_of(number).map(str::to_owned)
+    })
+    .await
+    .map_err(ApiError::store)?;
     Ok(Json(json!({
         "status": "ok",
         "inserted": report.inserted,

@@ -11,24 +11,24 @@
 //! | [`config`] | the tenant TOML: organizations, flows, chatbots, numbers |
 //! | [`routing`] | business number → chatbot → flow (A/B by stable hash) |
 //! | [`http`] | the axum router; [`admin`] its admin API, [`openapi`] its document |
-//! | [`intake`] | webhook body → inbox rows and delivery statuses |
-//! | [`worker`] | inbox → engine → effects → one committed unit of work |
-//! | [`sender`] | outbox → Graph API with retry/backoff |
+//! | [`delivery`] | how replies leave: the Graph API (paced, retried) or the log |
 //! | [`effects`] | `api_call`, `ai_prompt`, and the pluggable [`effects::HostEffects`] |
+//! | [`flows`] | the config's flows, compiled at start |
+//!
+//! The pipeline itself — webhook body → inbox → worker → engine → effects → commit →
+//! outbox → sender, the janitor and graceful shutdown — is the library's
+//! [`flowcore_store::runtime`]; this module configures it from the environment and the TOML.
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod effects;
 pub mod env;
 pub mod error;
 pub mod flows;
 pub mod http;
-pub mod intake;
 pub mod openapi;
-pub mod ratelimit;
 pub mod routing;
 pub mod run;
-pub mod sender;
 pub mod state;
 pub mod util;
-pub mod worker;

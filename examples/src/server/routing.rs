@@ -6,7 +6,13 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
+use flowcore::Message;
+use flowcore_store::runtime::{FlowChoice, FlowChooser, InboundPayload};
+use flowcore_store::ConversationKey;
+use serde_json::json;
 use sha2::{Digest, Sha256};
+use tracing::debug;
 
 use super::config::{ConfigFile, DEFAULT_NOT_CONFIGURED_REPLY};
 
@@ -123,6 +129,28 @@ impl Router {
             (v.clone(), Some(v.clone()))
         };
         Route::Flow { organization: org.clone(), chatbot: chatbot.clone(), flow, variant, fallback }
+    }
+}
+
+/// The runtime's flow for a new conversation: the route of its business number, with the
+/// chatbot (and its A/B variant) as session variables and the variant as the cohort.
+#[async_trait]
+impl FlowChooser for Router {
+    async fn choose(&self, conversation: &ConversationKey, _first: &InboundPayload) -> FlowChoice {
+        match self.route(&conversation.business_number_id, &conversation.contact_id) {
+            Route::Flow { flow, variant, fallback, chatbot, .. } => {
+                debug!(org = %conversation.org_id, chatbot = %chatbot, flow = %flow, ?variant, fallback, "route");
+                let mut variables = serde_json::Map::new();
+                variables.insert("chatbot".into(), json!(chatbot));
+                if let Some(v) = &variant {
+                    variables.insert("ab_variant".into(), json!(v));
+                }
+                let cohort = variant.as_deref().map(|v| ab_cohort(&chatbot, v));
+                FlowChoice::Start { flow_id: flow, variables, cohort }
+            }
+            Route::NotConfigured { reply, .. } => FlowChoice::Reply(Message::Text { text: reply }),
+            Route::UnknownNumber => FlowChoice::Ignore,
+        }
     }
 }
 

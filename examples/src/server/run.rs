@@ -1,23 +1,24 @@
 //! Start-up, background tasks and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flowcore_store::{PurgePolicy, Store};
+use flowcore_store::runtime::{Delivery, RateLimit, RunningRuntime, Runtime, RuntimeOptions};
+use flowcore_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::config::{Config, ConfigError};
+use super::delivery::{self, LogDelivery};
 use super::effects::{Effects, HostEffects, NoHostEffects};
 use super::env::{self, EnvSettings, OutboundMode, DEFAULT_GRAPH_API_BASE, DEMO_APP_SECRET, DEMO_VERIFY_TOKEN};
-use super::flows::FlowRegistry;
+use super::flows::compile_sources;
 use super::http;
-use super::ratelimit::RateLimit;
-use super::state::{AppState, Shared, Stats, Tenants, WebhookSecurity};
-use super::{sender, util, worker};
+use super::state::{AppState, Shared, Tenants, WebhookSecurity};
 
 /// Why the server did not start. Each reads as a message for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +65,7 @@ pub struct RunningServer {
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     http: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    runtime: RunningRuntime,
     grace: Duration,
 }
 
@@ -75,16 +76,13 @@ impl RunningServer {
     pub async fn shutdown(self) {
         info!("shutting down: no new work is claimed; in-flight turns finish");
         let _ = self.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + self.grace;
-        let mut handles = self.background;
-        handles.push(self.http);
-        for handle in handles {
-            let abort = handle.abort_handle();
-            if tokio::time::timeout_at(deadline, handle).await.is_err() {
-                warn!("a task did not finish within the shutdown grace period; aborted");
-                abort.abort();
-            }
+        self.runtime.signal_shutdown();
+        let abort = self.http.abort_handle();
+        if tokio::time::timeout(self.grace, self.http).await.is_err() {
+            warn!("the HTTP server did not finish within the shutdown grace period; aborted");
+            abort.abort();
         }
+        self.runtime.shutdown().await;
         self.state.store.close().await;
         info!("stopped");
     }
@@ -101,7 +99,7 @@ pub async fn start(
     host_effects: Option<Arc<dyn HostEffects>>,
 ) -> Result<RunningServer, StartError> {
     let config = Config::load(&settings.config_path)?;
-    let compiled = FlowRegistry::compile_sources(&config.flow_sources).map_err(StartError::Flows)?;
+    let compiled = compile_sources(&config.flow_sources).map_err(StartError::Flows)?;
     let demo = config.file.demo;
 
     let verify_token = match (&settings.verify_token, demo) {
@@ -145,39 +143,41 @@ pub async fn start(
 
     let store = open_store(&settings.database_url, settings.sqlite_synchronous_full).await?;
     let store_err = |source| StartError::Store { url: env::redact_url(&settings.database_url), source };
+    let tenants = Tenants::new(&config);
+    let delivery: Arc<dyn Delivery> = match outbound {
+        OutboundMode::Log => Arc::new(LogDelivery),
+        OutboundMode::Graph => Arc::new(delivery::graph(&tenants, &settings, &graph_api_base)),
+    };
+    let effects = Effects::new(
+        settings.flow_execution_timeout,
+        settings.ai.clone(),
+        host_effects.unwrap_or_else(|| Arc::new(NoHostEffects)),
+    );
+    let mut builder = Runtime::builder(store.clone(), delivery, tenants.router.clone())
+        .effects(Arc::new(effects))
+        .options(runtime_options(&settings));
     for org in &config.file.organizations {
-        store.register_organization(&org.id).await.map_err(store_err)?;
+        builder = builder.organization(org.id.clone());
     }
-    let flows = FlowRegistry::default();
+    let runtime = builder.build().await.map_err(store_err)?;
     for (source, flow) in compiled {
-        let version = flows.install(store.as_ref(), &source, flow).await.map_err(store_err)?;
+        let version =
+            runtime.flows().install(&source.organization, &source.id, &source.text, flow).await.map_err(store_err)?;
         info!(org = %source.organization, flow = %source.id, version, "flow ready");
     }
 
-    let (claimed_replies, handed_over) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState(Arc::new(Shared {
         store,
-        tenants: Tenants::new(&config),
-        flows,
+        runtime: runtime.clone(),
+        tenants,
         webhook: WebhookSecurity {
             verify_token,
             app_secrets,
             insecure_skip_signature: settings.insecure_skip_signature,
             max_body_bytes: settings.max_body_bytes,
         },
-        effects: Effects::new(
-            settings.flow_execution_timeout,
-            settings.ai.clone(),
-            host_effects.unwrap_or_else(|| Arc::new(NoHostEffects)),
-        ),
-        rate_limit: RateLimit::new(settings.rate_limit_per_minute, Duration::from_secs(60)),
-        outbound,
-        graph_api_base,
         settings: settings.clone(),
-        inbox_ready: Notify::new(),
-        outbox_ready: Notify::new(),
-        claimed_replies,
-        stats: Stats::default(),
+        webhooks: AtomicU64::new(0),
     }));
 
     let listener =
@@ -195,11 +195,10 @@ pub async fn start(
             error!(error = %e, "HTTP server failed");
         }
     });
-    let background = vec![
-        tokio::spawn(worker::run(state.clone(), shutdown_rx.clone())),
-        tokio::spawn(sender::run(state.clone(), handed_over, shutdown_rx.clone())),
-        tokio::spawn(janitor(state.clone(), shutdown_rx.clone())),
-    ];
+    let running = runtime.start().map_err(|e| StartError::Store {
+        url: env::redact_url(&settings.database_url),
+        source: flowcore_store::StoreError::InvalidInput(e.to_string()),
+    })?;
     info!(
         %addr,
         store = state.store.backend(),
@@ -209,7 +208,7 @@ pub async fn start(
         config = %settings.config_path.display(),
         "flowcore-server listening"
     );
-    Ok(RunningServer { addr, state, shutdown: shutdown_tx, http, background, grace: settings.shutdown_grace })
+    Ok(RunningServer { addr, state, shutdown: shutdown_tx, http, runtime: running, grace: settings.shutdown_grace })
 }
 
 /// Opens the store at `url` (`sqlite://PATH`, created if missing, or `postgres://…`). A
@@ -225,37 +224,20 @@ pub async fn open_store(url: &str, sqlite_synchronous_full: bool) -> Result<Arc<
     opened.map_err(|source| StartError::Store { url: env::redact_url(url), source })
 }
 
-/// Periodic housekeeping: purge expired sessions and old rows, return rows whose lease
-/// ended (a crashed instance's claims) to pending, forget idle rate-limit windows.
-async fn janitor(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let policy = PurgePolicy { session_ttl: state.settings.session_ttl, ..PurgePolicy::default() };
-    let reclaim_every = state.settings.lease.min(Duration::from_secs(5)).max(Duration::from_millis(100));
-    let mut last_purge: Option<Instant> = None;
-    loop {
-        let now = util::now();
-        if let Err(e) = state.store.reclaim_inbox(None, now).await {
-            warn!(error = %e, "reclaiming inbox leases failed");
-        }
-        if let Err(e) = state.store.reclaim_outbox(None, now).await {
-            warn!(error = %e, "reclaiming outbox leases failed");
-        }
-        if last_purge.is_none_or(|t| t.elapsed() >= state.settings.purge_interval) {
-            last_purge = Some(Instant::now());
-            for org in &state.tenants.organizations {
-                match state.store.purge(org, now, policy).await {
-                    Ok(report) if report.expired_sessions > 0 => {
-                        info!(org = %org, expired = report.expired_sessions, "expired sessions purged")
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(org = %org, error = %e, "purge failed"),
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(reclaim_every) => {}
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        }
-    }
+/// The runtime's options from the environment.
+fn runtime_options(settings: &EnvSettings) -> RuntimeOptions {
+    let mut options = RuntimeOptions::default();
+    options.workers = settings.workers;
+    options.poll_interval = settings.poll_interval;
+    options.lease = settings.lease;
+    options.purge_interval = settings.purge_interval;
+    options.max_flow_iterations = settings.max_flow_iterations;
+    options.session_ttl = settings.session_ttl;
+    options.send_max_attempts = settings.send_max_attempts;
+    options.send_backoff = settings.send_backoff;
+    options.rate_limit = RateLimit::new(settings.rate_limit_per_minute, Duration::from_secs(60));
+    options.shutdown_grace = settings.shutdown_grace;
+    options
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -4,16 +4,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use flowcore_store::runtime::{Runtime, Stats};
 use flowcore_store::Store;
 use sha2::{Digest, Sha256};
 use subtle_compare::ct_eq;
-use tokio::sync::Notify;
 
 use super::config::Config;
-use super::effects::Effects;
-use super::env::{EnvSettings, OutboundMode};
-use super::flows::FlowRegistry;
-use super::ratelimit::RateLimit;
+use super::env::EnvSettings;
 use super::routing::Router;
 
 /// The shared state; cheap to clone.
@@ -29,32 +26,42 @@ impl std::ops::Deref for AppState {
 
 /// Everything behind [`AppState`].
 pub struct Shared {
-    /// The store.
+    /// The store (the runtime's).
     pub store: Arc<dyn Store>,
+    /// The durable pipeline: inbox, workers, sender, janitor, flows.
+    pub runtime: Runtime,
     /// Organizations, numbers and routing.
     pub tenants: Tenants,
-    /// Compiled flows.
-    pub flows: FlowRegistry,
     /// Webhook verification and signature settings.
     pub webhook: WebhookSecurity,
-    /// Effect handlers.
-    pub effects: Effects,
-    /// Per-contact inbound limit.
-    pub rate_limit: RateLimit,
-    /// How replies leave.
-    pub outbound: OutboundMode,
-    /// Graph API base URL (no trailing slash).
-    pub graph_api_base: String,
     /// The environment settings.
     pub settings: EnvSettings,
-    /// Wakes the inbox dispatcher after a webhook wrote rows.
-    pub inbox_ready: Notify,
-    /// Wakes the sender after a turn enqueued replies.
-    pub outbox_ready: Notify,
-    /// Replies a turn claimed as it committed them, for the sender to send in order.
-    pub claimed_replies: tokio::sync::mpsc::UnboundedSender<HandedOver>,
-    /// Counters for `/api/v1/analytics/metrics` and the load bench.
-    pub stats: Stats,
+    /// Webhook deliveries accepted (the runtime counts the rest).
+    pub webhooks: AtomicU64,
+}
+
+impl Shared {
+    /// This instance's counters as JSON, for `/api/v1/analytics/metrics` and the load bench.
+    pub fn stats_snapshot(&self) -> serde_json::Value {
+        let stats = self.runtime.stats();
+        serde_json::json!({
+            "webhooks": self.webhooks.load(Ordering::Relaxed),
+            "messages_accepted": Stats::get(&stats.messages_accepted),
+            "duplicates_ignored": Stats::get(&stats.duplicates),
+            "statuses_recorded": Stats::get(&stats.statuses),
+            "rate_limited": Stats::get(&stats.rate_limited),
+            "turns": Stats::get(&stats.turns),
+            "replies_sent": Stats::get(&stats.sent),
+            "replies_handed_over": Stats::get(&stats.handed_over),
+            "send_retries": Stats::get(&stats.send_retries),
+            "replies_failed": Stats::get(&stats.send_failed),
+        })
+    }
+
+    /// Now, as the runtime reads it.
+    pub fn now(&self) -> flowcore::Timestamp {
+        self.runtime.clock().now()
+    }
 }
 
 /// The webhook's security settings.
@@ -69,63 +76,14 @@ pub struct WebhookSecurity {
     pub max_body_bytes: usize,
 }
 
-/// Process-wide counters (this instance only).
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Webhook deliveries accepted.
-    pub webhooks: AtomicU64,
-    /// Inbound messages written to the inbox.
-    pub messages_accepted: AtomicU64,
-    /// Duplicate deliveries ignored.
-    pub duplicates: AtomicU64,
-    /// Status updates recorded.
-    pub statuses: AtomicU64,
-    /// Messages dropped by the rate limiter.
-    pub rate_limited: AtomicU64,
-    /// Turns committed.
-    pub turns: AtomicU64,
-    /// Replies accepted by Meta (or logged).
-    pub sent: AtomicU64,
-    /// Replies a turn claimed as it committed them, handed to the sender without a claim.
-    pub handed_over: AtomicU64,
-    /// Send attempts that will be retried.
-    pub send_retries: AtomicU64,
-    /// Replies failed for good.
-    pub send_failed: AtomicU64,
-}
-
-impl Stats {
-    /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counters as JSON.
-    pub fn snapshot(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "webhooks": get(&self.webhooks),
-            "messages_accepted": get(&self.messages_accepted),
-            "duplicates_ignored": get(&self.duplicates),
-            "statuses_recorded": get(&self.statuses),
-            "rate_limited": get(&self.rate_limited),
-            "turns": get(&self.turns),
-            "replies_sent": get(&self.sent),
-            "replies_handed_over": get(&self.handed_over),
-            "send_retries": get(&self.send_retries),
-            "replies_failed": get(&self.send_failed),
-        })
-    }
-}
-
 /// Organizations, their tokens and numbers.
 pub struct Tenants {
     /// SHA-256 of each organization's API token, by organization.
     token_hashes: Vec<(String, [u8; 32])>,
     /// Business numbers by `phone_number_id`.
     pub numbers: HashMap<String, NumberInfo>,
-    /// The router.
-    pub router: Router,
+    /// The router (also the runtime's flow chooser).
+    pub router: Arc<Router>,
     /// Chatbots with A/B tests: (organization, chatbot) → variant flow ids.
     pub ab_tests: Vec<(String, String, Vec<String>)>,
     /// Organization ids, in config order.
@@ -141,6 +99,8 @@ pub struct NumberInfo {
     pub display_phone_number: String,
     /// Its own Graph token, if configured.
     pub access_token: Option<String>,
+    /// Its Meta throughput: replies per second.
+    pub messages_per_second: u32,
 }
 
 impl Tenants {
@@ -163,11 +123,12 @@ impl Tenants {
                             organization: n.organization.clone(),
                             display_phone_number: n.display_phone_number.clone(),
                             access_token: n.access_token.clone(),
+                            messages_per_second: n.messages_per_second,
                         },
                     )
                 })
                 .collect(),
-            router: Router::new(file),
+            router: Arc::new(Router::new(file)),
             ab_tests: file
                 .chatbots
                 .iter()
@@ -204,15 +165,4 @@ mod subtle_compare {
     pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
-}
-
-/// A turn's replies, claimed as they were committed, handed to the sender.
-#[derive(Debug)]
-pub struct HandedOver {
-    /// The replies, in the order they must go.
-    pub replies: Vec<flowcore_store::OutboxMessage>,
-    /// Dropped once the sender is done with them (each sent and recorded, or given back to
-    /// the queue): the turn that handed them over waits for it before its conversation's
-    /// next turn.
-    pub done: tokio::sync::oneshot::Sender<()>,
 }

@@ -1,14 +1,6 @@
-//! Small helpers: the wall clock, RFC 3339 formatting, redaction.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! RFC 3339 formatting for the admin API.
 
 use flowcore::Timestamp;
-
-/// The wall clock as a [`Timestamp`] (the engine never reads it; the server passes it in).
-pub fn now() -> Timestamp {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
-}
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
 pub fn rfc3339(t: Timestamp) -> String {
@@ -29,16 +21,6 @@ pub fn rfc3339(t: Timestamp) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
 }
 
-/// A contact id for logs: enough to correlate lines, not enough to dial the number.
-pub fn redact_contact(contact: &str) -> String {
-    let chars: Vec<char> = contact.chars().collect();
-    if chars.len() <= 4 {
-        return "***".to_owned();
-    }
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("***{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,11 +30,5 @@ mod tests {
         assert_eq!(rfc3339(Timestamp::EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(Timestamp::from_unix_millis(1_780_300_800_123)), "2026-06-01T08:00:00.123Z");
         assert_eq!(rfc3339(Timestamp::from_unix_seconds(951_782_400)), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn contacts_are_redacted() {
-        assert_eq!(redact_contact("12025550101"), "***0101");
-        assert_eq!(redact_contact("12"), "***");
     }
 }

@@ -5,25 +5,22 @@
 use std::sync::Arc;
 
 use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
-use flowcore_meta::outgoing::TEXT_BODY_MAX;
-use flowcore_meta::split_text;
-use flowcore_store::{
-    ClaimRequest, Commit, CommitOutcome, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent,
-    NewLogEntry, NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
-};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::effects::EffectContext;
 use super::flows::FlowLookupError;
-use super::intake::{input_text, InboundPayload, WakePayload};
-use super::routing::{self, Route};
-use super::sender::OutboxPayload;
-use super::state::{AppState, HandedOver, Stats};
-use super::util;
+use super::host::{EffectContext, FlowChoice};
+use super::payload::{input_text, InboundPayload, OutboxPayload, WakePayload};
+use super::sender::HandedOver;
+use super::stats::Stats;
+use super::Shared;
+use crate::{
+    ClaimRequest, Commit, CommitOutcome, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent,
+    NewLogEntry, NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
+};
 
 /// How many effect round trips one inbound event may cause before the turn is cut
 /// (the engine's own step budget bounds each call; this bounds the host loop).
@@ -31,8 +28,8 @@ const MAX_EFFECTS_PER_TURN: usize = 32;
 
 /// Runs the inbox dispatcher until `shutdown` turns true; in-flight turns are finished
 /// before it returns, unclaimed events stay in the inbox.
-pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(state.settings.workers));
+pub(super) async fn run(rt: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(rt.options.workers));
     // Wakes the dispatcher when a turn gives its permit back while its task goes on with the
     // conversation's next event (the task has not finished, so joining it would not).
     let freed = Arc::new(Notify::new());
@@ -45,7 +42,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         let free = permits.available_permits();
         // Claims scan the queue, so they are batched: with turns in flight, wait until
         // half the workers are free before claiming again.
-        let batch_from = (state.settings.workers / 2).max(1);
+        let batch_from = (rt.options.workers / 2).max(1);
         if free == 0 || (free < batch_from && !tasks.is_empty()) {
             tokio::select! {
                 _ = tasks.join_next() => {}
@@ -54,8 +51,8 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
-        let request = ClaimRequest::any(util::now(), state.settings.lease, u32::try_from(free).unwrap_or(u32::MAX));
-        let claimed = match state.store.claim_inbox(&request).await {
+        let request = ClaimRequest::any(rt.clock.now(), rt.options.lease, u32::try_from(free).unwrap_or(u32::MAX));
+        let claimed = match rt.store.claim_inbox(&request).await {
             Ok(c) => c,
             Err(StoreError::Closed) => break,
             Err(e) => {
@@ -65,8 +62,8 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         };
         if claimed.is_empty() {
             tokio::select! {
-                _ = state.inbox_ready.notified() => {}
-                _ = tokio::time::sleep(state.settings.poll_interval) => {}
+                _ = rt.inbox_ready.notified() => {}
+                _ = tokio::time::sleep(rt.options.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -74,7 +71,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         // Every claimed conversation's session in one read; if that read fails, each turn
         // reads its own (so that one unreadable session fails only its own turn).
         let conversations: Vec<ConversationKey> = claimed.iter().map(|e| e.conversation.clone()).collect();
-        let mut sessions = match state.store.active_sessions(&conversations).await {
+        let mut sessions = match rt.store.active_sessions(&conversations).await {
             Ok(sessions) => sessions.into_iter().map(|s| Read::Done(s.map(Box::new))).collect(),
             Err(e) => {
                 debug!(error = %e, "reading the claimed conversations' sessions together failed; one by one");
@@ -82,13 +79,13 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             }
         }
         .into_iter();
-        let mut counted = counted_messages(&state, &claimed).await.into_iter();
+        let mut counted = counted_messages(&rt, &claimed).await.into_iter();
         for event in claimed {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let session = SessionSource::Stored(sessions.next().unwrap_or(Read::NotYet));
             let loaded = Loaded { session, counted: counted.next().flatten() };
             let conversation = Conversation {
-                state: state.clone(),
+                rt: rt.clone(),
                 permits: permits.clone(),
                 freed: freed.clone(),
                 shutdown: shutdown.clone(),
@@ -104,7 +101,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 /// A worker's run through one conversation: the claimed event's turn, then each next event
 /// its turn claimed as it committed (see [`Commit::claim_next_until`]), one after the other.
 struct Conversation {
-    state: AppState,
+    rt: Arc<Shared>,
     permits: Arc<Semaphore>,
     freed: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
@@ -115,7 +112,7 @@ impl Conversation {
         loop {
             // Once shutting down, no turn claims the next event: it stays in the inbox.
             let chain = !*self.shutdown.borrow();
-            let next = handle_event(&self.state, event, loaded, chain).await;
+            let next = handle_event(&self.rt, event, loaded, chain).await;
             drop(permit);
             let Some(next) = next else { return };
             self.freed.notify_one();
@@ -124,7 +121,7 @@ impl Conversation {
             // reply stuck in a slow send holds it back a bounded time, its replies then
             // left to the sender's claims.
             if let Some(sent) = next.replies_sent {
-                let _ = tokio::time::timeout(self.state.settings.lease / 4, sent).await;
+                let _ = tokio::time::timeout(self.rt.options.lease / 4, sent).await;
             }
             permit = match self.permits.clone().acquire_owned().await {
                 Ok(permit) => permit,
@@ -168,14 +165,14 @@ enum SessionSource {
 
 /// For each claimed event, in order: the count the rate limit judges it by, if it is a
 /// message under a limit — all read together; if that read fails, each turn reads its own.
-async fn counted_messages(state: &AppState, claimed: &[InboxEvent]) -> Vec<Option<u64>> {
-    let limited: Vec<&InboxEvent> = claimed.iter().filter(|e| is_rate_limited(state, e)).collect();
+async fn counted_messages(rt: &Shared, claimed: &[InboxEvent]) -> Vec<Option<u64>> {
+    let limited: Vec<&InboxEvent> = claimed.iter().filter(|e| is_rate_limited(rt, e)).collect();
     if limited.is_empty() {
         return Vec::new();
     }
     let windows: Vec<_> =
-        limited.iter().map(|e| (e.conversation.clone(), state.rate_limit.window_start(e.received_at))).collect();
-    let counts = match state.store.inbound_counts(&windows, state.rate_limit.limit()).await {
+        limited.iter().map(|e| (e.conversation.clone(), rt.options.rate_limit.window_start(e.received_at))).collect();
+    let counts = match rt.store.inbound_counts(&windows, rt.options.rate_limit.limit()).await {
         Ok(counts) => counts,
         Err(e) => {
             debug!(error = %e, "counting the claimed conversations' recent messages together failed; one by one");
@@ -183,32 +180,32 @@ async fn counted_messages(state: &AppState, claimed: &[InboxEvent]) -> Vec<Optio
         }
     };
     let mut counts = counts.into_iter();
-    claimed.iter().map(|e| if is_rate_limited(state, e) { counts.next() } else { None }).collect()
+    claimed.iter().map(|e| if is_rate_limited(rt, e) { counts.next() } else { None }).collect()
 }
 
 /// Whether `event` is a message the rate limit judges.
-fn is_rate_limited(state: &AppState, event: &InboxEvent) -> bool {
-    state.rate_limit.is_enabled() && event.kind == InboxKind::Message
+fn is_rate_limited(rt: &Shared, event: &InboxEvent) -> bool {
+    rt.options.rate_limit.is_enabled() && event.kind == InboxKind::Message
 }
 
 /// Runs `event`'s turn; `chain`: the turn may claim its conversation's next event, returned.
-async fn handle_event(state: &AppState, event: InboxEvent, loaded: Loaded, chain: bool) -> Option<Next> {
+async fn handle_event(rt: &Shared, event: InboxEvent, loaded: Loaded, chain: bool) -> Option<Next> {
     let org = event.conversation.org_id.clone();
     let claim = event.claim();
-    let mut turn = TurnCommit { state, chain, next: None };
+    let mut turn = TurnCommit { rt, chain, next: None };
     match process(&mut turn, &event, loaded).await {
         Ok(()) => return turn.next,
         Err(TurnError::LeaseLost) => warn!(inbox_id = event.id, "inbox lease lost; another worker owns the event now"),
         Err(TurnError::Retry(reason)) => {
             warn!(inbox_id = event.id, %reason, "turn failed; will retry");
-            let retry_at = util::now().saturating_add_millis(250u64.saturating_mul(1 << event.attempts.clamp(0, 8)));
-            if let Err(e) = state.store.fail_inbox(&org, claim, &reason, Some(retry_at), util::now()).await {
+            let retry_at = rt.clock.now().saturating_add_millis(250u64.saturating_mul(1 << event.attempts.clamp(0, 8)));
+            if let Err(e) = rt.store.fail_inbox(&org, claim, &reason, Some(retry_at), rt.clock.now()).await {
                 error!(inbox_id = event.id, error = %e, "could not reschedule the inbox event");
             }
         }
         Err(TurnError::Permanent(reason)) => {
             error!(inbox_id = event.id, %reason, "inbox event cannot be handled; marked failed");
-            if let Err(e) = state.store.fail_inbox(&org, claim, &reason, None, util::now()).await {
+            if let Err(e) = rt.store.fail_inbox(&org, claim, &reason, None, rt.clock.now()).await {
                 error!(inbox_id = event.id, error = %e, "could not fail the inbox event");
             }
         }
@@ -249,7 +246,7 @@ impl From<FlowLookupError> for TurnError {
 struct Running {
     flow_id: String,
     flow_version: i64,
-    /// The A/B test cohort of a session this turn creates (see [`ab_cohort`]); `None` for a
+    /// The A/B test cohort of a session this turn creates (see [`FlowChoice::Start`]); `None` for a
     /// resumed session, which keeps the cohort it was created in.
     cohort: Option<String>,
     expected_version: i64,
@@ -258,10 +255,10 @@ struct Running {
 }
 
 async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) -> Result<(), TurnError> {
-    let state = unit.state;
+    let rt = unit.rt;
     let conv = &event.conversation;
     let org = conv.org_id.as_str();
-    let now = util::now();
+    let now = rt.clock.now();
     let mut commit = Commit { inbox_done: Some(event.claim()), ..Commit::new(org, now) };
 
     let (input, inbound) = match event.kind {
@@ -279,9 +276,9 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
         SessionSource::Stored(read) => {
             let stored = match read {
                 Read::Done(stored) => stored.map(|s| *s),
-                Read::NotYet => state.store.active_session(conv).await?,
+                Read::NotYet => rt.store.active_session(conv).await?,
             };
-            resume(state, conv, stored).await?
+            resume(rt, conv, stored).await?
         }
     };
     if let Some(r) = &running {
@@ -301,23 +298,23 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
                 }),
                 ..Commit::new(org, now)
             };
-            state.store.commit(close).await?;
+            rt.store.commit(close).await?;
             running = None;
         }
     }
 
-    if let Some(inbound) = inbound.as_ref().filter(|_| is_rate_limited(state, event)) {
+    if let Some(inbound) = inbound.as_ref().filter(|_| is_rate_limited(rt, event)) {
         // Per-contact rate limit: logged, not run through the flow (and not counted).
         let counted = match loaded.counted {
             Some(counted) => counted,
             None => {
-                let window = (conv.clone(), state.rate_limit.window_start(event.received_at));
-                state.store.inbound_counts(&[window], state.rate_limit.limit()).await?.first().copied().unwrap_or(0)
+                let window = (conv.clone(), rt.options.rate_limit.window_start(event.received_at));
+                rt.store.inbound_counts(&[window], rt.options.rate_limit.limit()).await?.first().copied().unwrap_or(0)
             }
         };
-        if !state.rate_limit.allows(counted) {
-            Stats::bump(&state.stats.rate_limited);
-            info!(org, contact = %util::redact_contact(&conv.contact_id), "rate limit exceeded; message logged, not run");
+        if !rt.options.rate_limit.allows(counted) {
+            Stats::bump(&rt.stats.rate_limited);
+            info!(org, contact = %super::redact_contact(&conv.contact_id), "rate limit exceeded; message logged, not run");
             commit.log.push(inbound_log(
                 conv,
                 running.as_ref().map(|r| r.flow_id.clone()),
@@ -367,23 +364,15 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
                 unit.finish(commit).await?;
                 return Ok(());
             };
-            match state.tenants.router.route(&conv.business_number_id, &conv.contact_id) {
-                Route::Flow { flow, variant, fallback, chatbot, .. } => {
-                    let (version, compiled) = state.flows.latest(state.store.as_ref(), org, &flow).await?;
-                    debug!(org, chatbot = %chatbot, flow = %flow, ?variant, fallback, "new session");
-                    let session = new_session(state, &compiled, conv, inbound, &chatbot, variant.as_deref());
-                    let cohort = variant.as_deref().map(|v| routing::ab_cohort(&chatbot, v));
-                    Running {
-                        flow_id: flow,
-                        flow_version: version,
-                        cohort,
-                        expected_version: 0,
-                        flow: compiled,
-                        session,
-                    }
+            match rt.chooser.choose(conv, inbound).await {
+                FlowChoice::Start { flow_id, variables, cohort } => {
+                    let (version, compiled) = rt.flows.latest(org, &flow_id).await?;
+                    debug!(org, flow = %flow_id, ?cohort, "new session");
+                    let session = new_session(rt, &compiled, conv, inbound, variables);
+                    Running { flow_id, flow_version: version, cohort, expected_version: 0, flow: compiled, session }
                 }
-                Route::NotConfigured { reply, .. } => {
-                    info!(org, phone_number_id = %conv.business_number_id, "no chatbot for this number; polite reply");
+                FlowChoice::Reply(reply) => {
+                    info!(org, phone_number_id = %conv.business_number_id, "no flow for this conversation; polite reply");
                     commit.log.push(inbound_log(
                         conv,
                         None,
@@ -391,12 +380,12 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
                         event.received_at,
                         json!({"not_configured": true}),
                     ));
-                    push_reply(&mut commit, conv, None, Message::Text { text: reply }, None, event.id, now);
+                    push_reply(rt, &mut commit, conv, None, reply, None, event.id, now);
                     unit.finish(commit).await?;
                     return Ok(());
                 }
-                Route::UnknownNumber => {
-                    info!(phone_number_id = %conv.business_number_id, "business number no longer configured; event dropped");
+                FlowChoice::Ignore => {
+                    info!(phone_number_id = %conv.business_number_id, "no flow chosen; event dropped");
                     unit.finish(commit).await?;
                     return Ok(());
                 }
@@ -431,6 +420,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
         for output in outputs {
             match output {
                 Output::Send { node, message } => push_reply(
+                    rt,
                     &mut commit,
                     conv,
                     Some(&running.flow_id),
@@ -476,10 +466,10 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
             warn!(inbox_id = event.id, "too many effects in one turn; the turn is cut");
             break;
         }
-        let outcome = state.effects.perform(&ctx, &request.kind).await;
+        let outcome = rt.effects.perform(&ctx, &request.kind).await;
         debug!(org, node = %request.node, ok = matches!(outcome, flowcore::EffectOutcome::Success(_)), "effect performed");
         let result = Input::EffectResult { id: request.id, result: outcome };
-        turn = match running.session.handle(&running.flow, result, util::now()) {
+        turn = match running.session.handle(&running.flow, result, rt.clock.now()) {
             Ok(t) => t,
             Err(e) => {
                 warn!(inbox_id = event.id, error = %e, "the engine refused an effect result");
@@ -506,7 +496,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
         now,
     });
     let outcome = unit.finish(commit).await?;
-    Stats::bump(&state.stats.turns);
+    Stats::bump(&rt.stats.turns);
     // The conversation's next turn, if this worker runs it, starts from the session as saved.
     // After a session ends, it reads which one is active, as a claimed turn does.
     if let (Some(saved), SessionStatus::Active) = (outcome.session, status) {
@@ -523,7 +513,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
 /// and hands what it claimed on: its replies to the sender, the conversation's next event to
 /// the worker that runs this conversation.
 struct TurnCommit<'a> {
-    state: &'a AppState,
+    rt: &'a Shared,
     /// Whether the turn may claim its conversation's next event.
     chain: bool,
     next: Option<Next>,
@@ -535,8 +525,8 @@ impl TurnCommit<'_> {
     /// claim; and, when it handles an inbox row and `chain` allows, the conversation's next
     /// event claimed for this worker.
     async fn finish(&mut self, mut commit: Commit) -> Result<CommitOutcome, TurnError> {
-        let state = self.state;
-        let lease = u64::try_from(state.settings.lease.as_millis()).unwrap_or(u64::MAX);
+        let rt = self.rt;
+        let lease = u64::try_from(rt.options.lease.as_millis()).unwrap_or(u64::MAX);
         let lease_until = commit.now.saturating_add_millis(lease);
         let replies = commit.outbox.len();
         if replies > 0 {
@@ -545,14 +535,14 @@ impl TurnCommit<'_> {
         if self.chain && commit.inbox_done.is_some() {
             commit.claim_next_until = Some(lease_until);
         }
-        let mut outcome = state.store.commit(commit).await?;
+        let mut outcome = rt.store.commit(commit).await?;
         let claimed = std::mem::take(&mut outcome.claimed_replies);
         let handed = claimed.len();
-        state.stats.handed_over.fetch_add(handed as u64, std::sync::atomic::Ordering::Relaxed);
+        rt.stats.handed_over.fetch_add(handed as u64, std::sync::atomic::Ordering::Relaxed);
         let mut replies_sent = None;
         if handed > 0 {
             let (done, sent) = oneshot::channel();
-            match state.claimed_replies.send(HandedOver { replies: claimed, done }) {
+            match rt.claimed_replies.send(HandedOver { replies: claimed, done }) {
                 Ok(()) => replies_sent = Some(sent),
                 // The sender has stopped (shutting down): the claims lapse with their lease,
                 // and a claim sends them then.
@@ -560,7 +550,7 @@ impl TurnCommit<'_> {
             }
         }
         if handed < replies {
-            state.outbox_ready.notify_one();
+            rt.outbox_ready.notify_one();
         }
         if let Some(event) = outcome.claimed_next.take() {
             let loaded = Loaded { session: SessionSource::Stored(Read::NotYet), counted: None };
@@ -583,14 +573,14 @@ fn is_finished(session: &flowcore::Session) -> bool {
 
 /// The turn's session from the stored one, with the flow version it runs on.
 async fn resume(
-    state: &AppState,
+    rt: &Shared,
     conv: &ConversationKey,
     stored: Option<StoredSession>,
 ) -> Result<Option<Running>, TurnError> {
     let Some(stored) = stored else {
         return Ok(None);
     };
-    let flow = state.flows.get(state.store.as_ref(), &conv.org_id, &stored.key.flow_id, stored.flow_version).await?;
+    let flow = rt.flows.get(&conv.org_id, &stored.key.flow_id, stored.flow_version).await?;
     let session = stored.session;
     Ok(Some(Running {
         flow_id: stored.key.flow_id,
@@ -603,21 +593,15 @@ async fn resume(
 }
 
 fn new_session(
-    state: &AppState,
+    rt: &Shared,
     flow: &CompiledFlow,
     conv: &ConversationKey,
     inbound: &InboundPayload,
-    chatbot: &str,
-    variant: Option<&str>,
+    mut variables: serde_json::Map<String, Value>,
 ) -> flowcore::Session {
-    let mut variables = serde_json::Map::new();
     variables.insert("phone_number".into(), json!(conv.contact_id));
-    variables.insert("chatbot".into(), json!(chatbot));
     if let Some(name) = &inbound.contact_name {
         variables.insert("contact_name".into(), json!(name));
-    }
-    if let Some(v) = variant {
-        variables.insert("ab_variant".into(), json!(v));
     }
     // A seed per conversation: `random` nodes differ between contacts but replay exactly.
     let seed = seed_of(&conv.to_string());
@@ -626,8 +610,8 @@ fn new_session(
         flowcore::SessionOptions {
             seed,
             variables,
-            max_steps: state.settings.max_flow_iterations,
-            ttl_millis: u64::try_from(state.settings.session_ttl.as_millis()).unwrap_or(u64::MAX),
+            max_steps: rt.options.max_flow_iterations,
+            ttl_millis: u64::try_from(rt.options.session_ttl.as_millis()).unwrap_or(u64::MAX),
         },
     )
 }
@@ -686,7 +670,9 @@ fn system_log(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_reply(
+    rt: &Shared,
     commit: &mut Commit,
     conv: &ConversationKey,
     flow_id: Option<&str>,
@@ -709,7 +695,7 @@ fn push_reply(
         at: now,
         metadata: Value::Null,
     });
-    for message in whatsapp_parts(message) {
+    for message in rt.delivery.split(message) {
         let payload = OutboxPayload { message, node: node.clone(), manual: false };
         commit.outbox.push(NewOutboxMessage {
             conversation: conv.clone(),
@@ -717,51 +703,5 @@ fn push_reply(
             due_at: now,
             inbox_id: Some(inbox_id),
         });
-    }
-}
-
-/// The messages WhatsApp takes for `message`: a text longer than a text message may be is
-/// split (at whitespace where it can), each part its own outbox row, so that each is sent,
-/// retried and recorded on its own: a retry never sends a part that already went out. A
-/// text with nothing to send stays whole, for the sender to fail with the reason.
-fn whatsapp_parts(message: Message) -> Vec<Message> {
-    let parts = match &message {
-        Message::Text { text } if text.chars().count() > TEXT_BODY_MAX => split_text(text, TEXT_BODY_MAX),
-        _ => Vec::new(),
-    };
-    if parts.is_empty() {
-        return vec![message];
-    }
-    parts.into_iter().map(|part| Message::Text { text: part.to_owned() }).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use flowcore::Message;
-
-    use super::{whatsapp_parts, TEXT_BODY_MAX};
-
-    fn text(text: &str) -> Message {
-        Message::Text { text: text.to_owned() }
-    }
-
-    #[test]
-    fn only_a_text_longer_than_whatsapp_takes_is_split() {
-        assert_eq!(whatsapp_parts(text("oi")), [text("oi")]);
-        let long = "palavra ".repeat(1_200);
-        let parts = whatsapp_parts(text(&long));
-        assert_eq!(parts.len(), 3);
-        let texts: Vec<&str> = parts
-            .iter()
-            .map(|p| match p {
-                Message::Text { text } => text.as_str(),
-                other => panic!("a text part, not {other:?}"),
-            })
-            .collect();
-        assert!(texts.iter().all(|t| t.chars().count() <= TEXT_BODY_MAX));
-        assert_eq!(texts.join(" "), long.trim_end());
-        // Nothing to send: left whole for the sender to refuse with its reason.
-        let blank = " ".repeat(TEXT_BODY_MAX + 1);
-        assert_eq!(whatsapp_parts(text(&blank)), [text(&blank)]);
     }
 }

@@ -1,0 +1,381 @@
+//! The durable pipeline as a library: inbound message → inbox → worker → engine → effects →
+//! commit → outbox → sender, with wake-ups, the janitor, the handoff silence and graceful
+//! shutdown (feature `runtime`).
+//!
+//! It lives in `flowcore-store` because everything it guarantees is a property of the
+//! store's unit of work: the engine stays pure, and the channel adapter (`flowcore-meta`,
+//! feature `runtime`) plugs in from the other side, so the dependency arrows stay one way.
+//!
+//! # What the host passes in
+//!
+//! | part | what | default |
+//! |---|---|---|
+//! | [`Store`] | where everything durable lives | — |
+//! | [`Delivery`] | sends a reply and classifies the result | — (`flowcore_meta::runtime::WhatsAppDelivery` for WhatsApp) |
+//! | [`FlowChooser`] | the flow of a conversation without an active session | — ([`OneFlow`] for one flow) |
+//! | [`EffectHandler`] | performs `api_call`, `ai_prompt`, … | [`NoEffects`]: each fails cleanly |
+//! | [`Clock`] | every time the runtime reads | [`SystemClock`]; [`VirtualClock`] in tests |
+//! | [`RuntimeOptions`] | workers, leases, retries, rate limit, TTLs | [`RuntimeOptions::default`] |
+//!
+//! # Driving it
+//!
+//! 1. [`Runtime::builder`] → [`RuntimeBuilder::build`]; register the organizations
+//!    ([`RuntimeBuilder::organization`]) and install the flows ([`Runtime::flows`]).
+//! 2. [`Runtime::start`] spawns the workers, the sender and the janitor on the current tokio
+//!    runtime.
+//! 3. For each inbound message, [`Runtime::accept`]; answer the channel once it returned
+//!    `Ok` (the message is durable then). Delivery statuses go to [`Runtime::accept_status`].
+//! 4. [`RunningRuntime::shutdown`] stops claiming, lets claimed turns and sends finish
+//!    (within [`RuntimeOptions::shutdown_grace`]) and returns; unclaimed events stay in the
+//!    inbox for the next start. Close the store after it.
+//!
+//! # The guarantees
+//!
+//! - **Nothing accepted is lost.** A turn's new session state, its log rows, its replies,
+//!   its wake-ups and the inbox row's completion are one [`Commit`](crate::Commit), guarded
+//!   by the session's version. A crash before it leaves the event claimed; its lease lapses
+//!   and another worker runs it again.
+//! - **No reply goes out twice** that the channel's answer recorded: a reply is marked sent
+//!   with the channel's id, and a delivery that may or may not have gone out is retried
+//!   only as its [`DeliveryOutcome`] says.
+//! - **Ordering.** A conversation's events are handled one at a time, in `(due_at, id)`
+//!   order, and **a turn's replies are handed to the sender before the conversation's next
+//!   turn runs**: the store does not hand out a conversation's next event while one of its
+//!   replies is claimed by a sender ([`Inbox::claim_inbox`](crate::Inbox::claim_inbox)), and
+//!   a worker that got the next event with its commit ([`Commit::claim_next_until`](crate::Commit::claim_next_until))
+//!   waits for the sender to finish the turn's replies first (at most a quarter of the
+//!   lease; a reply stuck in a slow send is then left to the outbox, where a conversation's
+//!   replies are sent in order).
+//! - **Handoff.** While a conversation's session is handed off to a human, inbound messages
+//!   are logged and the bot stays silent.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use flowcore_store::runtime::*;
+//! use flowcore_store::{ConversationKey, MemoryStore, Store};
+//!
+//! struct Print;
+//! #[async_trait::async_trait]
+//! impl Delivery for Print {
+//!     async fn deliver(&self, reply: &Reply<'_>) -> DeliveryOutcome {
+//!         println!("{:?}", reply.message);
+//!         DeliveryOutcome::Sent(format!("sent-{}", reply.outbox_id))
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+//! let runtime = Runtime::builder(store.clone(), Arc::new(Print), Arc::new(OneFlow::new("hello")))
+//!     .organization("acme")
+//!     .build()
+//!     .await?;
+//! let flow = r#"{"id": "hello", "name": "Hello", "nodes": [{"id": "s", "type": "start"},
+//!     {"id": "m", "type": "message", "data": {"content": "Olá!"}}],
+//!     "edges": [{"id": "e", "source": "s", "target": "m"}]}"#;
+//! runtime.flows().install("acme", "hello", flow, compile(flow).unwrap()).await?;
+//! let running = runtime.start().expect("started once");
+//! let chat = ConversationKey::new("acme", "15550001", "5511999990000");
+//! let now = runtime.clock().now();
+//! runtime.accept(chat, &InboundPayload::text("wamid.1", "oi", now)).await?;
+//! while Stats::get(&runtime.stats().sent) == 0 {
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! running.shutdown().await;
+//! store.close().await;
+//! # Ok::<(), flowcore_store::StoreError>(())
+//! # }).unwrap();
+//! ```
+
+mod clock;
+mod flows;
+mod host;
+mod intake;
+mod janitor;
+mod payload;
+mod ratelimit;
+mod sender;
+mod stats;
+mod worker;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use flows::{compile, declared_id, FlowLookupError, FlowProblems, Flows, LATEST_TTL};
+pub use host::{
+    Delivery, DeliveryOutcome, EffectContext, EffectHandler, FlowChoice, FlowChooser, NoEffects, OneFlow, Reply,
+};
+pub use payload::{input_text, InboundPayload, OutboxPayload, WakePayload};
+pub use ratelimit::RateLimit;
+pub use stats::Stats;
+
+use crate::{Store, StoreResult};
+use sender::HandedOver;
+
+/// How the runtime works; every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeOptions {
+    /// Turns in flight at once (each on its own conversation). Turns wait on the store and
+    /// on effects, so one core keeps many in flight.
+    pub workers: usize,
+    /// How often idle workers and the sender look for work they were not woken for
+    /// (retries falling due, wake-ups, other instances' rows).
+    pub poll_interval: Duration,
+    /// How long a claimed inbox or outbox row stays invisible to other workers.
+    pub lease: Duration,
+    /// How often the janitor purges expired sessions and old rows.
+    pub purge_interval: Duration,
+    /// The engine's step budget per turn.
+    pub max_flow_iterations: u32,
+    /// Idle sessions expire after this.
+    pub session_ttl: Duration,
+    /// Delivery attempts before a reply is failed for good.
+    pub send_max_attempts: u32,
+    /// The first retry's wait when the delivery names none; it doubles each attempt, up to a
+    /// minute.
+    pub send_backoff: Duration,
+    /// The per-contact inbound limit.
+    pub rate_limit: RateLimit,
+    /// How long [`RunningRuntime::shutdown`] waits for claimed work.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            workers: 32,
+            poll_interval: Duration::from_millis(200),
+            lease: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(300),
+            max_flow_iterations: 100,
+            session_ttl: Duration::from_secs(24 * 3600),
+            send_max_attempts: 8,
+            send_backoff: Duration::from_secs(1),
+            rate_limit: RateLimit::new(5, Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RuntimeOptions {
+    /// The wait before retrying a reply after its `attempt`-th failed attempt, when the
+    /// delivery named none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = flowcore_store::runtime::RuntimeOptions::default();
+    /// assert_eq!(options.backoff(1), Duration::from_secs(1));
+    /// assert_eq!(options.backoff(3), Duration::from_secs(4));
+    /// assert_eq!(options.backoff(30), Duration::from_secs(60));
+    /// ```
+    pub fn backoff(&self, attempt: i64) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        self.send_backoff.saturating_mul(1 << doublings).min(Duration::from_secs(60))
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    store: Arc<dyn Store>,
+    delivery: Arc<dyn Delivery>,
+    chooser: Arc<dyn FlowChooser>,
+    effects: Arc<dyn EffectHandler>,
+    clock: Arc<dyn Clock>,
+    options: RuntimeOptions,
+    organizations: Vec<String>,
+}
+
+impl RuntimeBuilder {
+    /// Performs effects with `effects` (default [`NoEffects`]).
+    pub fn effects(mut self, effects: Arc<dyn EffectHandler>) -> Self {
+        self.effects = effects;
+        self
+    }
+
+    /// Reads the time from `clock` (default [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Works with `options`.
+    pub fn options(mut self, options: RuntimeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Registers an organization in the store on [`build`](RuntimeBuilder::build); the
+    /// janitor purges its expired sessions.
+    pub fn organization(mut self, org_id: impl Into<String>) -> Self {
+        self.organizations.push(org_id.into());
+        self
+    }
+
+    /// Registers the organizations and builds the runtime (nothing runs until
+    /// [`Runtime::start`]).
+    pub async fn build(self) -> StoreResult<Runtime> {
+        for org in &self.organizations {
+            self.store.register_organization(org).await?;
+        }
+        let (claimed_replies, handed_over) = mpsc::unbounded_channel();
+        Ok(Runtime(Arc::new(Shared {
+            flows: Flows::new(self.store.clone(), self.clock.clone()),
+            store: self.store,
+            delivery: self.delivery,
+            chooser: self.chooser,
+            effects: self.effects,
+            clock: self.clock,
+            options: self.options,
+            organizations: self.organizations,
+            inbox_ready: Notify::new(),
+            outbox_ready: Notify::new(),
+            claimed_replies,
+            handed_over: Mutex::new(Some(handed_over)),
+            stats: Stats::default(),
+        })))
+    }
+}
+
+/// The durable pipeline; cheap to clone (every clone is the same runtime).
+#[derive(Clone)]
+pub struct Runtime(Arc<Shared>);
+
+/// What the runtime's tasks share.
+struct Shared {
+    store: Arc<dyn Store>,
+    delivery: Arc<dyn Delivery>,
+    chooser: Arc<dyn FlowChooser>,
+    effects: Arc<dyn EffectHandler>,
+    clock: Arc<dyn Clock>,
+    options: RuntimeOptions,
+    organizations: Vec<String>,
+    flows: Flows,
+    /// Wakes the workers after an accepted message.
+    inbox_ready: Notify,
+    /// Wakes the sender after replies were queued for its claims.
+    outbox_ready: Notify,
+    /// Replies a turn claimed as it committed them, for the sender to send in order.
+    claimed_replies: mpsc::UnboundedSender<HandedOver>,
+    /// The sender's end of `claimed_replies`, until started.
+    handed_over: Mutex<Option<mpsc::UnboundedReceiver<HandedOver>>>,
+    stats: Stats,
+}
+
+/// [`Runtime::start`] was called before on this runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("the runtime was started already")]
+pub struct AlreadyStarted;
+
+impl Runtime {
+    /// A builder over the three parts every host provides.
+    pub fn builder(
+        store: Arc<dyn Store>,
+        delivery: Arc<dyn Delivery>,
+        chooser: Arc<dyn FlowChooser>,
+    ) -> RuntimeBuilder {
+        RuntimeBuilder {
+            store,
+            delivery,
+            chooser,
+            effects: Arc::new(NoEffects),
+            clock: Arc::new(SystemClock),
+            options: RuntimeOptions::default(),
+            organizations: Vec::new(),
+        }
+    }
+
+    /// Spawns the workers, the sender and the janitor on the current tokio runtime.
+    pub fn start(&self) -> Result<RunningRuntime, AlreadyStarted> {
+        let handed_over = self.0.handed_over.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(AlreadyStarted)?;
+        let (shutdown, stop) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(worker::run(self.0.clone(), stop.clone())),
+            tokio::spawn(sender::run(self.0.clone(), handed_over, stop.clone())),
+            tokio::spawn(janitor::run(self.0.clone(), stop)),
+        ];
+        Ok(RunningRuntime { shutdown, tasks, grace: self.0.options.shutdown_grace })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    /// The compiled flows: install and publish flows here so the workers find them.
+    pub fn flows(&self) -> &Flows {
+        &self.0.flows
+    }
+
+    /// The clock every part of the runtime reads.
+    pub fn clock(&self) -> &dyn Clock {
+        self.0.clock.as_ref()
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.0.options
+    }
+
+    /// This runtime's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
+    /// Wakes the sender: call it after writing replies to the outbox yourself (an operator's
+    /// message, say), so they go out without waiting for the next poll.
+    pub fn notify_outbox(&self) {
+        self.0.outbox_ready.notify_one();
+    }
+}
+
+/// A started runtime; [`shutdown`](RunningRuntime::shutdown) it to stop.
+pub struct RunningRuntime {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl RunningRuntime {
+    /// Graceful shutdown: no new work is claimed; claimed turns and sends finish, for up to
+    /// the grace period, after which they are aborted (their leases lapse and another
+    /// worker takes them). The store stays open.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                warn!("a runtime task did not finish within the shutdown grace period; aborted");
+                abort.abort();
+            }
+        }
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn signal_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// A contact id for logs: enough to correlate lines, not enough to dial the number.
+///
+/// ```
+/// use flowcore_store::runtime::redact_contact;
+/// assert_eq!(redact_contact("12025550101"), "***0101");
+/// assert_eq!(redact_contact("12"), "***");
+/// ```
+pub fn redact_contact(contact: &str) -> String {
+    let chars: Vec<char> = contact.chars().collect();
+    if chars.len() <= 4 {
+        return "***".to_owned();
+    }
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("***{tail}")
+}
