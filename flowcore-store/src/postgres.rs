@@ -35,22 +35,9 @@ use grouped_units::{CallFailed, UnitsWritten};
 use warm::WarmConnections;
 use write_rows::{write_rows, Rows, RowsWritten};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
-    (2, "batch_functions", include_str!("../migrations/postgres/0002_batch_functions.sql")),
-    (3, "claim_functions", include_str!("../migrations/postgres/0003_claim_functions.sql")),
-    (4, "write_rows", include_str!("../migrations/postgres/0004_write_rows.sql")),
-    (5, "inbox_message_key", include_str!("../migrations/postgres/0005_inbox_message_key.sql")),
-    (6, "claimed_replies", include_str!("../migrations/postgres/0006_claimed_replies.sql")),
-    (7, "outbox_rows_unlocked", include_str!("../migrations/postgres/0007_outbox_rows_unlocked.sql")),
-    (8, "set_based_rows", include_str!("../migrations/postgres/0008_set_based_rows.sql")),
-    (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
-    (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
-    (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
-    (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
-    (13, "claim_next", include_str!("../migrations/postgres/0013_claim_next.sql")),
-    (14, "claims_by_primary_key", include_str!("../migrations/postgres/0014_claims_by_primary_key.sql")),
-];
+/// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
+/// A later change to the schema is a new version here, with its own file.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
 
 /// Connections idle this long are pinged before use.
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
