@@ -37,14 +37,9 @@ mod next_event;
 mod replies;
 mod writer;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
-    (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
-    (4, "inbound_window", include_str!("../migrations/sqlite/0004_inbound_window.sql")),
-    (5, "claimed_replies", include_str!("../migrations/sqlite/0005_claimed_replies.sql")),
-    (6, "session_cohort", include_str!("../migrations/sqlite/0006_session_cohort.sql")),
-];
+/// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
+/// A later change to the schema is a new version here, with its own file.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/sqlite/0001_schema.sql"))];
 
 /// Conversations per read of `active_sessions` and `inbound_counts` (at most five
 /// parameters each, well under SQLite's 32,766).
