@@ -515,7 +515,7 @@ const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = ?4
      delivery_at = CASE WHEN delivery_rank < 1 THEN ?4 ELSE delivery_at END,
      delivery_rank = MAX(delivery_rank, 1)";
 
-/// Claims walk the heads (see the second migration) in `(due_at, id)` order and take those
+/// Claims walk the heads (see the schema's header) in `(due_at, id)` order and take those
 /// whose turn it is: due, not waiting for a retry, not out under a live lease, the first
 /// unfinished row of their conversation (a head can be stale) and no other row of their
 /// conversation out under a live lease. Each check is one probe of the conversation index
