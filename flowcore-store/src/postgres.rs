@@ -2,7 +2,8 @@
 //! outbox use `FOR UPDATE SKIP LOCKED`, so no row is handed to two workers, and a
 //! conversation's rows go to one worker at a time, in order.
 //!
-//! Migrations are embedded and run on open under an advisory lock (several instances may
+//! The schema (`migrations/postgres/0001_schema.sql`: the tables and the functions the hot
+//! paths call) is embedded and applied on open under an advisory lock (several instances may
 //! start at once). [`PostgresOptions::schema`] puts every table in one schema (tests use a
 //! fresh schema per run).
 
@@ -35,22 +36,9 @@ use grouped_units::{CallFailed, UnitsWritten};
 use warm::WarmConnections;
 use write_rows::{write_rows, Rows, RowsWritten};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
-    (2, "batch_functions", include_str!("../migrations/postgres/0002_batch_functions.sql")),
-    (3, "claim_functions", include_str!("../migrations/postgres/0003_claim_functions.sql")),
-    (4, "write_rows", include_str!("../migrations/postgres/0004_write_rows.sql")),
-    (5, "inbox_message_key", include_str!("../migrations/postgres/0005_inbox_message_key.sql")),
-    (6, "claimed_replies", include_str!("../migrations/postgres/0006_claimed_replies.sql")),
-    (7, "outbox_rows_unlocked", include_str!("../migrations/postgres/0007_outbox_rows_unlocked.sql")),
-    (8, "set_based_rows", include_str!("../migrations/postgres/0008_set_based_rows.sql")),
-    (9, "sessions_in_place", include_str!("../migrations/postgres/0009_sessions_in_place.sql")),
-    (10, "inbound_window", include_str!("../migrations/postgres/0010_inbound_window.sql")),
-    (11, "replies_before_next_turn", include_str!("../migrations/postgres/0011_replies_before_next_turn.sql")),
-    (12, "session_cohort", include_str!("../migrations/postgres/0012_session_cohort.sql")),
-    (13, "claim_next", include_str!("../migrations/postgres/0013_claim_next.sql")),
-    (14, "claims_by_primary_key", include_str!("../migrations/postgres/0014_claims_by_primary_key.sql")),
-];
+/// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
+/// A later change to the schema is a new version here, with its own file.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
 
 /// Connections idle this long are pinged before use.
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
@@ -405,8 +393,8 @@ async fn enqueue_tx(tx: &mut Tx<'_>, org_id: &str, messages: &[NewOutboxMessage]
 }
 
 /// Inserts `e` unless its message id is in the inbox already: one call of
-/// `flowcore_insert_inbox_row` (migration 4, which tells how it finds the row's head), its
-/// own transaction when `connection` is not in one.
+/// `flowcore_insert_inbox_row` (its definition in the schema tells how it finds the row's
+/// head), its own transaction when `connection` is not in one.
 async fn insert_inbox_row(connection: &mut PgConnection, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let c = &e.conversation;
     let (id, inserted): (i64, bool) =
@@ -444,8 +432,8 @@ async fn claim_refused<T>(
 }
 
 /// First key of the two-key advisory lock space (ASCII "flow"), apart from the migration
-/// lock and other applications' one-key locks. `flowcore_lock_conversations` (migration 2)
-/// takes a transaction's conversation locks in it.
+/// lock and other applications' one-key locks. `flowcore_lock_conversations` takes a
+/// transaction's conversation locks in it.
 const LOCK_SPACE: i32 = 0x666c_6f77;
 
 /// The conversations whose unfinished rows a transaction adds or removes, locked before it
@@ -458,7 +446,7 @@ const LOCK_SPACE: i32 = 0x666c_6f77;
 /// never claimed again. Under the lock, READ COMMITTED's next statement sees everything
 /// the previous holder committed. Claims, retries and reclaims leave the set of unfinished
 /// rows as it is and take no lock; inbox inserts lean on a row lock instead (see
-/// `flowcore_insert_inbox_row`, migration 4).
+/// `flowcore_insert_inbox_row`).
 #[derive(Default)]
 struct ConversationLocks<'a> {
     inbox_rows: Vec<i64>,
@@ -539,7 +527,7 @@ impl PostgresStore {
         if let Some(org) = &request.org_id {
             self.check_org(org).await?;
         }
-        // One call (migration 3): its own transaction, one round trip.
+        // One call of `flowcore_claim_{table}`: its own transaction, one round trip.
         let mut connection = self.warm.get().await?;
         let rows = sqlx::query(&format!("SELECT {cols} FROM flowcore_claim_{table}($1, $2, $3, $4)"))
             .bind(request.now.as_unix_millis())
@@ -1455,8 +1443,8 @@ mod tests {
         let Some(fresh) = FreshPostgres::open().await else { return };
         let store = &fresh.store;
         store.register_organization("o").await.unwrap();
-        // Many active sessions in one organization and no statistics (as right after the
-        // migration, or on a server without autovacuum): walking them all for each turn is
+        // Many active sessions in one organization and no statistics (as in a new schema, or
+        // on a server without autovacuum): walking them all for each turn is
         // what this guards against.
         sqlx::raw_sql(
             "INSERT INTO sessions (org_id, business_number_id, contact_id, flow_id, flow_version, version, status,
@@ -1547,7 +1535,8 @@ mod tests {
 
     /// The queues' statements are planned once per connection, often on nearly empty tables:
     /// an index that leads with the organization and holds unfinished rows is a way in by
-    /// organization that such a plan may take for a conversation's rows (migration 5).
+    /// organization that such a plan may take for a conversation's rows (hence the inbox's
+    /// message key leads with the message id).
     #[tokio::test]
     async fn no_queue_index_reaches_unfinished_rows_by_organization_alone() {
         let Some(fresh) = FreshPostgres::open().await else { return };

@@ -28,8 +28,8 @@ pub(crate) const OUTBOX_COLS: &str = "id, org_id, business_number_id, contact_id
 ///
 /// The queries for one conversation's active sessions leave the order to this function on
 /// purpose. With `ORDER BY updated_at` in the query, both SQLite and PostgreSQL (the latter
-/// without statistics, as right after a migration) chose `sessions_org_status` (an index
-/// on `updated_at`, dropped since so that turns update sessions in place): a walk over every
+/// without statistics, as on new tables) chose an index on `(org_id, status, updated_at)`
+/// (the schema has none now, so that turns update sessions in place): a walk over every
 /// active session of the organization, where `sessions_active_key` holds only the
 /// conversation's few rows (one per flow).
 pub(crate) fn newest_first(sessions: &mut [SessionInfo]) {

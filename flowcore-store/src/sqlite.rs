@@ -37,14 +37,9 @@ mod next_event;
 mod replies;
 mod writer;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, "heads", include_str!("../migrations/sqlite/0002_heads.sql")),
-    (3, "sessions_in_place", include_str!("../migrations/sqlite/0003_sessions_in_place.sql")),
-    (4, "inbound_window", include_str!("../migrations/sqlite/0004_inbound_window.sql")),
-    (5, "claimed_replies", include_str!("../migrations/sqlite/0005_claimed_replies.sql")),
-    (6, "session_cohort", include_str!("../migrations/sqlite/0006_session_cohort.sql")),
-];
+/// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
+/// A later change to the schema is a new version here, with its own file.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/sqlite/0001_schema.sql"))];
 
 /// Conversations per read of `active_sessions` and `inbound_counts` (at most five
 /// parameters each, well under SQLite's 32,766).
@@ -520,7 +515,7 @@ const OUTBOX_SENT: &str = "status = 'done', lease_until = NULL, finished_at = ?4
      delivery_at = CASE WHEN delivery_rank < 1 THEN ?4 ELSE delivery_at END,
      delivery_rank = MAX(delivery_rank, 1)";
 
-/// Claims walk the heads (see the second migration) in `(due_at, id)` order and take those
+/// Claims walk the heads (see the schema's header) in `(due_at, id)` order and take those
 /// whose turn it is: due, not waiting for a retry, not out under a live lease, the first
 /// unfinished row of their conversation (a head can be stale) and no other row of their
 /// conversation out under a live lease. Each check is one probe of the conversation index

@@ -111,38 +111,3 @@ async fn bad_urls_are_typed_errors() {
     let err = SqliteStore::open("sqlite:///nonexistent-dir/for/sure/x.db", SqliteOptions::default()).await.unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
 }
-
-/// A database written by the first schema (no conversation heads) keeps its queue order
-/// after the heads migration: the waiting rows get their marks on open.
-#[tokio::test]
-async fn the_heads_migration_marks_the_rows_already_waiting() {
-    use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("v1.db").display());
-    let mut v1 = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(include_str!("../migrations/sqlite/0001_init.sql")).execute(&mut v1).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE flowcore_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
-         INSERT INTO flowcore_migrations VALUES (1, 'init', 0);
-         INSERT INTO organizations (id, created_at) VALUES ('o', 0);
-         INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at, status)
-         VALUES ('o', 'b', 'c1', 'wake', 'wake_up', '{}', 0, 9000000000000, 'pending'),
-                ('o', 'b', 'c1', 'm1', 'message', '{}', 0, 1000, 'pending'),
-                ('o', 'b', 'c1', 'm2', 'message', '{}', 0, 2000, 'pending'),
-                ('o', 'b', 'c2', 'old', 'message', '{}', 0, 500, 'done'),
-                ('o', 'b', 'c2', 'n1', 'message', '{}', 0, 3000, 'pending');",
-    )
-    .execute(&mut v1)
-    .await
-    .unwrap();
-    v1.close().await.unwrap();
-
-    let store = fresh(&dir, "v1.db").await;
-    let now = Timestamp::from_unix_seconds(10);
-    let request = ClaimRequest::for_org("o", now, std::time::Duration::from_secs(60), 10);
-    let claimed = store.claim_inbox(&request).await.unwrap();
-    assert_eq!(claimed.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), vec!["m1", "n1"]);
-    store.complete_inbox("o", claimed[0].claim(), now).await.unwrap();
-    let next = store.claim_inbox(&request).await.unwrap();
-    assert_eq!(next.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), vec!["m2"]);
-}

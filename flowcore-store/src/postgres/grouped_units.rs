@@ -1,5 +1,5 @@
-//! Units of work as one call of `flowcore_commit_units` (migration 2; migration 13 gives its
-//! current form), however many a batch holds.
+//! Units of work as one call of `flowcore_commit_units` (defined in the schema), however many
+//! a batch holds.
 //!
 //! Every part of every unit (handled inbox rows, session saves, log rows, replies) is bound
 //! as a column array, so the call is one prepared statement, one round trip per batch, and
@@ -7,7 +7,7 @@
 //! pay eight round trips, plannings and executor start-ups, and its commit (the WAL flush
 //! every caller waits for) came that much later.
 //!
-//! The function checks before it writes (see the migration). If a check fails it writes
+//! The function checks before it writes (see its definition). If a check fails it writes
 //! nothing and says so; the caller then runs the units one at a time (a batch of one is
 //! this same call), where each refusal is diagnosed on its own. Refusals are rare (a lost
 //! race, a lost lease), so the common batch costs one call. A write that falls short of what
@@ -637,8 +637,8 @@ mod tests {
 
     /// Whether a unit's replies are claimed as they are written is decided from their
     /// conversation's replies alone: however many replies other conversations have waiting,
-    /// the call reads a few entries of `outbox_open_conversation`, not all of them (migration
-    /// 13; a `NOT EXISTS` planned as a hashed subplan read every unfinished reply per call).
+    /// the call reads a few entries of `outbox_open_conversation`, not all of them (a `NOT
+    /// EXISTS` planned as a hashed subplan would read every unfinished reply per call).
     #[tokio::test]
     async fn the_replies_claim_test_reads_only_their_conversation() {
         let Some((fresh, claims)) = prepared().await else { return };
@@ -676,9 +676,9 @@ mod tests {
         .fetch_one(store.pool())
         .await
         .unwrap();
-        assert_eq!(functions, 1, "each migration that redefines the function replaces it");
-        // The claimed rows' lookups (migration 13 for the units' call, 14 for the claim
-        // changes) test the status in a form the partial index of claimed rows cannot serve.
+        assert_eq!(functions, 1, "one definition of the function");
+        // The claimed rows' lookups (the units' call's and the claim changes') test the status
+        // in a form the partial index of claimed rows cannot serve.
         for (function, patched) in [
             ("flowcore_commit_units", "AND CASE WHEN i.status = 'claimed' THEN true END"),
             ("flowcore_finish_inbox_rows", "AND CASE WHEN q.status = 'claimed' THEN true END"),

@@ -1,10 +1,10 @@
-//! A batch's inbox inserts and claim changes as one call of `flowcore_write_rows`
-//! (migrations 4 and 8), with the conversation locks of the whole batch.
+//! A batch's inbox inserts and claim changes as one call of `flowcore_write_rows`, with the
+//! conversation locks of the whole batch.
 //!
 //! Each row was a statement of its own, with BEGIN, a lock statement and COMMIT around them:
 //! a round trip each, for a few microseconds of work. One call is one round trip; outside a
 //! transaction (a batch without units of work) it is its own transaction too. Inside, the
-//! inserts are one statement and each queue's changes another (migration 8).
+//! inserts are one statement and each queue's changes another.
 
 use sqlx::postgres::PgConnection;
 use sqlx::Row;

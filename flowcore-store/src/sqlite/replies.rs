@@ -1,5 +1,5 @@
 //! A unit of work's replies, written claimed for the caller when they can be (see
-//! [`Commit::claim_replies_until`] and the fifth migration).
+//! [`Commit::claim_replies_until`] and the schema's `outbox_head_on_insert`).
 //!
 //! A reply the caller asked a lease for is written claimed (first attempt, marked as a head)
 //! when its conversation has no stored unfinished reply; any other is written pending, for a
