@@ -1,13 +1,14 @@
-//! The in-memory backend: everything behind one mutex, nothing survives the process.
+//! The in-memory backend: the reference implementation of the store traits.
 //!
-//! Good for tests, `flowctl` and single-process development. It follows exactly the same
-//! contract as the SQL backends (the conformance kit runs on it too).
+//! Every table is a plain `Vec` of rows behind one mutex and every query is a linear scan,
+//! so that each method can be checked against its trait's docs. Nothing survives the
+//! process: it serves tests and single-process development, and passes the same
+//! conformance kit as the SQL backends.
 
-mod queue;
-
-use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::{Mutex, MutexGuard};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
@@ -17,107 +18,6 @@ use crate::metrics_tally::MetricsTally;
 use crate::state::{self, Session};
 use crate::traits::*;
 use crate::types::*;
-use queue::{Queue, QueueRow};
-
-/// A fast keyed hasher for the store's maps (folded multiply, 8 bytes at a time), seeded
-/// per map from the standard library's random keys so that key layouts cannot be chosen to
-/// collide. SipHash over the string keys was most of a commit's cost.
-#[derive(Clone, Copy, Debug)]
-struct Seeded(u64);
-
-impl Default for Seeded {
-    fn default() -> Self {
-        Seeded(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1)
-    }
-}
-
-impl BuildHasher for Seeded {
-    type Hasher = Fold;
-    fn build_hasher(&self) -> Fold {
-        Fold(self.0)
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Fold(u64);
-
-const K1: u64 = 0x243f_6a88_85a3_08d3;
-const K2: u64 = 0x1319_8a2e_0370_7344;
-
-#[inline]
-fn folded_mul(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl Hasher for Fold {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let len = bytes.len();
-        // Short inputs (the store's keys are mostly short strings) in one multiply, from
-        // two reads that overlap when the length is not 8 or 16; no copy loop.
-        let (a, b) = if len > 16 {
-            let mut h = self.0;
-            let mut chunks = bytes.chunks_exact(16);
-            for c in &mut chunks {
-                h = folded_mul(h ^ read_u64(c, 0), K1 ^ read_u64(c, 8));
-            }
-            // The last 16 bytes (overlapping the chunks already taken when not a multiple).
-            self.0 = h;
-            (read_u64(bytes, len - 16), read_u64(bytes, len - 8))
-        } else if len >= 8 {
-            (read_u64(bytes, 0), read_u64(bytes, len - 8))
-        } else if len >= 4 {
-            (u64::from(read_u32(bytes, 0)), u64::from(read_u32(bytes, len - 4)))
-        } else if len > 0 {
-            (u64::from(bytes[0]) | u64::from(bytes[len / 2]) << 8, u64::from(bytes[len - 1]))
-        } else {
-            (0, 0)
-        };
-        self.0 = folded_mul(self.0 ^ a, K1 ^ b ^ ((len as u64) << 40));
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = folded_mul(self.0 ^ i, K1);
-    }
-
-    #[inline]
-    fn write_i64(&mut self, i: i64) {
-        self.write_u64(i as u64);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        folded_mul(self.0, K2)
-    }
-}
-
-#[inline]
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-#[inline]
-fn read_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-type HashMap<K, V> = std::collections::HashMap<K, V, Seeded>;
 
 /// The in-memory store. Cheap to create; share it as `Arc<MemoryStore>` or `Arc<dyn Store>`.
 ///
@@ -132,39 +32,52 @@ type HashMap<K, V> = std::collections::HashMap<K, V, Seeded>;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    tables: Mutex<Tables>,
 }
 
 #[derive(Debug, Default)]
-struct Inner {
+struct Tables {
     closed: bool,
-    orgs: BTreeMap<String, OrgData>,
-    next_session: i64,
-    next_log: i64,
-    next_inbox: i64,
-    next_outbox: i64,
+    /// The last row id handed out: one sequence for rows of every kind, so that ids only
+    /// grow and are unique across the store.
+    last_id: i64,
+    orgs: BTreeMap<String, Org>,
 }
 
+/// One organization's rows, kept apart so that no call reaches another tenant's.
 #[derive(Debug, Default)]
-struct OrgData {
-    sessions: HashMap<i64, SessionRow>,
-    active: HashMap<SessionKey, i64>,
+struct Org {
+    sessions: Vec<SessionRow>,
     log: Vec<LogEntry>,
-    inbox: Queue<InboxData>,
-    inbox_by_message: HashMap<String, i64>,
-    outbox: Queue<OutboxData>,
-    outbox_by_wamid: HashMap<String, i64>,
-    flows: BTreeMap<String, Vec<StoredFlow>>,
+    inbox: Vec<Queued<InboxData>>,
+    outbox: Vec<Queued<OutboxData>>,
+    flows: Vec<StoredFlow>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct SessionRow {
     info: SessionInfo,
     session: Session,
     cohort: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+/// An inbox or outbox row: the queue's columns, then those of its kind.
+#[derive(Debug)]
+struct Queued<T> {
+    id: i64,
+    conversation: ConversationKey,
+    due_at: Timestamp,
+    status: QueueStatus,
+    attempts: i64,
+    lease_until: Option<Timestamp>,
+    retry_at: Option<Timestamp>,
+    last_error: Option<String>,
+    /// When it was done or failed for good: what purge's retention is judged from.
+    finished_at: Option<Timestamp>,
+    data: T,
+}
+
+#[derive(Debug)]
 struct InboxData {
     message_id: String,
     kind: InboxKind,
@@ -172,7 +85,7 @@ struct InboxData {
     received_at: Timestamp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct OutboxData {
     payload: serde_json::Value,
     inbox_id: Option<i64>,
@@ -182,201 +95,337 @@ struct OutboxData {
     sent_at: Option<Timestamp>,
 }
 
-fn ts(ms: i64) -> Timestamp {
-    Timestamp::from_unix_millis(ms)
-}
-
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
     }
 
-    fn lock(&self) -> StoreResult<MutexGuard<'_, Inner>> {
-        // A poisoned lock only means another task panicked mid-call; the data is still
-        // consistent because every mutation is validated before it starts.
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.closed {
-            return Err(StoreError::Closed);
+    /// The tables, unless the store is closed. No method awaits while it holds them (the
+    /// guard is not `Send`, so the compiler would refuse one that did).
+    fn lock(&self) -> StoreResult<MutexGuard<'_, Tables>> {
+        match self.tables.lock() {
+            Ok(tables) if !tables.closed => Ok(tables),
+            Ok(_) => Err(StoreError::Closed),
+            Err(poisoned) if poisoned.get_ref().closed => Err(StoreError::Closed),
+            // A call panicked holding the lock and may have left its writes half done: refuse
+            // the tables rather than serve a commit that was not all or nothing.
+            Err(_) => Err(StoreError::Database("an earlier call panicked inside the memory store".into())),
         }
-        Ok(guard)
     }
 }
 
-impl Inner {
-    fn org(&mut self, org_id: &str) -> StoreResult<&mut OrgData> {
-        self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
-    }
-
-    fn org_ref(&self, org_id: &str) -> StoreResult<&OrgData> {
+impl Tables {
+    fn org(&self, org_id: &str) -> StoreResult<&Org> {
         self.orgs.get(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
     }
 
-    fn org_ids(&self, scope: Option<&str>) -> StoreResult<Vec<String>> {
-        match scope {
-            Some(org) => {
-                self.org_ref(org)?;
-                Ok(vec![org.to_owned()])
-            }
-            None => Ok(self.orgs.keys().cloned().collect()),
+    fn org_mut(&mut self, org_id: &str) -> StoreResult<&mut Org> {
+        self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
+    }
+
+    /// The organization's rows and the last id, to add rows with.
+    fn org_and_ids(&mut self, org_id: &str) -> StoreResult<(&mut Org, &mut i64)> {
+        let org = self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
+        Ok((org, &mut self.last_id))
+    }
+
+    /// The organizations a claim or a reclaim covers: the one named, or every one.
+    fn scope(&mut self, org_id: Option<&str>) -> StoreResult<Vec<&mut Org>> {
+        match org_id {
+            Some(org_id) => Ok(vec![self.org_mut(org_id)?]),
+            None => Ok(self.orgs.values_mut().collect()),
         }
     }
-}
 
-fn same_org(org_id: &str, conversation: &ConversationKey) -> StoreResult<()> {
-    if conversation.org_id == org_id {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidInput(format!(
-            "row for organization {:?} passed to organization {:?}",
-            conversation.org_id, org_id
-        )))
+    fn claimed_inbox(&mut self, org_id: &str, claim: Claim) -> StoreResult<&mut Queued<InboxData>> {
+        claimed_row(&mut self.org_mut(org_id)?.inbox, "inbox event", claim)
+    }
+
+    fn claimed_outbox(&mut self, org_id: &str, claim: Claim) -> StoreResult<&mut Queued<OutboxData>> {
+        claimed_row(&mut self.org_mut(org_id)?.outbox, "outbox message", claim)
     }
 }
 
-/// Checks that every part of a commit belongs to its organization.
-fn check_commit_rows(
-    org_id: &str,
-    session: Option<&SessionWrite>,
-    log: &[NewLogEntry],
-    outbox: &[NewOutboxMessage],
-    schedule: &[NewInboxEvent],
-) -> StoreResult<()> {
-    if let Some(write) = session {
-        if write.key.org_id != org_id {
-            return Err(StoreError::InvalidInput(format!(
-                "session of organization {:?} in a commit of {:?}",
-                write.key.org_id, org_id
-            )));
-        }
+/// Refuses a row of another organization than the call's.
+fn same_org(org_id: &str, row_org_id: &str) -> StoreResult<()> {
+    if org_id == row_org_id {
+        return Ok(());
     }
-    log.iter().try_for_each(|e| same_org(org_id, &e.conversation))?;
-    outbox.iter().try_for_each(|m| same_org(org_id, &m.conversation))?;
-    schedule.iter().try_for_each(|s| same_org(org_id, &s.conversation))
+    Err(StoreError::InvalidInput(format!("row of organization {row_org_id:?} passed to organization {org_id:?}")))
 }
 
-/// Checks a session write against the stored state without changing anything.
-/// Returns the id of the active row the write replaces, if any.
-fn check_session_write(org: &OrgData, write: &SessionWrite) -> StoreResult<Option<i64>> {
-    let row = org.active.get(&write.key).and_then(|id| org.sessions.get(id));
-    let found = row.map(|r| r.info.version);
-    if found.unwrap_or(0) == write.expected_version && (write.expected_version == 0) == found.is_none() {
-        Ok(row.map(|r| r.info.id))
-    } else {
-        Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found })
+/// The rows of `page`, out of rows already in order.
+fn page<I: Iterator>(rows: I, page: Page) -> impl Iterator<Item = I::Item> {
+    rows.skip(usize::try_from(page.offset).unwrap_or(usize::MAX)).take(page.limit.min(Page::MAX_LIMIT) as usize)
+}
+
+fn next_id(last_id: &mut i64) -> i64 {
+    *last_id += 1;
+    *last_id
+}
+
+fn before(now: Timestamp, span: Duration) -> Timestamp {
+    Timestamp::from_unix_millis(now.as_unix_millis().saturating_sub(duration_ms(span)))
+}
+
+fn is_active(row: &SessionRow, key: &SessionKey) -> bool {
+    row.info.status == SessionStatus::Active && row.info.key == *key
+}
+
+/// The active sessions whose key passes `keep`, most recently updated first.
+fn active_infos(sessions: &[SessionRow], keep: impl Fn(&SessionKey) -> bool) -> Vec<SessionInfo> {
+    let active = sessions.iter().filter(|row| row.info.status == SessionStatus::Active && keep(&row.info.key));
+    let mut infos: Vec<SessionInfo> = active.map(|row| row.info.clone()).collect();
+    infos.sort_by_key(|info| Reverse((info.updated_at, info.id)));
+    infos
+}
+
+/// Checks a compare-and-set write: the id of the active row it replaces (none for a new
+/// session), or a conflict when the stored version is not the one expected.
+fn check_session_write(sessions: &[SessionRow], write: &SessionWrite) -> StoreResult<Option<i64>> {
+    let current = sessions.iter().find(|row| is_active(row, &write.key));
+    let found = current.map(|row| row.info.version);
+    // Expecting 0 means "no active session yet"; stored versions start at 1.
+    if found.unwrap_or(0) != write.expected_version {
+        return Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found });
     }
+    Ok(current.map(|row| row.info.id))
 }
 
-/// What a write replaced or did not keep, for the caller to drop after releasing the lock:
-/// freeing memory under the lock makes every other caller wait for it.
-#[derive(Default)]
-#[allow(dead_code, reason = "only held, to be dropped")]
-struct Leftovers {
-    session: Option<Session>,
-    key: Option<SessionKey>,
-}
-
-/// Applies a checked write. `current` is the active row's id that `check_session_write`
-/// found.
+/// Applies a write that [`check_session_write`] passed, to the row it found or as a new one.
 fn apply_session_write(
-    org: &mut OrgData,
-    next_id: &mut i64,
+    rows: &mut Vec<SessionRow>,
+    last_id: &mut i64,
     current: Option<i64>,
-    write: SessionWrite,
-) -> (SavedSession, Leftovers) {
-    let now = write.now;
-    let closed_at = (write.status == SessionStatus::Closed).then_some(now);
-    if let Some(row) = current.and_then(|id| org.sessions.get_mut(&id)) {
-        row.info.version += 1;
-        row.info.status = write.status;
-        // Keep the recorded node's text when it did not change (no allocation per save).
-        let node = write.session.current_node();
-        if row.info.current_node.as_deref() != node {
-            row.info.current_node = node.map(str::to_owned);
-        }
-        row.info.wake_at = write.session.wake_at();
-        row.info.updated_at = now;
-        row.info.closed_at = closed_at;
-        let old = std::mem::replace(&mut row.session, write.session);
-        let saved = SavedSession { id: row.info.id, version: row.info.version };
-        if write.status == SessionStatus::Closed {
-            org.active.remove(&write.key);
-        }
-        return (saved, Leftovers { session: Some(old), key: Some(write.key) });
+    w: SessionWrite,
+) -> SavedSession {
+    let (current_node, wake_at) = state::meta(&w.session);
+    let closed_at = (w.status == SessionStatus::Closed).then_some(w.now);
+    if let Some(row) = current.and_then(|id| rows.iter_mut().find(|row| row.info.id == id)) {
+        // The flow version and the cohort stay the ones the session started with.
+        let info = &mut row.info;
+        (info.version, info.status, info.current_node, info.wake_at) =
+            (info.version + 1, w.status, current_node, wake_at);
+        (info.updated_at, info.closed_at, row.session) = (w.now, closed_at, w.session);
+        return SavedSession { id: info.id, version: info.version };
     }
-    let (current_node, wake_at) = state::meta(&write.session);
-    *next_id += 1;
-    let id = *next_id;
+    let id = next_id(last_id);
+    let (key, flow_version, status, created_at, updated_at) = (w.key, w.flow_version, w.status, w.now, w.now);
     let info = SessionInfo {
         id,
-        key: write.key.clone(),
-        flow_version: write.flow_version,
+        key,
+        flow_version,
         version: 1,
-        status: write.status,
+        status,
         current_node,
         wake_at,
-        created_at: now,
-        updated_at: now,
+        created_at,
+        updated_at,
         closed_at,
     };
-    org.sessions.insert(id, SessionRow { info, session: write.session, cohort: write.cohort });
-    let mut leftovers = Leftovers::default();
-    if write.status == SessionStatus::Active {
-        org.active.insert(write.key, id);
-    } else {
-        leftovers.key = Some(write.key);
-    }
-    (SavedSession { id, version: 1 }, leftovers)
+    rows.push(SessionRow { info, session: w.session, cohort: w.cohort });
+    SavedSession { id, version: 1 }
 }
 
-fn insert_inbox_row(org: &mut OrgData, next_id: &mut i64, event: NewInboxEvent) -> InboxInsert {
-    if let Some(&id) = org.inbox_by_message.get(&event.message_id) {
-        return InboxInsert::Duplicate(id);
+fn stored_session(row: &SessionRow) -> StoredSession {
+    let SessionInfo { id, ref key, flow_version, version, status, created_at, updated_at, closed_at, .. } = row.info;
+    let (key, session) = (key.clone(), row.session.clone());
+    StoredSession { id, key, flow_version, version, status, session, created_at, updated_at, closed_at }
+}
+
+fn append_log(log: &mut Vec<LogEntry>, last_id: &mut i64, entries: impl IntoIterator<Item = NewLogEntry>) -> Vec<i64> {
+    let mut new_ids = Vec::new();
+    for NewLogEntry { conversation, flow_id, direction, content, node_id, wamid, at, metadata } in entries {
+        let id = next_id(last_id);
+        new_ids.push(id);
+        log.push(LogEntry { id, conversation, flow_id, direction, content, node_id, wamid, at, metadata });
     }
-    *next_id += 1;
-    let id = *next_id;
-    org.inbox_by_message.insert(event.message_id.clone(), id);
-    org.inbox.push(
-        id,
-        event.conversation,
-        event.due_at.as_unix_millis(),
-        InboxData {
-            message_id: event.message_id,
-            kind: event.kind,
-            payload: event.payload,
-            received_at: event.received_at,
-        },
-    );
+    new_ids
+}
+
+/// Whether `e` counts against `conversation`'s rate limit in a window opened at `since`.
+fn counts_against_limit(e: &LogEntry, conversation: &ConversationKey, since: Timestamp) -> bool {
+    let refused = e.metadata.get(RATE_LIMITED) == Some(&serde_json::Value::Bool(true));
+    e.conversation == *conversation && e.direction == Direction::Inbound && e.at > since && !refused
+}
+
+impl<T> Queued<T> {
+    fn new(id: i64, conversation: ConversationKey, due_at: Timestamp, data: T) -> Self {
+        let status = QueueStatus::Pending;
+        let (lease_until, retry_at, last_error, finished_at) = (None, None, None, None);
+        Queued { id, conversation, due_at, status, attempts: 0, lease_until, retry_at, last_error, finished_at, data }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.status, QueueStatus::Pending | QueueStatus::Claimed)
+    }
+
+    /// Out under a lease still live at `now` (a lease ending at `now` still holds).
+    fn is_leased_at(&self, now: Timestamp) -> bool {
+        self.status == QueueStatus::Claimed && self.lease_until.is_some_and(|until| until >= now)
+    }
+
+    /// Whether a claim at `now` may take it, were it the first open row of a free
+    /// conversation: due, not waiting for a retry, not out under a live lease.
+    fn is_claimable_at(&self, now: Timestamp) -> bool {
+        self.due_at <= now
+            && match self.status {
+                QueueStatus::Pending => self.retry_at.is_none_or(|at| at <= now),
+                QueueStatus::Claimed => !self.is_leased_at(now),
+                QueueStatus::Done | QueueStatus::Failed => false,
+            }
+    }
+
+    fn claim(&mut self, lease_until: Timestamp) {
+        (self.status, self.attempts, self.lease_until) = (QueueStatus::Claimed, self.attempts + 1, Some(lease_until));
+    }
+
+    fn finish(&mut self, status: QueueStatus, now: Timestamp, error: Option<&str>) {
+        (self.status, self.lease_until, self.finished_at) = (status, None, Some(now));
+        if let Some(error) = error {
+            self.last_error = Some(error.to_owned());
+        }
+    }
+
+    fn retry(&mut self, retry_at: Timestamp, error: &str) {
+        (self.status, self.lease_until, self.retry_at) = (QueueStatus::Pending, None, Some(retry_at));
+        self.last_error = Some(error.to_owned());
+    }
+}
+
+/// The conversations with a row out under a lease live at `now`.
+fn leased_conversations<T>(rows: &[Queued<T>], now: Timestamp) -> BTreeSet<&ConversationKey> {
+    rows.iter().filter(|row| row.is_leased_at(now)).map(|row| &row.conversation).collect()
+}
+
+/// What a claim at `now` may take, as `(due_at, id)`: each conversation's first open row in
+/// `(due_at, id)` order, when it is claimable and its conversation neither has a row out
+/// under a live lease nor is `held` back.
+fn claimable<T>(rows: &[Queued<T>], now: Timestamp, held: &BTreeSet<&ConversationKey>) -> Vec<(Timestamp, i64)> {
+    let busy = leased_conversations(rows, now);
+    let mut heads: BTreeMap<&ConversationKey, &Queued<T>> = BTreeMap::new();
+    for row in rows.iter().filter(|row| row.is_open()) {
+        let head = heads.entry(&row.conversation).or_insert(row);
+        if (row.due_at, row.id) < (head.due_at, head.id) {
+            *head = row;
+        }
+    }
+    let free = |head: &&Queued<T>| !busy.contains(&head.conversation) && !held.contains(&head.conversation);
+    heads.into_values().filter(|head| head.is_claimable_at(now) && free(head)).map(|h| (h.due_at, h.id)).collect()
+}
+
+/// Claims the earliest `request.limit` rows, in `(due_at, id)` order, that [`claimable`]
+/// finds in `queues` (each with the conversations it must pass over). Ids are unique across
+/// the store, so they name the rows chosen whatever their organization.
+fn claim<T, R>(
+    queues: Vec<(&mut Vec<Queued<T>>, BTreeSet<&ConversationKey>)>,
+    request: &ClaimRequest,
+    output: impl Fn(&Queued<T>) -> R,
+) -> Vec<R> {
+    let mut candidates: Vec<(Timestamp, i64)> =
+        queues.iter().flat_map(|(rows, held)| claimable(rows, request.now, held)).collect();
+    candidates.sort_unstable();
+    candidates.truncate(request.limit.min(Page::MAX_LIMIT) as usize);
+    let chosen: BTreeSet<i64> = candidates.into_iter().map(|(_, id)| id).collect();
+    let mut claimed = BTreeMap::new();
+    for row in queues.into_iter().flat_map(|(rows, _)| rows.iter_mut()).filter(|row| chosen.contains(&row.id)) {
+        row.claim(request.lease_until());
+        claimed.insert((row.due_at, row.id), output(row));
+    }
+    claimed.into_values().collect()
+}
+
+/// The row `claim` names, if the claim still holds: `NotFound` when the organization has no
+/// such row, `LeaseLost` when it was finished, reclaimed or claimed again since.
+fn claimed_row<'a, T>(rows: &'a mut [Queued<T>], what: &'static str, claim: Claim) -> StoreResult<&'a mut Queued<T>> {
+    let not_found = || StoreError::NotFound { what, id: claim.id.to_string() };
+    let row = rows.iter_mut().find(|row| row.id == claim.id).ok_or_else(not_found)?;
+    if row.status != QueueStatus::Claimed || row.attempts != claim.attempt {
+        return Err(StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt });
+    }
+    Ok(row)
+}
+
+/// Returns rows whose lease ended before `now` to pending; the count.
+fn reclaim<T>(rows: &mut [Queued<T>], now: Timestamp) -> u64 {
+    let mut reclaimed = 0;
+    for row in rows.iter_mut().filter(|row| row.status == QueueStatus::Claimed) {
+        if row.lease_until.is_some_and(|until| until < now) {
+            (row.status, row.lease_until) = (QueueStatus::Pending, None);
+            reclaimed += 1;
+        }
+    }
+    reclaimed
+}
+
+/// Deletes rows finished before `cutoff` (open rows have no finish time); the count.
+fn purge_finished<T>(rows: &mut Vec<Queued<T>>, cutoff: Timestamp) -> u64 {
+    let len = rows.len();
+    rows.retain(|row| row.finished_at.is_none_or(|at| at >= cutoff));
+    (len - rows.len()) as u64
+}
+
+/// Inserts an event unless its message id is already in the (organization's) inbox.
+fn insert_inbox(inbox: &mut Vec<Queued<InboxData>>, last_id: &mut i64, event: NewInboxEvent) -> InboxInsert {
+    if let Some(row) = inbox.iter().find(|row| row.data.message_id == event.message_id) {
+        return InboxInsert::Duplicate(row.id);
+    }
+    let NewInboxEvent { conversation, message_id, kind, payload, received_at, due_at } = event;
+    let id = next_id(last_id);
+    inbox.push(Queued::new(id, conversation, due_at, InboxData { message_id, kind, payload, received_at }));
     InboxInsert::Inserted(id)
 }
 
-fn inbox_event(id: i64, row: &QueueRow<InboxData>) -> InboxEvent {
+fn enqueue_outbox(
+    outbox: &mut Vec<Queued<OutboxData>>,
+    last_id: &mut i64,
+    messages: impl IntoIterator<Item = NewOutboxMessage>,
+) -> Vec<i64> {
+    let mut new_ids = Vec::new();
+    for NewOutboxMessage { conversation, payload, due_at, inbox_id } in messages {
+        let id = next_id(last_id);
+        new_ids.push(id);
+        let data = OutboxData { payload, inbox_id, wamid: None, delivery: None, delivery_at: None, sent_at: None };
+        outbox.push(Queued::new(id, conversation, due_at, data));
+    }
+    new_ids
+}
+
+/// Records a delivery status unless a higher one is recorded already.
+fn merge_delivery(data: &mut OutboxData, status: DeliveryStatus, at: Timestamp) {
+    if data.delivery.is_none_or(|recorded| recorded.rank() < status.rank()) {
+        (data.delivery, data.delivery_at) = (Some(status), Some(at));
+    }
+}
+
+fn inbox_event(row: &Queued<InboxData>) -> InboxEvent {
     InboxEvent {
-        id,
+        id: row.id,
         conversation: row.conversation.clone(),
         message_id: row.data.message_id.clone(),
         kind: row.data.kind,
         payload: row.data.payload.clone(),
         received_at: row.data.received_at,
-        due_at: ts(row.due_at),
+        due_at: row.due_at,
         status: row.status,
         attempts: row.attempts,
-        lease_until: row.lease_until.map(ts),
-        retry_at: row.retry_at.map(ts),
+        lease_until: row.lease_until,
+        retry_at: row.retry_at,
         last_error: row.last_error.clone(),
     }
 }
 
-fn outbox_message(id: i64, row: &QueueRow<OutboxData>) -> OutboxMessage {
+fn outbox_message(row: &Queued<OutboxData>) -> OutboxMessage {
     OutboxMessage {
-        id,
+        id: row.id,
         conversation: row.conversation.clone(),
         payload: row.data.payload.clone(),
         status: row.status,
         attempts: row.attempts,
-        due_at: ts(row.due_at),
-        retry_at: row.retry_at.map(ts),
-        lease_until: row.lease_until.map(ts),
+        due_at: row.due_at,
+        retry_at: row.retry_at,
+        lease_until: row.lease_until,
         wamid: row.data.wamid.clone(),
         last_error: row.last_error.clone(),
         inbox_id: row.data.inbox_id,
@@ -386,124 +435,10 @@ fn outbox_message(id: i64, row: &QueueRow<OutboxData>) -> OutboxMessage {
     }
 }
 
-/// Appends log rows, their ids to `ids`.
-fn append_log_rows(
-    org: &mut OrgData,
-    next_id: &mut i64,
-    entries: impl Iterator<Item = NewLogEntry>,
-    ids: &mut Vec<i64>,
-) {
-    for e in entries {
-        *next_id += 1;
-        ids.push(*next_id);
-        org.log.push(LogEntry {
-            id: *next_id,
-            conversation: e.conversation,
-            flow_id: e.flow_id,
-            direction: e.direction,
-            content: e.content,
-            node_id: e.node_id,
-            wamid: e.wamid,
-            at: e.at,
-            metadata: e.metadata,
-        });
-    }
-}
-
-/// Enqueues outbox rows, their ids to `ids`.
-fn enqueue_rows(
-    org: &mut OrgData,
-    next_id: &mut i64,
-    messages: impl Iterator<Item = NewOutboxMessage>,
-    ids: &mut Vec<i64>,
-) {
-    for m in messages {
-        *next_id += 1;
-        ids.push(*next_id);
-        org.outbox.push(
-            *next_id,
-            m.conversation,
-            m.due_at.as_unix_millis(),
-            OutboxData {
-                payload: m.payload,
-                inbox_id: m.inbox_id,
-                wamid: None,
-                delivery: None,
-                delivery_at: None,
-                sent_at: None,
-            },
-        );
-    }
-}
-
-/// Claims from the inbox or the outbox (`queue` picks which, with the outbox whose live
-/// claims hold the inbox's conversations back, see [`Inbox::claim_inbox`]) of the request's
-/// organization, or of all: the due heads of free conversations, earliest first, at most
-/// `limit`.
-fn claim<T, R>(
-    inner: &mut Inner,
-    request: &ClaimRequest,
-    queue: impl Fn(&mut OrgData) -> (&mut Queue<T>, Option<&Queue<OutboxData>>),
-    output: impl Fn(i64, &QueueRow<T>) -> R,
-) -> StoreResult<Vec<R>> {
-    let now = request.now.as_unix_millis();
-    let limit = request.limit.min(Page::MAX_LIMIT) as usize;
-    let lease_until = request.lease_until().as_unix_millis();
-    let Some(org_id) = request.org_id.as_deref() else {
-        return Ok(claim_across(inner.orgs.values_mut().map(queue).collect(), now, limit, lease_until, output));
-    };
-    let mut out = Vec::with_capacity(limit.min(64));
-    let (queue, holding) = queue(inner.org(org_id)?);
-    queue.pick(now, limit, held_back(holding, now), |queue, (_, id)| {
-        queue.take_claim(id, lease_until);
-        if let Some(row) = queue.rows.get(id) {
-            out.push(output(id, row));
-        }
-    });
-    Ok(out)
-}
-
-/// Whether a conversation has a reply claimed in `holding` under a lease live at `now`: an
-/// inbox claim then passes it over.
-fn held_back(holding: Option<&Queue<OutboxData>>, now: i64) -> impl Fn(&ConversationKey) -> bool + '_ {
-    move |conversation| holding.is_some_and(|outbox| outbox.has_live_claim(conversation, now))
-}
-
-/// [`claim`] for every organization: each queue's picks are in order and at most `limit`;
-/// the earliest `limit` of all win and the rest go back. Ids are unique across
-/// organizations.
-fn claim_across<T, R>(
-    mut queues: Vec<(&mut Queue<T>, Option<&Queue<OutboxData>>)>,
-    now: i64,
-    limit: usize,
-    lease_until: i64,
-    output: impl Fn(i64, &QueueRow<T>) -> R,
-) -> Vec<R> {
-    let mut candidates: Vec<((i64, i64), usize)> = Vec::new();
-    for (q, (queue, holding)) in queues.iter_mut().enumerate() {
-        queue.pick(now, limit, held_back(*holding, now), |_, candidate| candidates.push((candidate, q)));
-    }
-    candidates.sort_unstable();
-    let mut out = Vec::with_capacity(candidates.len().min(limit));
-    for (n, ((_, id), q)) in candidates.into_iter().enumerate() {
-        let queue = &mut queues[q].0;
-        if n < limit {
-            queue.take_claim(id, lease_until);
-            if let Some(row) = queue.rows.get(id) {
-                out.push(output(id, row));
-            }
-        } else {
-            queue.release(id);
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Organizations for MemoryStore {
     async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        inner.orgs.entry(org_id.to_owned()).or_default();
+        self.lock()?.orgs.entry(org_id.to_owned()).or_default();
         Ok(())
     }
 
@@ -515,106 +450,52 @@ impl Organizations for MemoryStore {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load_session(&self, key: &SessionKey) -> StoreResult<Option<StoredSession>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(&key.org_id)?;
-        Ok(org.active.get(key).and_then(|id| org.sessions.get(id)).map(|row| StoredSession {
-            id: row.info.id,
-            key: row.info.key.clone(),
-            flow_version: row.info.flow_version,
-            version: row.info.version,
-            status: row.info.status,
-            session: row.session.clone(),
-            created_at: row.info.created_at,
-            updated_at: row.info.updated_at,
-            closed_at: row.info.closed_at,
-        }))
+        let tables = self.lock()?;
+        Ok(tables.org(&key.org_id)?.sessions.iter().find(|row| is_active(row, key)).map(stored_session))
     }
 
     async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(&conversation.org_id)?;
-        let mut out: Vec<SessionInfo> = org
-            .active
-            .iter()
-            .filter(|(k, _)| {
-                k.business_number_id == conversation.business_number_id && k.contact_id == conversation.contact_id
-            })
-            .filter_map(|(_, id)| org.sessions.get(id).map(|r| r.info.clone()))
-            .collect();
-        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
-        Ok(out)
+        let tables = self.lock()?;
+        Ok(active_infos(&tables.org(&conversation.org_id)?.sessions, |key| key.conversation() == *conversation))
     }
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
-        let mut guard = self.lock()?;
-        let inner = &mut *guard;
-        let org = inner
-            .orgs
-            .get_mut(&write.key.org_id)
-            .ok_or_else(|| StoreError::UnknownOrganization(write.key.org_id.clone()))?;
-        let current = check_session_write(org, &write)?;
-        let (saved, leftovers) = apply_session_write(org, &mut inner.next_session, current, write);
-        drop(guard);
-        drop(leftovers);
-        Ok(saved)
+        let mut tables = self.lock()?;
+        let (org, last_id) = tables.org_and_ids(&write.key.org_id)?;
+        let current = check_session_write(&org.sessions, &write)?;
+        Ok(apply_session_write(&mut org.sessions, last_id, current, write))
     }
 
     async fn close_session(&self, key: &SessionKey, now: Timestamp) -> StoreResult<bool> {
-        let mut inner = self.lock()?;
-        let org = inner.org(&key.org_id)?;
-        let Some(id) = org.active.remove(key) else { return Ok(false) };
-        if let Some(row) = org.sessions.get_mut(&id) {
-            row.info.status = SessionStatus::Closed;
-            row.info.version += 1;
-            row.info.updated_at = now;
-            row.info.closed_at = Some(now);
-        }
+        let mut tables = self.lock()?;
+        let Some(row) = tables.org_mut(&key.org_id)?.sessions.iter_mut().find(|row| is_active(row, key)) else {
+            return Ok(false);
+        };
+        let info = &mut row.info;
+        (info.status, info.version, info.updated_at, info.closed_at) =
+            (SessionStatus::Closed, info.version + 1, now, Some(now));
         Ok(true)
     }
 
     async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        let mut out: Vec<SessionInfo> =
-            org.active.values().filter_map(|id| org.sessions.get(id).map(|r| r.info.clone())).collect();
-        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
-        Ok(out.into_iter().skip(page.offset_i64() as usize).take(page.limit_i64() as usize).collect())
+        let tables = self.lock()?;
+        Ok(self::page(active_infos(&tables.org(org_id)?.sessions, |_| true).into_iter(), page).collect())
     }
 
     async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        let now = now.as_unix_millis();
-        let expired_before = now.saturating_sub(duration_ms(policy.session_ttl));
-        let closed_before = now.saturating_sub(duration_ms(policy.retention));
+        let mut tables = self.lock()?;
+        let org = tables.org_mut(org_id)?;
+        let (expired_before, retained_after) = (before(now, policy.session_ttl), before(now, policy.retention));
         let mut report = PurgeReport::default();
-        let mut remove = Vec::new();
-        for (id, row) in &org.sessions {
-            match row.info.status {
-                SessionStatus::Active if row.info.updated_at.as_unix_millis() < expired_before => {
-                    report.expired_sessions += 1;
-                    remove.push(*id);
-                }
-                SessionStatus::Closed if row.info.closed_at.is_some_and(|c| c.as_unix_millis() < closed_before) => {
-                    report.closed_sessions += 1;
-                    remove.push(*id);
-                }
-                _ => {}
-            }
-        }
-        for id in remove {
-            if let Some(row) = org.sessions.remove(&id) {
-                if org.active.get(&row.info.key) == Some(&id) {
-                    org.active.remove(&row.info.key);
-                }
-            }
-        }
-        report.inbox_rows = org.inbox.purge_finished(closed_before);
-        let inbox = &org.inbox;
-        org.inbox_by_message.retain(|_, id| inbox.rows.contains_key(*id));
-        report.outbox_rows = org.outbox.purge_finished(closed_before);
-        let outbox = &org.outbox;
-        org.outbox_by_wamid.retain(|_, id| outbox.rows.contains_key(*id));
+        org.sessions.retain(|SessionRow { info, .. }| {
+            let expired = info.status == SessionStatus::Active && info.updated_at < expired_before;
+            let retired = info.status == SessionStatus::Closed && info.closed_at.is_some_and(|at| at < retained_after);
+            report.expired_sessions += u64::from(expired);
+            report.closed_sessions += u64::from(retired);
+            !(expired || retired)
+        });
+        report.inbox_rows = purge_finished(&mut org.inbox, retained_after);
+        report.outbox_rows = purge_finished(&mut org.outbox, retained_after);
         Ok(report)
     }
 }
@@ -622,79 +503,57 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl MessageLog for MemoryStore {
     async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
-        // Copied before the lock is taken, so that other callers need not wait for it.
-        let rows_of_org = entries.iter().try_for_each(|e| same_org(org_id, &e.conversation));
-        let mut entries = entries.to_vec();
-        let mut ids = Vec::with_capacity(entries.len());
-        let mut guard = self.lock()?;
-        let inner = &mut *guard;
-        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
-        rows_of_org?;
-        append_log_rows(org, &mut inner.next_log, entries.drain(..), &mut ids);
-        drop(guard);
-        Ok(ids)
+        let mut tables = self.lock()?;
+        let (org, last_id) = tables.org_and_ids(org_id)?;
+        entries.iter().try_for_each(|e| same_org(org_id, &e.conversation.org_id))?;
+        Ok(append_log(&mut org.log, last_id, entries.iter().cloned()))
     }
 
     async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(&conversation.org_id)?;
-        Ok(org
-            .log
-            .iter()
-            .filter(|e| &e.conversation == conversation)
-            .skip(page.offset_i64() as usize)
-            .take(page.limit_i64() as usize)
-            .cloned()
-            .collect())
+        let tables = self.lock()?;
+        let log = &tables.org(&conversation.org_id)?.log;
+        Ok(self::page(log.iter().filter(|e| e.conversation == *conversation), page).cloned().collect())
     }
 
     async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
-        let inner = self.lock()?;
-        windows
-            .iter()
-            .map(|(conversation, since)| {
-                let org = inner.org_ref(&conversation.org_id)?;
-                let counted = org
-                    .log
-                    .iter()
-                    .filter(|e| &e.conversation == conversation && e.direction == Direction::Inbound && e.at > *since)
-                    .filter(|e| e.metadata.get(RATE_LIMITED) != Some(&serde_json::Value::Bool(true)))
-                    .count();
-                Ok((counted as u64).min(at_most))
-            })
-            .collect()
+        let tables = self.lock()?;
+        let count = |(conversation, since): &(ConversationKey, Timestamp)| {
+            let log = &tables.org(&conversation.org_id)?.log;
+            Ok((log.iter().filter(|e| counts_against_limit(e, conversation, *since)).count() as u64).min(at_most))
+        };
+        windows.iter().map(count).collect()
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        let mut map: HashMap<&ConversationKey, ConversationSummary> = HashMap::default();
-        for e in &org.log {
-            let s = map.entry(&e.conversation).or_insert_with(|| ConversationSummary {
+        let tables = self.lock()?;
+        let mut summaries: BTreeMap<&ConversationKey, ConversationSummary> = BTreeMap::new();
+        for e in &tables.org(org_id)?.log {
+            let summary = summaries.entry(&e.conversation).or_insert_with(|| ConversationSummary {
                 conversation: e.conversation.clone(),
                 message_count: 0,
                 first_message_at: e.at,
                 last_message_at: e.at,
             });
-            s.message_count += 1;
-            s.first_message_at = s.first_message_at.min(e.at);
-            s.last_message_at = s.last_message_at.max(e.at);
+            summary.message_count += 1;
+            summary.first_message_at = summary.first_message_at.min(e.at);
+            summary.last_message_at = summary.last_message_at.max(e.at);
         }
-        let mut out: Vec<ConversationSummary> = map.into_values().collect();
-        out.sort_by(|a, b| b.last_message_at.cmp(&a.last_message_at).then_with(|| a.conversation.cmp(&b.conversation)));
-        Ok(out.into_iter().skip(page.offset_i64() as usize).take(page.limit_i64() as usize).collect())
+        // Latest activity first; the sort is stable, so ties stay in conversation order.
+        let mut list: Vec<ConversationSummary> = summaries.into_values().collect();
+        list.sort_by_key(|summary| Reverse(summary.last_message_at));
+        Ok(self::page(list.into_iter(), page).collect())
     }
 
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
+        let tables = self.lock()?;
+        let org = tables.org(org_id)?;
         let (from, to) = query.bounds();
-        let in_window = |t: Timestamp| t.as_unix_millis() >= from && t.as_unix_millis() < to;
+        let in_window = |t: Timestamp| (from..to).contains(&t.as_unix_millis());
         let day_of = |t: Timestamp| t.as_unix_millis().div_euclid(DAY_MS);
         let mut tally = MetricsTally::default();
-        for row in org.sessions.values().filter(|row| in_window(row.info.created_at)) {
-            let active = row.info.status == SessionStatus::Active;
-            tally.sessions(&row.info.key.flow_id, row.cohort.as_deref(), day_of(row.info.created_at), active, 1);
+        for SessionRow { info, cohort, .. } in org.sessions.iter().filter(|row| in_window(row.info.created_at)) {
+            let active = info.status == SessionStatus::Active;
+            tally.sessions(&info.key.flow_id, cohort.as_deref(), day_of(info.created_at), active, 1);
         }
         for e in org.log.iter().filter(|e| in_window(e.at)) {
             tally.messages(e.flow_id.as_deref(), day_of(e.at), e.direction == Direction::Inbound, 1);
@@ -706,25 +565,21 @@ impl MessageLog for MemoryStore {
 #[async_trait]
 impl Inbox for MemoryStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
-        let mut inner = self.lock()?;
-        let inner = &mut *inner;
-        let org = inner
-            .orgs
-            .get_mut(&event.conversation.org_id)
-            .ok_or_else(|| StoreError::UnknownOrganization(event.conversation.org_id.clone()))?;
-        Ok(insert_inbox_row(org, &mut inner.next_inbox, event))
+        let mut tables = self.lock()?;
+        let (org, last_id) = tables.org_and_ids(&event.conversation.org_id)?;
+        Ok(insert_inbox(&mut org.inbox, last_id, event))
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
-        let mut inner = self.lock()?;
-        claim(&mut inner, request, |org| (&mut org.inbox, Some(&org.outbox)), inbox_event)
+        let mut tables = self.lock()?;
+        // A conversation waits while one of its replies is out with a sender.
+        let queues = tables.scope(request.org_id.as_deref())?.into_iter();
+        let queues = queues.map(|org| (&mut org.inbox, leased_conversations(&org.outbox, request.now)));
+        Ok(claim(queues.collect(), request, inbox_event))
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        org.inbox.check_claim("inbox event", claim)?;
-        org.inbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
+        self.lock()?.claimed_inbox(org_id, claim)?.finish(QueueStatus::Done, now, None);
         Ok(())
     }
 
@@ -736,93 +591,60 @@ impl Inbox for MemoryStore {
         retry_at: Option<Timestamp>,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        org.inbox.check_claim("inbox event", claim)?;
+        let mut tables = self.lock()?;
+        let row = tables.claimed_inbox(org_id, claim)?;
         match retry_at {
-            Some(at) => org.inbox.retry(claim.id, at.as_unix_millis(), error),
-            None => org.inbox.finish(claim.id, QueueStatus::Failed, Some(now.as_unix_millis()), Some(error)),
+            Some(at) => row.retry(at, error),
+            None => row.finish(QueueStatus::Failed, now, Some(error)),
         }
         Ok(())
     }
 
     async fn reclaim_inbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
-        let mut inner = self.lock()?;
-        let mut n = 0;
-        for org in inner.org_ids(org_id)? {
-            n += inner.org(&org)?.inbox.reclaim(now.as_unix_millis());
-        }
-        Ok(n)
+        Ok(self.lock()?.scope(org_id)?.into_iter().map(|org| reclaim(&mut org.inbox, now)).sum())
     }
 
     async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        Ok(org.inbox.rows.get(id).map(|row| inbox_event(id, row)))
+        Ok(self.lock()?.org(org_id)?.inbox.iter().find(|row| row.id == id).map(inbox_event))
     }
 }
 
 #[async_trait]
 impl Outbox for MemoryStore {
     async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
-        // Copied before the lock is taken, so that other callers need not wait for it.
-        let rows_of_org = messages.iter().try_for_each(|m| same_org(org_id, &m.conversation));
-        let mut messages = messages.to_vec();
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut guard = self.lock()?;
-        let inner = &mut *guard;
-        let org = inner.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
-        rows_of_org?;
-        enqueue_rows(org, &mut inner.next_outbox, messages.drain(..), &mut ids);
-        drop(guard);
-        Ok(ids)
+        let mut tables = self.lock()?;
+        let (org, last_id) = tables.org_and_ids(org_id)?;
+        messages.iter().try_for_each(|m| same_org(org_id, &m.conversation.org_id))?;
+        Ok(enqueue_outbox(&mut org.outbox, last_id, messages.iter().cloned()))
     }
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
-        let mut inner = self.lock()?;
-        claim(&mut inner, request, |org| (&mut org.outbox, None), outbox_message)
+        let mut tables = self.lock()?;
+        let queues = tables.scope(request.org_id.as_deref())?.into_iter();
+        Ok(claim(queues.map(|org| (&mut org.outbox, BTreeSet::new())).collect(), request, outbox_message))
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        org.outbox.check_claim("outbox message", claim)?;
-        org.outbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
-        if let Some(row) = org.outbox.rows.get_mut(claim.id) {
-            row.data.wamid = Some(wamid.to_owned());
-            row.data.sent_at = Some(now);
-            if row.data.delivery.is_none() {
-                row.data.delivery = Some(DeliveryStatus::Sent);
-                row.data.delivery_at = Some(now);
-            }
-        }
-        org.outbox_by_wamid.insert(wamid.to_owned(), claim.id);
+        let mut tables = self.lock()?;
+        let row = tables.claimed_outbox(org_id, claim)?;
+        row.finish(QueueStatus::Done, now, None);
+        (row.data.wamid, row.data.sent_at) = (Some(wamid.to_owned()), Some(now));
+        merge_delivery(&mut row.data, DeliveryStatus::Sent, now);
         Ok(())
     }
 
     async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        org.outbox.check_claim("outbox message", claim)?;
-        org.outbox.retry(claim.id, retry_at.as_unix_millis(), error);
+        self.lock()?.claimed_outbox(org_id, claim)?.retry(retry_at, error);
         Ok(())
     }
 
     async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        org.outbox.check_claim("outbox message", claim)?;
-        org.outbox.finish(claim.id, QueueStatus::Failed, Some(now.as_unix_millis()), Some(error));
+        self.lock()?.claimed_outbox(org_id, claim)?.finish(QueueStatus::Failed, now, Some(error));
         Ok(())
     }
 
     async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
-        let mut inner = self.lock()?;
-        let mut n = 0;
-        for org in inner.org_ids(org_id)? {
-            n += inner.org(&org)?.outbox.reclaim(now.as_unix_millis());
-        }
-        Ok(n)
+        Ok(self.lock()?.scope(org_id)?.into_iter().map(|org| reclaim(&mut org.outbox, now)).sum())
     }
 
     async fn record_delivery(
@@ -832,114 +654,79 @@ impl Outbox for MemoryStore {
         status: DeliveryStatus,
         at: Timestamp,
     ) -> StoreResult<bool> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        let Some(id) = org.outbox_by_wamid.get(wamid).copied() else { return Ok(false) };
-        let Some(row) = org.outbox.rows.get_mut(id) else { return Ok(false) };
-        if row.data.delivery.is_none_or(|d| d.rank() < status.rank()) {
-            row.data.delivery = Some(status);
-            row.data.delivery_at = Some(at);
+        let mut tables = self.lock()?;
+        let mut found = false;
+        for row in tables.org_mut(org_id)?.outbox.iter_mut().filter(|row| row.data.wamid.as_deref() == Some(wamid)) {
+            merge_delivery(&mut row.data, status, at);
+            found = true;
         }
-        Ok(true)
+        Ok(found)
     }
 
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        Ok(org.outbox.rows.get(id).map(|row| outbox_message(id, row)))
+        Ok(self.lock()?.org(org_id)?.outbox.iter().find(|row| row.id == id).map(outbox_message))
     }
 }
 
 #[async_trait]
 impl FlowStore for MemoryStore {
     async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
-        let mut inner = self.lock()?;
-        let org = inner.org(org_id)?;
-        let versions = org.flows.entry(flow_id.to_owned()).or_default();
-        let version = versions.last().map_or(1, |f| f.version + 1);
-        versions.push(StoredFlow {
-            org_id: org_id.to_owned(),
-            flow_id: flow_id.to_owned(),
-            version,
-            definition: definition.to_owned(),
-            published_at: now,
-        });
+        let mut tables = self.lock()?;
+        let flows = &mut tables.org_mut(org_id)?.flows;
+        let version = flows.iter().filter(|f| f.flow_id == flow_id).map(|f| f.version).max().unwrap_or(0) + 1;
+        let (org_id, flow_id, definition) = (org_id.to_owned(), flow_id.to_owned(), definition.to_owned());
+        flows.push(StoredFlow { org_id, flow_id, version, definition, published_at: now });
         Ok(version)
     }
 
     async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        let Some(versions) = org.flows.get(flow_id) else { return Ok(None) };
-        Ok(match version {
-            None => versions.last().cloned(),
-            Some(v) => versions.iter().find(|f| f.version == v).cloned(),
-        })
+        let tables = self.lock()?;
+        let flows = tables.org(org_id)?.flows.iter();
+        let asked = flows.filter(|f| f.flow_id == flow_id && version.is_none_or(|v| f.version == v));
+        Ok(asked.max_by_key(|f| f.version).cloned())
     }
 
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {
-        let inner = self.lock()?;
-        let org = inner.org_ref(org_id)?;
-        Ok(org.flows.values().filter_map(|v| v.last().cloned()).collect())
+        let tables = self.lock()?;
+        // Versions are published in order, so the last of each flow id is its latest.
+        let mut latest: BTreeMap<&str, &StoredFlow> = BTreeMap::new();
+        for flow in &tables.org(org_id)?.flows {
+            latest.insert(&flow.flow_id, flow);
+        }
+        Ok(latest.into_values().cloned().collect())
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
+    /// Checks every part first, then writes them all. Replies and the next inbox event are
+    /// left to a claim (`claim_replies_until` and `claim_next_until` are ignored), as the
+    /// trait allows.
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
-        // Replies and the next inbox event are left for a claim: `claim_replies_until` and
-        // `claim_next_until` are savings this backend has no use for.
-        let Commit {
-            org_id,
-            now,
-            session,
-            mut log,
-            mut outbox,
-            mut schedule,
-            inbox_done,
-            claim_replies_until: _,
-            claim_next_until: _,
-        } = commit;
-        // What needs no lock happens before it is taken, what can be dropped after it is let
-        // go: every other caller waits while it is held.
-        let rows_of_org = check_commit_rows(&org_id, session.as_ref(), &log, &outbox, &schedule);
-        let mut outcome = CommitOutcome {
-            session: None,
-            log_ids: Vec::with_capacity(log.len()),
-            outbox_ids: Vec::with_capacity(outbox.len()),
-            scheduled: Vec::with_capacity(schedule.len()),
-            claimed_replies: Vec::new(),
-            claimed_next: None,
-        };
-        let mut guard = self.lock()?;
-        let inner = &mut *guard;
-        let org = inner.orgs.get_mut(&org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.clone()))?;
-        // Validate everything first, then apply: all or nothing.
-        rows_of_org?;
-        let current = match &session {
-            Some(write) => check_session_write(org, write)?,
+        let mut tables = self.lock()?;
+        let (org, last_id) = tables.org_and_ids(&commit.org_id)?;
+        let mut row_orgs = (commit.session.iter().map(|w| &w.key.org_id))
+            .chain(commit.log.iter().map(|e| &e.conversation.org_id))
+            .chain(commit.outbox.iter().map(|m| &m.conversation.org_id))
+            .chain(commit.schedule.iter().map(|s| &s.conversation.org_id));
+        row_orgs.try_for_each(|row_org_id| same_org(&commit.org_id, row_org_id))?;
+        let current = match &commit.session {
+            Some(write) => check_session_write(&org.sessions, write)?,
             None => None,
         };
-        if let Some(claim) = inbox_done {
-            org.inbox.check_claim("inbox event", claim)?;
+        let done = commit.inbox_done.map(|claim| claimed_row(&mut org.inbox, "inbox event", claim)).transpose()?;
+        // Everything checked: from here on nothing fails.
+        if let Some(row) = done {
+            row.finish(QueueStatus::Done, commit.now, None);
         }
-        let mut leftovers = Leftovers::default();
-        if let Some(write) = session {
-            let (saved, left) = apply_session_write(org, &mut inner.next_session, current, write);
-            outcome.session = Some(saved);
-            leftovers = left;
-        }
-        if let Some(claim) = inbox_done {
-            org.inbox.finish(claim.id, QueueStatus::Done, Some(now.as_unix_millis()), None);
-        }
-        append_log_rows(org, &mut inner.next_log, log.drain(..), &mut outcome.log_ids);
-        enqueue_rows(org, &mut inner.next_outbox, outbox.drain(..), &mut outcome.outbox_ids);
-        for event in schedule.drain(..) {
-            outcome.scheduled.push(insert_inbox_row(org, &mut inner.next_inbox, event));
-        }
-        drop(guard);
-        drop((leftovers, log, outbox, schedule, org_id));
-        Ok(outcome)
+        Ok(CommitOutcome {
+            session: commit.session.map(|write| apply_session_write(&mut org.sessions, last_id, current, write)),
+            log_ids: append_log(&mut org.log, last_id, commit.log),
+            outbox_ids: enqueue_outbox(&mut org.outbox, last_id, commit.outbox),
+            scheduled: commit.schedule.into_iter().map(|event| insert_inbox(&mut org.inbox, last_id, event)).collect(),
+            claimed_replies: Vec::new(),
+            claimed_next: None,
+        })
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -947,8 +734,8 @@ impl Store for MemoryStore {
     }
 
     async fn close(&self) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.closed = true;
+        // Setting the flag is safe whatever state a panic left the tables in.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
     }
 
     fn backend(&self) -> &'static str {
@@ -958,35 +745,38 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-    use std::hash::BuildHasher;
-
     use super::*;
 
-    /// Strings of every length up to 40 (each read path of `Fold::write`), differing in one
-    /// byte at any position, and the conversation keys the store hashes: no collisions.
-    #[test]
-    fn hasher_separates_keys() {
-        let seeded = Seeded::default();
-        let mut hashes = HashSet::new();
-        let mut inputs = 0;
-        for len in 0..=40usize {
-            for at in 0..len.max(1) {
-                for byte in [b'a', b'b', b'\xff'] {
-                    let mut s = vec![b'x'; len];
-                    if len > 0 {
-                        s[at] = byte;
-                    }
-                    if hashes.insert((seeded.hash_one(&s), s.clone())) {
-                        inputs += 1;
-                    }
-                }
-            }
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(1_700_000_000 + seconds)
+    }
+
+    /// A claim for every organization takes the earliest due rows of all of them, in order.
+    #[tokio::test]
+    async fn claims_across_organizations_take_the_earliest() {
+        let store = MemoryStore::new();
+        for (org, contact, at) in [("a", "c1", 3), ("b", "c1", 1), ("a", "c2", 2), ("b", "c2", 4)] {
+            store.register_organization(org).await.unwrap();
+            let chat = ConversationKey::new(org, "biz", contact);
+            let event = NewInboxEvent::message(chat, format!("m{at}"), serde_json::Value::Null, t(at));
+            store.insert_inbox(event).await.unwrap();
         }
-        let distinct: HashSet<u64> = hashes.iter().map(|(h, _)| *h).collect();
-        assert_eq!(distinct.len(), inputs);
-        let keys: HashSet<u64> =
-            (0..20_000).map(|i| seeded.hash_one(ConversationKey::new("org", "biz", format!("c{i}")))).collect();
-        assert_eq!(keys.len(), 20_000);
+        let claimed = store.claim_inbox(&ClaimRequest::any(t(10), Duration::from_secs(30), 3)).await.unwrap();
+        assert_eq!(claimed.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3"]);
+    }
+
+    /// After a panic under the lock the store refuses calls instead of serving half-done
+    /// writes, and closing it still works.
+    #[tokio::test]
+    async fn a_poisoned_store_refuses_calls() {
+        let store = MemoryStore::new();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _tables = store.tables.lock();
+            panic!("a bug under the lock");
+        }));
+        assert!(panicked.is_err());
+        assert!(matches!(store.ping().await, Err(StoreError::Database(_))));
+        store.close().await;
+        assert!(matches!(store.register_organization("a").await, Err(StoreError::Closed)));
     }
 }
