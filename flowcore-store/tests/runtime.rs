@@ -1,0 +1,247 @@
+//! The runtime end to end on the memory store, on a virtual clock: tokio's time is paused,
+//! so hours of delays and retry waits pass in microseconds and every timing is exact.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowcore::{Message, Timestamp};
+use flowcore_store::runtime::*;
+use flowcore_store::{ConversationKey, MemoryStore, Page, QueueStatus, Store};
+
+const START: Timestamp = Timestamp::from_unix_seconds(1_780_300_800);
+
+const HELLO: &str = r#"{"id": "hello", "name": "Hello", "nodes": [
+  {"id": "s", "type": "start"},
+  {"id": "ask", "type": "question", "data": {"content": "Qual é o seu nome?", "variableName": "name"}},
+  {"id": "hi", "type": "message", "data": {"content": "Olá, {{name}}!"}},
+  {"id": "ask2", "type": "question", "data": {"content": "Algo mais?", "variableName": "more"}}],
+  "edges": [{"id": "e1", "source": "s", "target": "ask"}, {"id": "e2", "source": "ask", "target": "hi"},
+            {"id": "e3", "source": "hi", "target": "ask2"}]}"#;
+
+const DELAYED: &str = r#"{"id": "delayed", "name": "Delayed", "nodes": [
+  {"id": "s", "type": "start"},
+  {"id": "m1", "type": "message", "data": {"content": "Um momento"}},
+  {"id": "d", "type": "delay", "data": {"hours": 2}},
+  {"id": "m2", "type": "message", "data": {"content": "Pronto"}}],
+  "edges": [{"id": "e1", "source": "s", "target": "m1"}, {"id": "e2", "source": "m1", "target": "d"},
+            {"id": "e3", "source": "d", "target": "m2"}]}"#;
+
+const HANDOFF: &str = r#"{"id": "human", "name": "Human", "nodes": [
+  {"id": "s", "type": "start"},
+  {"id": "h", "type": "handoff", "data": {"content": "Um atendente vai falar com você"}}],
+  "edges": [{"id": "e1", "source": "s", "target": "h"}]}"#;
+
+/// Records every delivery with the virtual time it happened; answers as scripted, then
+/// `Sent`.
+struct Recorder {
+    clock: VirtualClock,
+    script: Mutex<VecDeque<DeliveryOutcome>>,
+    sent: Mutex<Vec<(String, Timestamp, i64, i64)>>,
+}
+
+impl Recorder {
+    fn new(clock: VirtualClock, script: Vec<DeliveryOutcome>) -> Arc<Recorder> {
+        Arc::new(Recorder { clock, script: Mutex::new(script.into()), sent: Mutex::default() })
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.sent.lock().unwrap().iter().map(|(text, ..)| text.clone()).collect()
+    }
+
+    fn deliveries(&self) -> Vec<(String, Timestamp, i64, i64)> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Delivery for Recorder {
+    async fn deliver(&self, reply: &Reply<'_>) -> DeliveryOutcome {
+        let text = match reply.message {
+            Message::Text { text } => text.clone(),
+            other => format!("{other:?}"),
+        };
+        self.sent.lock().unwrap().push((text, self.clock.now(), reply.attempt, reply.outbox_id));
+        let scripted = self.script.lock().unwrap().pop_front();
+        scripted.unwrap_or_else(|| DeliveryOutcome::Sent(format!("wamid.out.{}", reply.outbox_id)))
+    }
+}
+
+struct Harness {
+    store: Arc<dyn Store>,
+    runtime: Runtime,
+    delivery: Arc<Recorder>,
+    clock: VirtualClock,
+}
+
+async fn harness(flow: &str, script: Vec<DeliveryOutcome>) -> Harness {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    harness_on(store, flow, script).await
+}
+
+async fn harness_on(store: Arc<dyn Store>, flow: &str, script: Vec<DeliveryOutcome>) -> Harness {
+    let clock = VirtualClock::starting_at(START);
+    let delivery = Recorder::new(clock, script);
+    let flow_id = declared_id(flow).unwrap();
+    let runtime = Runtime::builder(store.clone(), delivery.clone(), Arc::new(OneFlow::new(flow_id.clone())))
+        .clock(Arc::new(clock))
+        .organization("acme")
+        .build()
+        .await
+        .unwrap();
+    runtime.flows().install("acme", &flow_id, flow, compile(flow).unwrap()).await.unwrap();
+    Harness { store, runtime, delivery, clock }
+}
+
+fn chat() -> ConversationKey {
+    ConversationKey::new("acme", "106000000000001", "5511999990000")
+}
+
+impl Harness {
+    async fn say(&self, wamid: &str, text: &str) -> bool {
+        let message = InboundPayload::text(wamid, text, self.clock.now());
+        !self.runtime.accept(chat(), &message).await.unwrap().is_duplicate()
+    }
+
+    /// Waits (in virtual time, at most a day) until `n` deliveries happened.
+    async fn deliveries(&self, n: usize) -> Vec<String> {
+        for _ in 0..100_000 {
+            if self.delivery.texts().len() >= n {
+                return self.delivery.texts();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("only {:?} were delivered", self.delivery.texts());
+    }
+
+    /// The outbox row of the first delivery.
+    async fn first_reply(&self) -> flowcore_store::OutboxMessage {
+        let id = self.delivery.deliveries()[0].3;
+        self.store.get_outbox("acme", id).await.unwrap().expect("the reply's row")
+    }
+
+    /// Lets a virtual minute pass, so anything that would still happen does.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_is_answered_once_and_a_repeat_is_ignored() {
+    let h = harness(HELLO, vec![]).await;
+    let running = h.runtime.start().unwrap();
+    assert!(h.say("wamid.1", "oi").await);
+    assert!(!h.say("wamid.1", "oi").await, "the same wamid again is a duplicate");
+    assert_eq!(h.deliveries(1).await, ["Qual é o seu nome?"]);
+    h.settle().await;
+    assert_eq!(h.delivery.texts(), ["Qual é o seu nome?"]);
+    let stats = h.runtime.stats();
+    assert_eq!((Stats::get(&stats.messages_accepted), Stats::get(&stats.duplicates)), (1, 1));
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conversations_turns_and_replies_keep_their_order() {
+    let h = harness(HELLO, vec![]).await;
+    let running = h.runtime.start().unwrap();
+    // Both messages wait in the inbox before any turn runs.
+    assert!(h.say("wamid.1", "oi").await);
+    assert!(h.say("wamid.2", "Ana").await);
+    assert_eq!(h.deliveries(3).await, ["Qual é o seu nome?", "Olá, Ana!", "Algo mais?"]);
+    let history = h.store.history(&chat(), Page::first(10)).await.unwrap();
+    assert_eq!(history.len(), 5, "two inbound and three outbound rows: {history:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_wakes_its_session_on_the_virtual_clock() {
+    let h = harness(DELAYED, vec![]).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    h.deliveries(2).await;
+    let deliveries = h.delivery.deliveries();
+    assert_eq!(deliveries[0].0, "Um momento");
+    assert_eq!(deliveries[1].0, "Pronto");
+    let waited = deliveries[1].1.millis_since(deliveries[0].1);
+    assert!((7_200_000..7_200_000 + 5_000).contains(&waited), "woken {waited} ms later");
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_delivery_waits_as_it_was_told_and_goes_out_once() {
+    let retry = DeliveryOutcome::Retry { reason: "HTTP 503".into(), after: Some(Duration::from_secs(30)) };
+    let h = harness(HELLO, vec![retry]).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    h.deliveries(2).await;
+    h.settle().await;
+    let deliveries = h.delivery.deliveries();
+    assert_eq!(deliveries.len(), 2, "one failed attempt, one that went out: {deliveries:?}");
+    assert_eq!((deliveries[0].2, deliveries[1].2), (1, 2), "attempt numbers");
+    assert!(deliveries[1].1.millis_since(deliveries[0].1) >= 30_000);
+    let row = h.first_reply().await;
+    assert_eq!((row.status, row.wamid.as_deref()), (QueueStatus::Done, Some(format!("wamid.out.{}", row.id).as_str())));
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_delivery_is_never_retried() {
+    let h = harness(HELLO, vec![DeliveryOutcome::Failed("recipient not on WhatsApp".into())]).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    h.deliveries(1).await;
+    h.settle().await;
+    assert_eq!(h.delivery.texts().len(), 1);
+    let row = h.first_reply().await;
+    assert_eq!(row.status, QueueStatus::Failed);
+    assert_eq!(row.last_error.as_deref(), Some("recipient not on WhatsApp"));
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_that_keeps_failing_gives_up_after_the_attempt_limit() {
+    let retry = DeliveryOutcome::Retry { reason: "timeout".into(), after: None };
+    let h = harness(HELLO, vec![retry; 20]).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    h.deliveries(8).await;
+    for _ in 0..10 {
+        h.settle().await;
+    }
+    assert_eq!(h.delivery.texts().len(), 8, "RuntimeOptions::send_max_attempts");
+    let row = h.first_reply().await;
+    assert_eq!(row.status, QueueStatus::Failed);
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handed_off_conversation_stays_silent_and_logs_what_comes_in() {
+    let h = harness(HANDOFF, vec![]).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    assert_eq!(h.deliveries(1).await, ["Um atendente vai falar com você"]);
+    h.say("wamid.2", "alô?").await;
+    h.settle().await;
+    assert_eq!(h.delivery.texts().len(), 1, "the bot does not talk over the human");
+    let history = h.store.history(&chat(), Page::first(10)).await.unwrap();
+    assert!(history.iter().any(|e| e.wamid.as_deref() == Some("wamid.2")), "the message is logged");
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_accepted_messages_wait_for_the_next_start() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let first = harness_on(store.clone(), HELLO, vec![]).await;
+    let running = first.runtime.start().unwrap();
+    assert!(first.runtime.start().is_err(), "a runtime starts once");
+    running.shutdown().await;
+    first.say("wamid.1", "oi").await;
+    first.settle().await;
+    assert!(first.delivery.texts().is_empty(), "nothing runs after shutdown");
+
+    let second = harness_on(store, HELLO, vec![]).await;
+    let running = second.runtime.start().unwrap();
+    assert_eq!(second.deliveries(1).await, ["Qual é o seu nome?"]);
+    running.shutdown().await;
+}
