@@ -34,7 +34,7 @@ const DEFAULT_MAX_RETRIES: u64 = 3;
 ///
 /// ```
 /// use flowcore::Flow;
-/// let flow = Flow::from_json(include_str!("../../../shared/samples/flows/lead.json"))?.compile().unwrap();
+/// let flow = Flow::from_json(include_str!("../tests/flows/lead.json"))?.compile().unwrap();
 /// assert_eq!(flow.id(), "lead");
 /// assert!(flow.contains_node("ask_age"));
 /// let graph = flow.graph();

@@ -164,7 +164,7 @@ pub enum SessionError {
 ///
 /// ```
 /// use flowcore::{Flow, Input, Message, Output, Session, SessionOptions, SessionStatus, Timestamp};
-/// let flow = Flow::from_json(include_str!("../../../shared/samples/flows/lead.json"))?.compile().unwrap();
+/// let flow = Flow::from_json(include_str!("../tests/flows/lead.json"))?.compile().unwrap();
 /// let now = Timestamp::from_unix_seconds(1_700_000_000);
 /// let mut session = Session::new(&flow, SessionOptions::default());
 /// let turn = session.handle(&flow, Input::text("oi"), now).unwrap();

@@ -1,4 +1,4 @@
-//! The sample flows in ../shared/samples/flows, end to end, with transcript snapshots.
+//! The sample flows in tests/flows, end to end, with transcript snapshots.
 
 mod common;
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use flowcore::{CompiledFlow, EffectOutcome, Flow, Input, Message, Output, Session, SessionOptions, Timestamp, Turn};
 use serde_json::Value;
 
-/// `../shared/samples/flows/NAME`, relative to the workspace.
+/// `tests/flows/NAME`: the sample flows, inside this crate so its packaged tests find them.
 pub fn sample_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/flows").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/flows").join(name)
 }
 
 pub fn sample_text(name: &str) -> String {
