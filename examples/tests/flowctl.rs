@@ -10,8 +10,14 @@ struct Outcome {
     stderr: String,
 }
 
+/// A flow of `examples/flows/`, the README's tour.
 fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/flows").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("flows").join(name)
+}
+
+/// A flow of `flowcore/tests/flows/`, the engine's sample set (`big.json` is only there).
+fn engine_sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flowcore/tests/flows").join(name)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -55,10 +61,22 @@ fn texts(lines: &[serde_json::Value]) -> Vec<String> {
 
 #[test]
 fn check_accepts_the_sample_flows() {
-    for name in ["lead.json", "support_menu.json", "big.json"] {
-        let outcome = flowctl(&["check", &path_arg(&sample(name))], "");
+    for path in [sample("lead.json"), sample("support_menu.json"), engine_sample("big.json")] {
+        let name = path.display();
+        let outcome = flowctl(&["check", &path_arg(&path)], "");
         assert_eq!(outcome.code, 0, "{name}: {}{}", outcome.stdout, outcome.stderr);
         assert!(outcome.stdout.contains(": ok: 0 errors"), "{name}: {}", outcome.stdout);
+    }
+}
+
+#[test]
+fn the_tour_flows_are_the_engine_samples_byte_for_byte() {
+    // The README's tour and the demo config use examples/flows/; the engine's tests, benches
+    // and fuzz seeds use flowcore/tests/flows/ (inside the published crate). One flow, two copies.
+    for name in ["lead.json", "support_menu.json"] {
+        let tour = std::fs::read(sample(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let engine = std::fs::read(engine_sample(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(tour == engine, "examples/flows/{name} differs from flowcore/tests/flows/{name}");
     }
 }
 

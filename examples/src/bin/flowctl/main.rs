@@ -1,10 +1,10 @@
 //! `flowctl`: check, draw, run and chat with a flowcore flow from the terminal.
 //!
 //! ```text
-//! cargo run -p flowcore-examples --bin flowctl -- check ../shared/samples/flows/lead.json
-//! cargo run -p flowcore-examples --bin flowctl -- graph ../shared/samples/flows/lead.json --format dot
-//! printf 'oi\nMaria\n30\nmaria@example.com\n' | cargo run -p flowcore-examples --bin flowctl -- run ../shared/samples/flows/lead.json
-//! cargo run -p flowcore-examples --bin flowctl -- chat ../shared/samples/flows/lead.json
+//! cargo run -p flowcore-examples --bin flowctl -- check examples/flows/lead.json
+//! cargo run -p flowcore-examples --bin flowctl -- graph examples/flows/lead.json --format dot
+//! printf 'oi\nMaria\n30\nmaria@example.com\n' | cargo run -p flowcore-examples --bin flowctl -- run examples/flows/lead.json
+//! cargo run -p flowcore-examples --bin flowctl -- chat examples/flows/lead.json
 //! ```
 //!
 //! Exit codes: `0` success (for `check`: no errors), `1` the flow has errors, `2` unreadable
