@@ -253,7 +253,8 @@ async fn the_bundled_demo_config_starts_with_nothing_set_and_logs_replies() {
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     // The sample webhook, signed with the published sample secret, is accepted...
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_flows/sample-01-text.json")).unwrap();
+    let body =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../flowcore-meta/tests/fixtures/01-text.json")).unwrap();
     let r = post_signed(&http, &base, &body, "flowcore-test-app-secret").await;
     assert_eq!(r.status().as_u16(), 200);
     // ...and the reply is "sent" through the log-only transport.

@@ -95,10 +95,11 @@ async fn a_signed_text_is_answered_with_the_right_token_path_and_recipient() {
 
 #[tokio::test]
 async fn the_sample_webhook_with_its_published_signature_is_accepted() {
-    // The exact bytes and signature of the shared sample corpus.
+    // The exact bytes and signature of the sample webhook corpus.
     let h = Harness::start(&[("META_APP_SECRET", "flowcore-test-app-secret")]).await;
-    // A byte-exact copy of samples/webhooks/01-text.json (its signature is in SIGNATURES.md).
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server_flows/sample-01-text.json")).unwrap();
+    // flowcore-meta's fixture 01-text.json (its signature is in SIGNATURES.md beside it).
+    let body =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../flowcore-meta/tests/fixtures/01-text.json")).unwrap();
     let r = h
         .http
         .post(format!("{}/api/v1/whatsapp/webhook", h.base))
