@@ -40,10 +40,9 @@ pub fn lead_conversation(flow: &CompiledFlow, now: Timestamp) -> Session {
     session
 }
 
-/// The path of a sample flow in `../shared/samples/flows/` (the repository is checked out
-/// with `shared/` beside it).
+/// The path of a sample flow in `flowcore/tests/flows/`, the engine's sample set.
 pub fn sample_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/flows").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../flowcore/tests/flows").join(name)
 }
 
 /// The text of a sample flow.
