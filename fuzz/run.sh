@@ -29,8 +29,8 @@ fi
 
 seeds_for() {
   case "$1" in
-    flow_json) echo ../../shared/samples/flows ;;
-    webhook) echo ../../shared/samples/webhooks ../flowcore-meta/tests/fixtures ;;
+    flow_json) echo ../flowcore/tests/flows ;;
+    webhook) echo ../flowcore-meta/tests/fixtures ;;
     server_config) echo seeds/server_config ;;
     *) ;;
   esac

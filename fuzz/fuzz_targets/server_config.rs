@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod config;
 
-const LEAD: &str = include_str!("../../../shared/samples/flows/lead.json");
+const LEAD: &str = include_str!("../../examples/flows/lead.json");
 
 /// A directory holding `config.toml`'s neighbours: `flows/lead.json`.
 fn base_dir() -> &'static PathBuf {

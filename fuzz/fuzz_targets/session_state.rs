@@ -10,7 +10,7 @@ use flowcore::{Flow, Session};
 use flowcore_fuzz::{run_script, Driver, ScriptedInput};
 use libfuzzer_sys::fuzz_target;
 
-const LEAD: &str = include_str!("../../../shared/samples/flows/lead.json");
+const LEAD: &str = include_str!("../../flowcore/tests/flows/lead.json");
 
 #[derive(Arbitrary, Debug)]
 enum Edit {
