@@ -123,8 +123,7 @@ impl Flows {
             }
             None => store.publish_flow(org, flow_id, text, self.clock.now()).await?,
         };
-        self.insert(org, flow_id, version, Arc::new(compiled));
-        self.set_latest(org, flow_id, version);
+        self.cache_latest(org, flow_id, version, compiled);
         Ok(version)
     }
 
@@ -149,8 +148,7 @@ impl Flows {
         compiled: CompiledFlow,
     ) -> Result<i64, StoreError> {
         let version = self.store.publish_flow(org, flow_id, text, self.clock.now()).await?;
-        self.insert(org, flow_id, version, Arc::new(compiled));
-        self.set_latest(org, flow_id, version);
+        self.cache_latest(org, flow_id, version, compiled);
         Ok(version)
     }
 
@@ -190,6 +188,12 @@ impl Flows {
             .await?
             .ok_or_else(|| FlowLookupError::NotFound(format!("{flow_id} v{version}")))?;
         self.compile_stored(org, flow_id, version, &stored.definition)
+    }
+
+    /// Caches `compiled` as the latest version of its flow.
+    fn cache_latest(&self, org: &str, flow_id: &str, version: i64, compiled: CompiledFlow) {
+        self.insert(org, flow_id, version, Arc::new(compiled));
+        self.set_latest(org, flow_id, version);
     }
 
     fn is_cached(&self, org: &str, flow_id: &str, version: i64) -> bool {
