@@ -426,8 +426,9 @@ fn a_malformed_skeleton_loses_only_the_broken_parts() {
 fn other_fields_and_value_errors_are_events() {
     let body = fixture("32-other-fields.json");
     let events = parse(&body).unwrap().into_events();
-    let Event::Unknown { kind, raw, waba_id } = &events[0] else { panic!() };
+    let Event::Unknown { kind, raw, waba_id, business, array } = &events[0] else { panic!() };
     assert_eq!((kind.as_ref(), waba_id.as_deref()), ("account_update", Some("102000000000001")));
+    assert_eq!((business, array), (&None, &None), "another field's value has no common shape");
     assert!(raw.get().contains("VERIFIED_ACCOUNT"));
     assert!(matches!(&events[1], Event::Unknown { kind, .. } if kind == "message_template_status_update"));
     assert!(matches!(&events[2], Event::Message(_)));

@@ -132,7 +132,8 @@ pub struct WebhookError<'a> {
     pub title: Option<Cow<'a, str>>,
     /// The message.
     pub message: Option<Cow<'a, str>>,
-    /// `error_data.details` (or `error_data` itself when it is a bare string).
+    /// `error_data.details` (or `error_data` itself when it is a bare string); a top-level
+    /// `details` when `error_data` has none.
     pub details: Option<Cow<'a, str>>,
     /// A link to Meta's documentation.
     pub href: Option<Cow<'a, str>>,
@@ -149,6 +150,8 @@ struct RawWebhookError<'a> {
     #[serde(default, borrow)]
     error_data: Option<ErrorData<'a>>,
     #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    details: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     href: Option<Cow<'a, str>>,
 }
 
@@ -159,7 +162,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for WebhookError<'a> {
             code: raw.code,
             title: raw.title,
             message: raw.message,
-            details: raw.error_data.and_then(|data| data.0),
+            // Some senders put `details` beside `code` instead of inside `error_data`.
+            details: raw.error_data.and_then(|data| data.0).or(raw.details),
             href: raw.href,
         })
     }

@@ -145,6 +145,42 @@ pub(crate) fn code<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     d.deserialize_any(CodeVisitor)
 }
 
+struct NumberVisitor;
+
+impl<'de> Visitor<'de> for NumberVisitor {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number or a numeric string")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        // `f64::from_str` also reads "NaN" and "inf", which no quantity or price is.
+        match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok(n),
+            _ => Err(E::custom(format_args!("{v:?} is not a number"))),
+        }
+    }
+}
+
+/// A number, or a string holding one (some senders quote quantities and prices, as they
+/// quote timestamps).
+pub(crate) fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_any(NumberVisitor)
+}
+
 /// `null` read as the type's default (Meta sometimes sends `null` for empty arrays).
 pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where

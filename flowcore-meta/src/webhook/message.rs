@@ -115,7 +115,9 @@ pub enum Content<'a> {
         /// `unsupported.type`, when Meta says.
         kind: Option<Cow<'a, str>>,
     },
-    /// A `type` this crate does not know yet; the whole message is kept raw.
+    /// A message whose content this crate cannot read: a `type` it does not know yet, or a
+    /// known `type` without its object (Meta has sent `interactive` messages with no
+    /// `interactive`). The whole message is kept raw.
     Unknown {
         /// The `type`.
         kind: Cow<'a, str>,
@@ -392,9 +394,11 @@ pub struct ProductItem<'a> {
     /// The product's id in the catalog.
     #[serde(borrow, deserialize_with = "de::cow")]
     pub product_retailer_id: Cow<'a, str>,
-    /// How many.
+    /// How many (a numeric string is read too).
+    #[serde(deserialize_with = "de::number")]
     pub quantity: f64,
-    /// Unit price.
+    /// Unit price (a numeric string is read too).
+    #[serde(deserialize_with = "de::number")]
     pub item_price: f64,
     /// ISO 4217 currency.
     #[serde(borrow, deserialize_with = "de::cow")]
@@ -404,24 +408,76 @@ pub struct ProductItem<'a> {
 /// A system notice (number or identity change).
 ///
 /// `Debug` shows the length of `body` only: Meta writes phone numbers into it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+///
+/// ```
+/// let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages",
+///   "value":{"metadata":{"phone_number_id":"106"},"messages":[{"from":"12025550101","id":"wamid.S",
+///   "timestamp":"1780300800","type":"system","system":{"body":"Ana changed her number",
+///   "new_wa_id":"12025550199","customer":"12025550101","type":"user_changed_number"}}]}}]}]}"#;
+/// let webhook = flowcore_meta::parse(body).unwrap();
+/// let Some(flowcore_meta::Event::Message(m)) = webhook.events().next() else { panic!() };
+/// let flowcore_meta::webhook::Content::System(system) = &m.message.content else { panic!() };
+/// assert_eq!(system.wa_id.as_ref().unwrap().as_str(), "12025550199");
+/// assert_eq!(system.customer.as_ref().unwrap().as_str(), "12025550101");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct System<'a> {
     /// A human-readable description.
-    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub body: Option<Cow<'a, str>>,
     /// What changed.
-    #[serde(rename = "type", borrow, default)]
     pub kind: SystemKind<'a>,
-    /// The user's new WhatsApp id.
-    #[serde(default, borrow)]
+    /// The user's new WhatsApp id (`wa_id`, or the legacy `new_wa_id`).
     pub wa_id: Option<Phone<'a>>,
+    /// The user the notice is about, in legacy payloads (`customer`: their WhatsApp id).
+    pub customer: Option<Phone<'a>>,
     /// The user's new BSUID.
-    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub user_id: Option<Cow<'a, str>>,
     /// The user's new parent BSUID.
-    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub parent_user_id: Option<Cow<'a, str>>,
+    /// The user's BSUID before the change (`user_changed_user_id`).
+    pub previous_user_id: Option<Cow<'a, str>>,
+    /// The user's parent BSUID before the change (`user_changed_user_id`).
+    pub previous_parent_user_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireSystem<'a> {
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    body: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: SystemKind<'a>,
+    #[serde(default, borrow)]
+    wa_id: Option<Phone<'a>>,
+    #[serde(default, borrow)]
+    new_wa_id: Option<Phone<'a>>,
+    #[serde(default, borrow)]
+    customer: Option<Phone<'a>>,
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    parent_user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    previous_user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    previous_parent_user_id: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for System<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = WireSystem::deserialize(d)?;
+        Ok(System {
+            body: wire.body,
+            kind: wire.kind,
+            // Older payloads name the new number `new_wa_id`; both mean the same.
+            wa_id: wire.wa_id.or(wire.new_wa_id),
+            customer: wire.customer,
+            user_id: wire.user_id,
+            parent_user_id: wire.parent_user_id,
+            previous_user_id: wire.previous_user_id,
+            previous_parent_user_id: wire.previous_parent_user_id,
+        })
+    }
 }
 
 impl std::fmt::Debug for System<'_> {
@@ -430,8 +486,11 @@ impl std::fmt::Debug for System<'_> {
             .field("body", &self.body.as_ref().map(|b| format!("<{} chars>", b.chars().count())))
             .field("kind", &self.kind)
             .field("wa_id", &self.wa_id)
+            .field("customer", &self.customer)
             .field("user_id", &self.user_id)
             .field("parent_user_id", &self.parent_user_id)
+            .field("previous_user_id", &self.previous_user_id)
+            .field("previous_parent_user_id", &self.previous_parent_user_id)
             .finish()
     }
 }
@@ -678,53 +737,45 @@ struct WireNfm<'a> {
     response_json: Cow<'a, str>,
 }
 
-fn missing(kind: &str) -> String {
-    format!("message of type {kind:?} has no {kind:?} object")
-}
-
 /// Parses one `messages[]` item from its raw JSON.
+///
+/// A message whose type's object is missing is still a message ([`Content::Unknown`]): its
+/// id, sender and context are readable, so it keeps its dedup key and reaches the
+/// conversation instead of only the log.
 pub(crate) fn parse_message(raw: Raw<'_>) -> Result<Message<'_>, String> {
     let wire: WireMessage<'_> = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
     let content = match &*wire.kind {
-        "text" => Content::Text { body: wire.text.ok_or_else(|| missing("text"))?.body },
-        "image" => Content::Image(wire.image.ok_or_else(|| missing("image"))?),
-        "video" => Content::Video(wire.video.ok_or_else(|| missing("video"))?),
-        "audio" => Content::Audio(wire.audio.ok_or_else(|| missing("audio"))?),
-        "document" => Content::Document(wire.document.ok_or_else(|| missing("document"))?),
-        "sticker" => Content::Sticker(wire.sticker.ok_or_else(|| missing("sticker"))?),
-        "location" => Content::Location(wire.location.ok_or_else(|| missing("location"))?),
-        "contacts" => {
-            let raw = wire.contacts.ok_or_else(|| missing("contacts"))?;
-            let cards = serde_json::from_str(raw.get()).map_err(|e| format!("contacts: {e}"))?;
-            Content::Contacts { cards, raw }
-        }
-        "interactive" => {
-            let raw = wire.interactive.ok_or_else(|| missing("interactive"))?;
-            Content::Interactive(parse_interactive(raw)?)
-        }
-        "button" => {
-            let button = wire.button.ok_or_else(|| missing("button"))?;
-            Content::Button { payload: button.payload, text: button.text }
-        }
-        "reaction" => {
-            let reaction = wire.reaction.ok_or_else(|| missing("reaction"))?;
-            let emoji = reaction.emoji.filter(|e| !e.is_empty());
-            Content::Reaction { message_id: reaction.message_id, emoji }
-        }
-        "order" => Content::Order(wire.order.ok_or_else(|| missing("order"))?),
-        "system" => Content::System(wire.system.ok_or_else(|| missing("system"))?),
-        "request_welcome" => Content::RequestWelcome,
+        "text" => wire.text.map(|text| Content::Text { body: text.body }),
+        "image" => wire.image.map(Content::Image),
+        "video" => wire.video.map(Content::Video),
+        "audio" => wire.audio.map(Content::Audio),
+        "document" => wire.document.map(Content::Document),
+        "sticker" => wire.sticker.map(Content::Sticker),
+        "location" => wire.location.map(Content::Location),
+        "contacts" => match wire.contacts {
+            Some(raw) => {
+                let cards = serde_json::from_str(raw.get()).map_err(|e| format!("contacts: {e}"))?;
+                Some(Content::Contacts { cards, raw })
+            }
+            None => None,
+        },
+        "interactive" => wire.interactive.map(parse_interactive).transpose()?.map(Content::Interactive),
+        "button" => wire.button.map(|button| Content::Button { payload: button.payload, text: button.text }),
+        "reaction" => wire.reaction.map(|reaction| Content::Reaction {
+            message_id: reaction.message_id,
+            emoji: reaction.emoji.filter(|e| !e.is_empty()),
+        }),
+        "order" => wire.order.map(Content::Order),
+        "system" => wire.system.map(Content::System),
+        "request_welcome" => Some(Content::RequestWelcome),
         "edit" => {
-            let edit = wire.edit.ok_or_else(|| missing("edit"))?;
-            Content::Edit { original_message_id: edit.original_message_id, message: edit.message }
+            wire.edit.map(|edit| Content::Edit { original_message_id: edit.original_message_id, message: edit.message })
         }
-        "revoke" => {
-            let revoke = wire.revoke.ok_or_else(|| missing("revoke"))?;
-            Content::Revoke { original_message_id: revoke.original_message_id }
-        }
-        "unsupported" | "unknown" => Content::Unsupported { kind: wire.unsupported.and_then(|u| u.kind) },
-        _ => Content::Unknown { kind: wire.kind, raw },
-    };
+        "revoke" => wire.revoke.map(|revoke| Content::Revoke { original_message_id: revoke.original_message_id }),
+        "unsupported" | "unknown" => Some(Content::Unsupported { kind: wire.unsupported.and_then(|u| u.kind) }),
+        _ => None,
+    }
+    .unwrap_or(Content::Unknown { kind: wire.kind, raw });
     Ok(Message {
         id: wire.id,
         from: wire.from,

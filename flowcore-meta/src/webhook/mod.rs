@@ -2,7 +2,9 @@
 //!
 //! Every entry × change × message / status / error becomes one event, in payload order.
 //! One malformed item becomes [`Event::Unparsed`] and the rest still come through; a change
-//! whose `field` is not `messages` becomes [`Event::Unknown`], kept raw. Strings borrow from
+//! whose `field` is not `messages`, and each item of an array of a `messages` value that this
+//! crate does not model (`calls`, `message_echoes`, …), becomes [`Event::Unknown`], kept raw.
+//! Nothing in a body is dropped without an event. Strings borrow from
 //! the body wherever JSON escapes allow, and every item keeps its raw JSON for the log.
 
 mod common;
@@ -99,14 +101,22 @@ pub enum Event<'a> {
     Status(StatusEvent<'a>),
     /// A system- or app-level problem (`value.errors[]`), not tied to a message.
     Error(ErrorEvent<'a>),
-    /// A change whose `field` is not `messages` (`account_update`,
-    /// `message_template_status_update`, `phone_number_quality_update`, …), kept raw.
+    /// Something this crate does not model, kept raw: a change whose `field` is not
+    /// `messages` (`account_update`, `message_template_status_update`, …), or one item of an
+    /// array inside a `messages` value other than `messages`, `statuses`, `errors` and
+    /// `contacts` (`calls`, `message_echoes`, and whatever Meta adds next).
     Unknown {
         /// The WhatsApp Business Account id of the entry.
         waba_id: Option<Cow<'a, str>>,
+        /// The business number, for an item of an array inside a `messages` value; `None`
+        /// for changes of other fields, whose values have no common shape.
+        business: Option<Business<'a>>,
         /// The change's `field`.
         kind: Cow<'a, str>,
-        /// The change's `value`.
+        /// The array the item came from, for an item of an array inside a `messages` value
+        /// (`kind` is then `messages`).
+        array: Option<Cow<'a, str>>,
+        /// The change's `value`, or the array item.
         raw: Raw<'a>,
     },
     /// An item that could not be read. Log it; the other items are unaffected.
@@ -195,7 +205,16 @@ pub struct ErrorEvent<'a> {
 
 /// The key under which an inbox stores an event, so that redeliveries are ignored.
 ///
-/// Its `Display` form is stable: `message:<wamid>` and `status:<wamid>:<status>:<recipient>`.
+/// Its `Display` form is stable: `message:<wamid>`, `status:<wamid>:<status>:<recipient>`,
+/// and for a group participant's status `status:<wamid>:<status>:<recipient>:<participant>`.
+///
+/// ```
+/// use flowcore_meta::DedupKey;
+/// let one_to_one = DedupKey::Status { wamid: "wamid.A", status: "read", recipient: "12025550101", participant: None };
+/// assert_eq!(one_to_one.to_string(), "status:wamid.A:read:12025550101");
+/// let group = DedupKey::Status { wamid: "wamid.A", status: "read", recipient: "G1", participant: Some("12025550102") };
+/// assert_eq!(group.to_string(), "status:wamid.A:read:G1:12025550102");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DedupKey<'e> {
@@ -210,8 +229,11 @@ pub enum DedupKey<'e> {
         wamid: &'e str,
         /// The status name.
         status: &'e str,
-        /// The recipient (number, else BSUID).
+        /// The recipient (number, else BSUID; the group id for group messages).
         recipient: &'e str,
+        /// The group participant the status is about (number, else BSUID), for group
+        /// messages: each participant's `read` is its own event.
+        participant: Option<&'e str>,
     },
 }
 
@@ -219,13 +241,19 @@ impl fmt::Display for DedupKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DedupKey::Message { wamid } => write!(f, "message:{wamid}"),
-            DedupKey::Status { wamid, status, recipient } => write!(f, "status:{wamid}:{status}:{recipient}"),
+            DedupKey::Status { wamid, status, recipient, participant: None } => {
+                write!(f, "status:{wamid}:{status}:{recipient}")
+            }
+            DedupKey::Status { wamid, status, recipient, participant: Some(participant) } => {
+                write!(f, "status:{wamid}:{status}:{recipient}:{participant}")
+            }
         }
     }
 }
 
 impl<'a> Event<'a> {
-    /// The dedup key: message → wamid; status → wamid + status + recipient; `None` for
+    /// The dedup key: message → wamid; status → wamid + status + recipient (+ the group
+    /// participant, for group messages); `None` for
     /// errors, other fields and unparsed items (key those by a hash of the raw JSON).
     pub fn dedup_key(&self) -> Option<DedupKey<'_>> {
         match self {
@@ -234,6 +262,7 @@ impl<'a> Event<'a> {
                 wamid: &s.status.id,
                 status: s.status.status.as_str(),
                 recipient: s.status.recipient(),
+                participant: s.status.participant(),
             }),
             _ => None,
         }
@@ -245,8 +274,7 @@ impl<'a> Event<'a> {
             Event::Message(m) => Some(&m.business),
             Event::Status(s) => Some(&s.business),
             Event::Error(e) => Some(&e.business),
-            Event::Unparsed { business, .. } => business.as_ref(),
-            Event::Unknown { .. } => None,
+            Event::Unparsed { business, .. } | Event::Unknown { business, .. } => business.as_ref(),
         }
     }
 
@@ -316,18 +344,79 @@ struct LooseEntry<'a> {
     changes: Option<Raw<'a>>,
 }
 
-#[derive(Deserialize)]
+/// A `messages` change's value: the arrays it holds, each item kept raw.
+#[derive(Default)]
 struct WireValue<'a> {
-    #[serde(default, borrow)]
     metadata: Option<common::Metadata<'a>>,
-    #[serde(default, borrow, deserialize_with = "de::null_default")]
     contacts: Vec<Raw<'a>>,
-    #[serde(default, borrow, deserialize_with = "de::null_default")]
     messages: Vec<Raw<'a>>,
-    #[serde(default, borrow, deserialize_with = "de::null_default")]
     statuses: Vec<Raw<'a>>,
-    #[serde(default, borrow, deserialize_with = "de::null_default")]
     errors: Vec<Raw<'a>>,
+    /// Arrays this crate does not model, by name, in payload order.
+    other_arrays: Vec<(Cow<'a, str>, Vec<Raw<'a>>)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(WireValueVisitor(std::marker::PhantomData))
+    }
+}
+
+// A hand-written visitor rather than a derive: the derive cannot keep the keys it does not
+// know, and those arrays must become events.
+struct WireValueVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for WireValueVisitor<'a> {
+    type Value = WireValue<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a webhook value object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        fn items<'de: 'a, 'a, A: serde::de::MapAccess<'de>>(
+            map: &mut A,
+            slot: &mut Option<Vec<Raw<'a>>>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(A::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value::<Option<Vec<Raw<'a>>>>()?.unwrap_or_default());
+            Ok(())
+        }
+        let mut value = WireValue::default();
+        let (mut contacts, mut messages, mut statuses, mut errors) = (None, None, None, None);
+        while let Some(key) = map.next_key::<de::CowStr<'a>>()? {
+            match &*key.0 {
+                "metadata" => {
+                    if value.metadata.is_some() {
+                        return Err(A::Error::duplicate_field("metadata"));
+                    }
+                    value.metadata = map.next_value()?;
+                }
+                "contacts" => items(&mut map, &mut contacts, "contacts")?,
+                "messages" => items(&mut map, &mut messages, "messages")?,
+                "statuses" => items(&mut map, &mut statuses, "statuses")?,
+                "errors" => items(&mut map, &mut errors, "errors")?,
+                _ => {
+                    let raw: Raw<'a> = map.next_value()?;
+                    // Scalars and objects (`messaging_product`, …) describe the value; only
+                    // arrays hold items.
+                    if raw.get().starts_with('[') {
+                        let array = serde_json::from_str(raw.get()).map_err(A::Error::custom)?;
+                        value.other_arrays.push((key.0, array));
+                    }
+                }
+            }
+        }
+        value.contacts = contacts.unwrap_or_default();
+        value.messages = messages.unwrap_or_default();
+        value.statuses = statuses.unwrap_or_default();
+        value.errors = errors.unwrap_or_default();
+        Ok(value)
+    }
 }
 
 /// Parses a webhook body (after [`crate::verify_signature`]) into events.
@@ -414,7 +503,7 @@ fn push_change<'a>(events: &mut Vec<Event<'a>>, waba_id: Option<Cow<'a, str>>, c
     let Some(raw) = change.value else { return };
     let field = change.field.unwrap_or(Cow::Borrowed(""));
     if field != "messages" {
-        events.push(Event::Unknown { waba_id, kind: field, raw });
+        events.push(Event::Unknown { waba_id, business: None, kind: field, array: None, raw });
         return;
     }
     let value = match serde_json::from_str::<WireValue<'a>>(raw.get()) {
@@ -463,6 +552,17 @@ fn push_change<'a>(events: &mut Vec<Event<'a>>, waba_id: Option<Cow<'a, str>>, c
         match serde_json::from_str::<WebhookError<'a>>(error_raw.get()) {
             Ok(error) => events.push(Event::Error(ErrorEvent { business: business.clone(), error, raw: error_raw })),
             Err(e) => events.push(unparsed(Some(business.clone()), Item::Error, error_raw, e)),
+        }
+    }
+    for (array, items) in value.other_arrays {
+        for item_raw in items {
+            events.push(Event::Unknown {
+                waba_id: business.waba_id.clone(),
+                business: Some(business.clone()),
+                kind: Cow::Borrowed("messages"),
+                array: Some(array.clone()),
+                raw: item_raw,
+            });
         }
     }
 }

@@ -36,9 +36,15 @@ pub struct Status<'a> {
     /// The recipient's parent BSUID.
     #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub parent_recipient_user_id: Option<Cow<'a, str>>,
-    /// The group participant, for group messages.
+    /// The group participant the status is about (their number), for group messages.
     #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub recipient_participant_id: Option<Cow<'a, str>>,
+    /// The group participant's BSUID.
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    pub recipient_participant_user_id: Option<Cow<'a, str>>,
+    /// The group participant's parent BSUID.
+    #[serde(default, borrow, deserialize_with = "de::opt_cow")]
+    pub recipient_participant_parent_user_id: Option<Cow<'a, str>>,
     /// What we sent as `biz_opaque_callback_data`, echoed back: use it to reconcile the outbox.
     #[serde(default, borrow, deserialize_with = "de::opt_cow")]
     pub biz_opaque_callback_data: Option<Cow<'a, str>>,
@@ -57,6 +63,15 @@ impl Status<'_> {
     /// The recipient's key: the number when present, else the BSUID, else `""`.
     pub fn recipient(&self) -> &str {
         self.recipient_id.as_ref().map(Phone::as_str).or(self.recipient_user_id.as_deref()).unwrap_or("")
+    }
+
+    /// The group participant the status is about: their number when present, else their
+    /// BSUID; `None` for statuses of one-to-one chats.
+    ///
+    /// In a group each participant reads a message separately, so the participant is part of
+    /// a status's [`DedupKey`](crate::DedupKey).
+    pub fn participant(&self) -> Option<&str> {
+        self.recipient_participant_id.as_deref().or(self.recipient_participant_user_id.as_deref())
     }
 }
 
