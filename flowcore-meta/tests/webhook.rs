@@ -470,3 +470,149 @@ fn debug_output_does_not_leak_numbers() {
         assert!(!debug.contains(number), "{number} leaked");
     }
 }
+
+// ---- what the peer corpus (tests/peer_corpus.rs) found, pinned down by our own fixtures ----
+
+#[test]
+fn an_interactive_message_without_its_object_is_still_a_message() {
+    let body = fixture("50-interactive-without-object.json");
+    let events = parse(&body).unwrap().into_events();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let Event::Message(m) = &events[0] else { panic!("{:?}", events[0]) };
+    assert_eq!(m.message.id, "wamid.RkFLRS9pbi0w500");
+    assert_eq!(m.conversation_key(), Some(("106000000000001", "12025550101")));
+    assert_eq!(m.contact.as_ref().unwrap().profile.name.as_deref(), Some("Ana Teste"));
+    assert_eq!(m.message.context.as_ref().unwrap().id.as_deref(), Some("wamid.RkFLRS9vdXQtMDUwMA=="));
+    let Content::Unknown { kind, raw } = &m.message.content else { panic!("{:?}", m.message.content) };
+    assert_eq!(kind, "interactive");
+    assert_eq!(raw.get(), events[0].raw().get(), "the whole message is kept");
+    assert_eq!(events[0].dedup_key().unwrap().to_string(), "message:wamid.RkFLRS9pbi0w500");
+    assert_eq!(event_to_input(&events[0]), Some(Input::Unsupported { kind: "interactive".into() }));
+    let Event::Error(e) = &events[1] else { panic!("{:?}", events[1]) };
+    assert_eq!((e.error.code, e.error.details.as_deref()), (131000, Some("Unsupported webhook payload")));
+
+    // A known type whose object is there but broken is still an unparsed item.
+    let broken = fixture("30-bad-item-among-good.json");
+    let events = parse(&broken).unwrap().into_events();
+    assert!(matches!(&events[3], Event::Unparsed { item: Item::Message, raw, .. } if raw.get().contains("sem id")));
+}
+
+#[test]
+fn each_group_participant_status_is_its_own_event() {
+    let body = fixture("51-group-statuses.json");
+    let events = parse(&body).unwrap().into_events();
+    let keys: Vec<String> = events.iter().map(|e| e.dedup_key().unwrap().to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "status:wamid.RkFLRS9vdXQtMDUxMA==:read:120363025550100001:12025550101",
+            "status:wamid.RkFLRS9vdXQtMDUxMA==:read:120363025550100001:12025550102",
+            "status:wamid.RkFLRS9vdXQtMDUxMA==:read:120363025550100001:US.1000000000000000103",
+            // Meta delivering the first status again: the same key, so the inbox ignores it.
+            "status:wamid.RkFLRS9vdXQtMDUxMA==:read:120363025550100001:12025550101",
+            // One-to-one chats keep the key they always had.
+            "status:wamid.RkFLRS9vdXQtMDUxMQ==:read:12025550101",
+        ]
+    );
+    let Event::Status(first) = &events[0] else { panic!() };
+    assert_eq!(first.status.recipient_type.as_deref(), Some("group"));
+    assert_eq!(first.status.participant(), Some("12025550101"));
+    assert_eq!(first.status.recipient_participant_user_id.as_deref(), Some("US.1000000000000000101"));
+    assert_eq!(first.status.recipient_participant_parent_user_id.as_deref(), Some("US.ENT.1000000000000000901"));
+    let Event::Status(one_to_one) = &events[4] else { panic!() };
+    assert_eq!(one_to_one.status.participant(), None);
+    assert_eq!(events[0].dedup_key(), events[3].dedup_key());
+}
+
+#[test]
+fn error_details_beside_the_code_are_read() {
+    let body = fixture("52-error-details-top-level.json");
+    let events = parse(&body).unwrap().into_events();
+    let Event::Message(m) = &events[0] else { panic!("{:?}", events[0]) };
+    assert_eq!(m.message.errors[0].details.as_deref(), Some("Message type is not currently supported"));
+    let details: Vec<Option<&str>> = events[1..]
+        .iter()
+        .map(|e| match e {
+            Event::Error(e) => e.error.details.as_deref(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        details,
+        [Some("details beside the code"), Some("details in error_data"), Some("details beside the code")],
+        "error_data.details wins when both are there"
+    );
+}
+
+#[test]
+fn system_messages_read_legacy_and_user_id_fields() {
+    let body = fixture("53-system-legacy-and-user-id.json");
+    let events = parse(&body).unwrap().into_events();
+    let systems: Vec<_> = messages(&events)
+        .into_iter()
+        .map(|m| match &m.message.content {
+            Content::System(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(systems.len(), 4, "{events:#?}");
+
+    assert_eq!(systems[0].kind, SystemKind::CustomerChangedNumber);
+    assert_eq!(systems[0].wa_id.as_ref().map(|p| p.as_str()), Some("12025550199"), "legacy new_wa_id");
+    assert_eq!(systems[0].customer.as_ref().map(|p| p.as_str()), Some("12025550101"));
+
+    assert_eq!(systems[1].kind, SystemKind::CustomerIdentityChanged);
+    assert_eq!(systems[1].customer.as_ref().map(|p| p.as_str()), Some("12025550101"));
+    assert_eq!(systems[1].wa_id, None);
+
+    assert_eq!(systems[2].kind, SystemKind::UserChangedUserId);
+    assert_eq!(systems[2].user_id.as_deref(), Some("US.1000000000000000201"));
+    assert_eq!(systems[2].parent_user_id.as_deref(), Some("US.ENT.1000000000000000902"));
+    assert_eq!(systems[2].previous_user_id.as_deref(), Some("US.1000000000000000101"));
+    assert_eq!(systems[2].previous_parent_user_id.as_deref(), Some("US.ENT.1000000000000000901"));
+
+    assert_eq!(systems[3].wa_id.as_ref().map(|p| p.as_str()), Some("12025550198"), "wa_id wins over new_wa_id");
+    let debug = format!("{systems:?}");
+    assert!(!debug.contains("12025550101") && !debug.contains("12025550199"), "{debug}");
+}
+
+#[test]
+fn arrays_the_crate_does_not_model_become_unknown_events() {
+    let body = fixture("54-unknown-arrays.json");
+    let events = parse(&body).unwrap().into_events();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            Event::Message(m) => format!("message {}", m.message.id),
+            Event::Unknown { kind, array, business, waba_id, raw } => {
+                assert_eq!(business.as_ref().map(|b| b.phone_number_id.as_ref()), Some("106000000000001"));
+                assert_eq!(e.business(), business.as_ref());
+                assert_eq!(waba_id.as_deref(), Some("102000000000001"));
+                assert!(raw.get().starts_with('{'), "one event per item: {}", raw.get());
+                assert!(e.dedup_key().is_none());
+                format!("{kind}.{}", array.as_deref().unwrap())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // The object and the null beside the arrays describe the value and hold no items.
+    assert_eq!(
+        summary,
+        ["message wamid.RkFLRS9pbi0w540", "messages.calls", "messages.calls", "messages.message_echoes"]
+    );
+    assert!(events[2].raw().get().contains("terminate"));
+    assert!(events[3].raw().get().contains("sent from the app"));
+}
+
+#[test]
+fn order_quantities_and_prices_may_be_numeric_strings() {
+    let body = fixture("55-order-numeric-strings.json");
+    let events = parse(&body).unwrap().into_events();
+    let Event::Message(m) = &events[0] else { panic!("{:?}", events[0]) };
+    let Content::Order(order) = &m.message.content else { panic!() };
+    let items: Vec<(f64, f64)> = order.product_items.iter().map(|i| (i.quantity, i.item_price)).collect();
+    assert_eq!(items, [(2.0, 10.5), (1.0, 3.0)]);
+    let Event::Unparsed { item: Item::Message, error, .. } = &events[1] else { panic!("{:?}", events[1]) };
+    assert!(error.contains("\"two\" is not a number"), "{error}");
+    assert_eq!(events.len(), 2);
+}

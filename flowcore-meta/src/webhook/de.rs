@@ -201,3 +201,32 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
         cow(d).map(CowStr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Deserialize, Debug)]
+    struct Quantity {
+        #[serde(deserialize_with = "super::number")]
+        n: f64,
+    }
+
+    fn read(json: &str) -> Result<f64, String> {
+        serde_json::from_str::<Quantity>(&format!(r#"{{"n":{json}}}"#)).map(|q| q.n).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn numbers_and_numeric_strings() {
+        for (json, expected) in [("3", 3.0), ("-2", -2.0), ("10.5", 10.5), (r#""2""#, 2.0), (r#"" 10.50 ""#, 10.5)] {
+            assert_eq!(read(json), Ok(expected), "{json}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_an_error_naming_the_value() {
+        for json in [r#""number-of-item""#, r#""""#, r#""NaN""#, r#""inf""#, "true", "null", "[1]"] {
+            let error = read(json).unwrap_err();
+            assert!(!error.is_empty(), "{json}");
+        }
+        assert!(read(r#""number-of-item""#).unwrap_err().contains("\"number-of-item\" is not a number"));
+    }
+}
