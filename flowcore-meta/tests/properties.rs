@@ -127,6 +127,39 @@ proptest! {
     }
 
     #[test]
+    fn items_of_arrays_the_crate_does_not_model_are_all_accounted_for(
+        messages in prop::collection::vec(arbitrary_json(), 0..4),
+        others in prop::collection::btree_map(
+            "[a-z_]{1,14}".prop_filter("an array the crate models", |name| {
+                !["messages", "statuses", "errors", "contacts", "metadata"].contains(&name.as_str())
+            }),
+            prop::collection::vec(arbitrary_json(), 0..4),
+            0..4,
+        ),
+    ) {
+        let expected = messages.len() + others.values().map(Vec::len).sum::<usize>();
+        let mut body = envelope_with(messages, Vec::new());
+        let value = &mut body["entry"][0]["changes"][0]["value"];
+        for (name, items) in &others {
+            value[name.as_str()] = Value::Array(items.clone());
+        }
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let webhook = parse(&bytes).unwrap();
+        prop_assert_eq!(webhook.len(), expected);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let mut per_array = std::collections::BTreeMap::new();
+        for event in &webhook {
+            if let Event::Unknown { array, raw, .. } = event {
+                prop_assert!(text.contains(raw.get()), "raw JSON not from the body");
+                *per_array.entry(array.as_deref().unwrap_or_default().to_owned()).or_insert(0) += 1;
+            }
+        }
+        let wanted: std::collections::BTreeMap<String, usize> =
+            others.iter().filter(|(_, items)| !items.is_empty()).map(|(name, items)| (name.clone(), items.len())).collect();
+        prop_assert_eq!(per_array, wanted);
+    }
+
+    #[test]
     fn the_right_hmac_is_accepted(body in prop::collection::vec(any::<u8>(), 0..256), secret in "[ -~]{1,40}") {
         prop_assume!(!secret.trim().is_empty());
         let header = sign(&body, secret.as_bytes());
