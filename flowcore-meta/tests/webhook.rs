@@ -616,3 +616,29 @@ fn order_quantities_and_prices_may_be_numeric_strings() {
     assert!(error.contains("\"two\" is not a number"), "{error}");
     assert_eq!(events.len(), 2);
 }
+
+#[test]
+fn a_change_without_a_value_is_an_unparsed_item() {
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"102000000000001","changes":[
+        {"field":"messages"},
+        {"field":"account_update","value":null},
+        {"field":"messages","value":{"metadata":{"phone_number_id":"106000000000001"},
+          "messages":[{"from":"12025550101","id":"wamid.RkFLRS9pbi0w560","timestamp":"1780305600","type":"text","text":{"body":"oi"}}]}}]}]}"#;
+    let events = parse(body).unwrap().into_events();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            Event::Message(m) => format!("message {}", m.message.id),
+            Event::Unparsed { item, raw, error, .. } => format!("unparsed {item:?} {} ({error})", raw.get()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            r#"unparsed Change {"field":"messages"} (change has no value)"#,
+            r#"unparsed Change {"field":"account_update","value":null} (change has no value)"#,
+            "message wamid.RkFLRS9pbi0w560",
+        ]
+    );
+}

@@ -319,6 +319,12 @@ struct WireEntry<'a> {
     changes: Vec<WireChange<'a>>,
 }
 
+impl WireEntry<'_> {
+    fn has_values(&self) -> bool {
+        self.changes.iter().all(|change| change.value.is_some())
+    }
+}
+
 #[derive(Deserialize)]
 struct WireChange<'a> {
     #[serde(default, borrow, deserialize_with = "de::opt_cow")]
@@ -430,15 +436,14 @@ pub fn parse(body: &[u8]) -> Result<Webhook<'_>, ParseError> {
     }
     let mut events = Vec::new();
     match serde_json::from_slice::<Envelope<'_>>(body) {
-        Ok(envelope) => {
+        // A change without a value has no raw JSON of its own here: the slow path has it.
+        Ok(envelope) if envelope.entry.iter().all(WireEntry::has_values) => {
             check_object(envelope.object.as_deref())?;
             for entry in envelope.entry {
-                for change in entry.changes {
-                    push_change(&mut events, entry.id.clone(), change);
-                }
+                push_changes(&mut events, entry);
             }
         }
-        Err(_) => parse_loose(body, &mut events)?,
+        Ok(_) | Err(_) => parse_loose(body, &mut events)?,
     }
     Ok(Webhook { events })
 }
@@ -464,10 +469,9 @@ fn parse_loose<'a>(body: &'a [u8], events: &mut Vec<Event<'a>>) -> Result<(), Pa
         }
     };
     for entry_raw in entries {
-        if let Ok(entry) = serde_json::from_str::<WireEntry<'a>>(entry_raw.get()) {
-            for change in entry.changes {
-                push_change(events, entry.id.clone(), change);
-            }
+        let whole = serde_json::from_str::<WireEntry<'a>>(entry_raw.get()).ok().filter(WireEntry::has_values);
+        if let Some(entry) = whole {
+            push_changes(events, entry);
             continue;
         }
         let entry = match serde_json::from_str::<LooseEntry<'a>>(entry_raw.get()) {
@@ -487,7 +491,10 @@ fn parse_loose<'a>(body: &'a [u8], events: &mut Vec<Event<'a>>) -> Result<(), Pa
         };
         for change_raw in changes {
             match serde_json::from_str::<WireChange<'a>>(change_raw.get()) {
-                Ok(change) => push_change(events, entry.id.clone(), change),
+                Ok(WireChange { field, value: Some(value) }) => push_change(events, entry.id.clone(), field, value),
+                Ok(WireChange { value: None, .. }) => {
+                    events.push(unparsed(None, Item::Change, change_raw, "change has no value"))
+                }
                 Err(e) => events.push(unparsed(None, Item::Change, change_raw, e)),
             }
         }
@@ -499,9 +506,22 @@ fn unparsed<'a>(business: Option<Business<'a>>, item: Item, raw: Raw<'a>, error:
     Event::Unparsed { business, item, raw, error: error.to_string() }
 }
 
-fn push_change<'a>(events: &mut Vec<Event<'a>>, waba_id: Option<Cow<'a, str>>, change: WireChange<'a>) {
-    let Some(raw) = change.value else { return };
-    let field = change.field.unwrap_or(Cow::Borrowed(""));
+/// The events of an entry whose changes all have a value ([`WireEntry::has_values`]).
+fn push_changes<'a>(events: &mut Vec<Event<'a>>, entry: WireEntry<'a>) {
+    for change in entry.changes {
+        if let Some(value) = change.value {
+            push_change(events, entry.id.clone(), change.field, value);
+        }
+    }
+}
+
+fn push_change<'a>(
+    events: &mut Vec<Event<'a>>,
+    waba_id: Option<Cow<'a, str>>,
+    field: Option<Cow<'a, str>>,
+    raw: Raw<'a>,
+) {
+    let field = field.unwrap_or(Cow::Borrowed(""));
     if field != "messages" {
         events.push(Event::Unknown { waba_id, business: None, kind: field, array: None, raw });
         return;
