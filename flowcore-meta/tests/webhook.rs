@@ -491,6 +491,28 @@ fn an_interactive_message_without_its_object_is_still_a_message() {
     let Event::Error(e) = &events[1] else { panic!("{:?}", events[1]) };
     assert_eq!((e.error.code, e.error.details.as_deref()), (131000, Some("Unsupported webhook payload")));
 
+    // The same for any type whose object is missing or null.
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{
+        "metadata":{"phone_number_id":"106000000000001"},"messages":[
+        {"from":"12025550101","id":"wamid.RkFLRS9pbi0w501","timestamp":"1780305001","type":"text"},
+        {"from":"12025550101","id":"wamid.RkFLRS9pbi0w502","timestamp":"1780305002","type":"image","image":null}]}}]}]}"#;
+    let kinds: Vec<(String, String)> = parse(body)
+        .unwrap()
+        .into_events()
+        .iter()
+        .map(|e| match e {
+            Event::Message(m) => match &m.message.content {
+                Content::Unknown { kind, .. } => (m.message.id.to_string(), kind.to_string()),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("wamid.RkFLRS9pbi0w501".into(), "text".into()), ("wamid.RkFLRS9pbi0w502".into(), "image".into())]
+    );
+
     // A known type whose object is there but broken is still an unparsed item.
     let broken = fixture("30-bad-item-among-good.json");
     let events = parse(&broken).unwrap().into_events();
