@@ -1,13 +1,16 @@
-//! WhatsAppDelivery: paced per number, on a virtual clock (tokio's time is paused).
+//! WhatsAppDelivery: paced per number, on a virtual clock (tokio's time is paused); and
+//! accept_webhook writing a body's messages to the inbox.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowcore::{Message, Timestamp};
-use flowcore_meta::runtime::WhatsAppDelivery;
+use flowcore::{Input, Message, Timestamp};
+use flowcore_meta::runtime::{accept_webhook, IntakeReport, WhatsAppDelivery};
 use flowcore_meta::{RecordingTransport, RetryPolicy};
-use flowcore_store::runtime::{Clock, Delivery, DeliveryOutcome, Reply, VirtualClock};
-use flowcore_store::ConversationKey;
+use flowcore_store::runtime::{
+    Clock, Delivery, DeliveryOutcome, InboundPayload, OneFlow, Reply, Runtime, VirtualClock,
+};
+use flowcore_store::{ClaimRequest, ConversationKey, Inbox, MemoryStore};
 
 const NUMBER: &str = "106000000000001";
 
@@ -83,4 +86,35 @@ async fn a_number_without_a_token_fails_its_replies() {
     let clock = VirtualClock::starting_at(Timestamp::from_unix_seconds(1_780_300_800));
     let delivery = WhatsAppDelivery::new(RecordingTransport::default(), RetryPolicy::default()).clock(Arc::new(clock));
     assert!(matches!(send(&delivery, 1, None).await, DeliveryOutcome::Failed(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_without_its_object_reaches_the_inbox_once_as_an_unsupported_input() {
+    let clock = VirtualClock::starting_at(Timestamp::from_unix_seconds(1_780_305_000));
+    let store = Arc::new(MemoryStore::new());
+    let delivery = delivery(clock, RecordingTransport::default(), 80);
+    let runtime = Runtime::builder(store.clone(), delivery, Arc::new(OneFlow::new("lead")))
+        .clock(Arc::new(clock))
+        .organization("acme")
+        .build()
+        .await
+        .unwrap();
+    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/50-interactive-without-object.json"))
+        .unwrap();
+    let organization_of = |number: &str| (number == NUMBER).then(|| "acme".to_owned());
+
+    // The message is written; the value-level error beside it is logged and ignored.
+    let first = accept_webhook(&runtime, &body, organization_of).await.unwrap();
+    assert_eq!(first, IntakeReport { inserted: 1, duplicates: 0, statuses: 0, ignored: 1 });
+    // Meta delivering the body again: the message's dedup key finds it.
+    let again = accept_webhook(&runtime, &body, organization_of).await.unwrap();
+    assert_eq!(again, IntakeReport { inserted: 0, duplicates: 1, statuses: 0, ignored: 1 });
+
+    let rows = store.claim_inbox(&ClaimRequest::any(clock.now(), Duration::from_secs(60), 10)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].message_id, "wamid.RkFLRS9pbi0w500");
+    assert_eq!(rows[0].conversation, ConversationKey::new("acme", NUMBER, "12025550101"));
+    let payload: InboundPayload = serde_json::from_value(rows[0].payload.clone()).unwrap();
+    assert_eq!(payload.input, Input::Unsupported { kind: "interactive".into() });
+    assert_eq!(payload.kind, "interactive");
 }
