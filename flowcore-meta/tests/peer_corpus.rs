@@ -134,6 +134,9 @@ fn describe(event: &Event<'_>) -> String {
             };
             format!("message {kind}")
         }
+        Event::Status(s) if s.status.participant().is_some() => {
+            format!("status {} of a group participant", s.status.status.as_str())
+        }
         Event::Status(s) => format!("status {}", s.status.status.as_str()),
         Event::Error(e) => format!("error {}", e.error.code),
         Event::Unknown { array: Some(array), .. } => format!("unknown array {array}"),
