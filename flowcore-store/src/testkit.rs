@@ -79,6 +79,7 @@ cases!(
     outbox_many_senders,
     flows_versions,
     flows_concurrent_publish,
+    flows_version_listing,
     session_on_changed_flow,
     commit_all_or_nothing,
     commit_conflict_leaves_nothing,
@@ -235,6 +236,7 @@ pub async fn unknown_organization(store: Arc<dyn Store>) {
     unknown(store.publish_flow("nobody", "f", "{}", t(0)).await.unwrap_err());
     unknown(store.get_flow("nobody", "f", None).await.unwrap_err());
     unknown(store.list_flows("nobody").await.unwrap_err());
+    unknown(store.list_flow_versions("nobody", "f").await.unwrap_err());
     let commit = Commit::new("nobody", t(0));
     unknown(store.commit(commit).await.unwrap_err());
     // Registering makes it known; registering twice is fine.
@@ -1100,6 +1102,26 @@ pub async fn flows_versions(store: Arc<dyn Store>) {
     let text = "{\"name\":\"Olá — ✓\"}";
     let v = store.publish_flow(ORG_A, "unicode", text, t(6)).await.unwrap();
     assert_eq!(store.get_flow(ORG_A, "unicode", Some(v)).await.unwrap().unwrap().definition, text);
+}
+
+/// Listing a flow's versions: all of them, newest first, each exactly as published;
+/// another organization's flow of the same id is not among them.
+pub async fn flows_version_listing(store: Arc<dyn Store>) {
+    assert!(store.list_flow_versions(ORG_A, "lead").await.unwrap().is_empty());
+    for (i, text) in [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":1}"#].iter().enumerate() {
+        store.publish_flow(ORG_A, "lead", text, t(i as i64)).await.unwrap();
+    }
+    store.publish_flow(ORG_A, "survey", r#"{"s":1}"#, t(9)).await.unwrap();
+    store.publish_flow(ORG_B, "lead", r#"{"b":1}"#, t(9)).await.unwrap();
+    let versions = store.list_flow_versions(ORG_A, "lead").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|f| (f.version, f.definition.as_str(), f.published_at)).collect::<Vec<_>>(),
+        vec![(3, r#"{"v":1}"#, t(2)), (2, r#"{"v":2}"#, t(1)), (1, r#"{"v":1}"#, t(0))]
+    );
+    assert!(versions.iter().all(|f| f.org_id == ORG_A && f.flow_id == "lead"));
+    let theirs = store.list_flow_versions(ORG_B, "lead").await.unwrap();
+    assert_eq!(theirs.iter().map(|f| f.definition.as_str()).collect::<Vec<_>>(), vec![r#"{"b":1}"#]);
+    assert!(store.list_flow_versions(ORG_B, "survey").await.unwrap().is_empty());
 }
 
 /// Concurrent publishes of one flow id all succeed, each with its own next version.
