@@ -170,3 +170,50 @@ async fn another_organization_sees_none_of_a_flows_versions() {
     let (_, ours) = h.admin(Method::GET, Some(ACME_TOKEN), "/api/v1/flows/lead/versions", None).await;
     assert_eq!(ours["latest"], 1);
 }
+
+/// A server whose config sets `move_sessions_to_latest = true` on acme's lead flow.
+async fn moving_lead_server() -> Harness {
+    let graph = wiremock::MockServer::start().await;
+    mount_graph_ok(&graph).await;
+    let dir = workdir(&graph.uri());
+    let config = config_toml()
+        .replace("path = \"flows/lead.json\"\n", "path = \"flows/lead.json\"\nmove_sessions_to_latest = true\n");
+    assert!(config.contains("move_sessions_to_latest"));
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let server = start_server(base_env(&dir, &graph.uri())).await;
+    let base = format!("http://{}", server.addr);
+    Harness { graph, dir, server: Some(server), base, http: reqwest::Client::new() }
+}
+
+#[tokio::test]
+async fn with_the_option_running_conversations_move_to_the_newest_version_that_fits() {
+    let h = moving_lead_server().await;
+    let (ana, bia) = ("12025550411", "12025550412");
+    h.post_webhook(&webhook(PNID_LEAD, vec![msg(ana, "wamid.M1", "oi"), msg(bia, "wamid.M2", "oi")])).await;
+    h.wait_sent(4).await; // each: the greeting and the name question
+
+    // v2 rewords the age question: Ana, waiting at the name question, moves to it.
+    let mut lead: Value = serde_json::from_str(&lead_v1(&h)).unwrap();
+    lead["nodes"][3]["data"]["content"] = json!("Prazer, {{name}}! Qual é a sua idade?");
+    let (status, _) = h.admin(Method::POST, Some(ACME_TOKEN), "/api/v1/flows", Some(lead.clone())).await;
+    assert_eq!(status, 201);
+    h.post_webhook(&webhook(PNID_LEAD, vec![msg(ana, "wamid.M3", "Ana")])).await;
+    h.wait_sent(5).await;
+    assert_eq!(h.texts_to(ana).await.last().unwrap(), "Prazer, Ana! Qual é a sua idade?");
+
+    // v3 renames the name question: Bia waits at a node v3 no longer has, so she stays on
+    // the version she started on.
+    lead["nodes"][2]["id"] = json!("ask_first_name");
+    for e in lead["edges"].as_array_mut().unwrap() {
+        for end in ["source", "target"] {
+            if e[end] == "ask_name" {
+                e[end] = json!("ask_first_name");
+            }
+        }
+    }
+    let (status, _) = h.admin(Method::POST, Some(ACME_TOKEN), "/api/v1/flows", Some(lead)).await;
+    assert_eq!(status, 201);
+    h.post_webhook(&webhook(PNID_LEAD, vec![msg(bia, "wamid.M4", "Bia")])).await;
+    h.wait_sent(6).await;
+    assert_eq!(h.texts_to(bia).await.last().unwrap(), "Prazer, Bia! Quantos anos você tem?");
+}
