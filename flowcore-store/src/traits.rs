@@ -182,7 +182,8 @@ pub trait Outbox: Send + Sync {
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>>;
 }
 
-/// Flow definitions by id, versioned: publishing adds a version, sessions keep theirs.
+/// Flow definitions by id, versioned: publishing adds a version; a session runs on the
+/// version its saves name (the one it started on, unless the host moves it).
 #[async_trait]
 pub trait FlowStore: Send + Sync {
     /// Publishes `definition` (JSON text) as the next version of `flow_id`; the new version.

@@ -4,7 +4,8 @@
 //!
 //! Every publish (through `POST /api/v1/flows`, a changed config file at start, or a
 //! rollback) adds a version; a rollback publishes the old version's exact text again as
-//! the newest, so new conversations start on it at once while running ones keep theirs.
+//! the newest, so new conversations start on it at once while running ones keep theirs
+//! (unless their flow sets `move_sessions_to_latest`, see [`super::config`]).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
