@@ -20,7 +20,7 @@
 //! | [`MessageLog`] | every message in and out: history, conversation listing, metrics per flow and per day |
 //! | [`Inbox`] | inbound events and scheduled wake-ups: dedup by message id, claim with per-conversation exclusivity and order, done / failed, lease reclaim |
 //! | [`Outbox`] | replies: enqueue, claim, sent / reschedule / failed, delivery statuses (monotonic) |
-//! | [`FlowStore`] | flow definitions by id and version (sessions keep the version they started on) |
+//! | [`FlowStore`] | flow definitions by id and version (sessions keep the version they started on unless a save moves them) |
 //! | [`Store`] | all of the above plus the atomic unit of work [`Store::commit`]; use it as `Arc<dyn Store>` |
 //!
 //! All traits are `async_trait`, object-safe and runtime-agnostic in their signatures (the

@@ -203,10 +203,11 @@ fn apply_session_write(
     let (current_node, wake_at) = state::meta(&w.session);
     let closed_at = (w.status == SessionStatus::Closed).then_some(w.now);
     if let Some(row) = current.and_then(|id| rows.iter_mut().find(|row| row.info.id == id)) {
-        // The flow version and the cohort stay the ones the session started with.
+        // The cohort stays the one the session started in; the flow version is the write's
+        // (a runtime may move a session to a newer version of its flow).
         let info = &mut row.info;
-        (info.version, info.status, info.current_node, info.wake_at) =
-            (info.version + 1, w.status, current_node, wake_at);
+        (info.version, info.status, info.current_node, info.wake_at, info.flow_version) =
+            (info.version + 1, w.status, current_node, wake_at, w.flow_version);
         (info.updated_at, info.closed_at, row.session) = (w.now, closed_at, w.session);
         return SavedSession { id: info.id, version: info.version };
     }

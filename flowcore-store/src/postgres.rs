@@ -38,7 +38,10 @@ use write_rows::{write_rows, Rows, RowsWritten};
 
 /// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
 /// A later change to the schema is a new version here, with its own file.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
+    (2, "session flow version", include_str!("../migrations/postgres/0002_session_flow_version.sql")),
+];
 
 /// Connections idle this long are pinged before use.
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
@@ -301,7 +304,7 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         )
     } else {
         (
-            "UPDATE sessions SET version = version + 1, status = $6, state_schema = $7, state = $8, current_node = $9, wake_at = $10, updated_at = $11, closed_at = $12
+            "UPDATE sessions SET version = version + 1, status = $6, state_schema = $7, state = $8, current_node = $9, wake_at = $10, updated_at = $11, closed_at = $12, flow_version = $13
              WHERE org_id = $1 AND business_number_id = $2 AND contact_id = $3 AND flow_id = $4 AND status = 'active' AND version = $5
              RETURNING id, version",
             write.expected_version,
@@ -320,8 +323,10 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         .bind(wake_at.map(Timestamp::as_unix_millis))
         .bind(now)
         .bind(closed_at);
-    // Only a new session records its cohort.
-    let query = if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query };
+    // A new session records its cohort (kept for good); an update, the flow version it
+    // now runs on.
+    let query =
+        if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query.bind(write.flow_version) };
     let row = query.fetch_optional(&mut **tx).await?;
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),

@@ -338,7 +338,7 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         )
     } else {
         (
-            "UPDATE sessions SET version = version + 1, status = ?6, state_schema = ?7, state = ?8, current_node = ?9, wake_at = ?10, updated_at = ?11, closed_at = ?12
+            "UPDATE sessions SET version = version + 1, status = ?6, state_schema = ?7, state = ?8, current_node = ?9, wake_at = ?10, updated_at = ?11, closed_at = ?12, flow_version = ?13
              WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3 AND flow_id = ?4 AND status = 'active' AND version = ?5
              RETURNING id, version",
             write.expected_version,
@@ -357,8 +357,10 @@ async fn save_session_tx(tx: &mut Tx<'_>, write: &SessionWrite) -> StoreResult<S
         .bind(wake_at.map(Timestamp::as_unix_millis))
         .bind(now)
         .bind(closed_at);
-    // Only a new session records its cohort.
-    let query = if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query };
+    // A new session records its cohort (kept for good); an update, the flow version it
+    // now runs on.
+    let query =
+        if write.expected_version == 0 { query.bind(write.cohort.as_deref()) } else { query.bind(write.flow_version) };
     let row = query.fetch_optional(&mut **tx).await?;
     match row {
         Some(row) => Ok(SavedSession { id: row.try_get(0)?, version: row.try_get(1)? }),
@@ -600,7 +602,7 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
                 .bind(w.cohort.clone());
         } else {
             sql.push_str(
-                "UPDATE sessions SET version = version + 1, status = ?, state_schema = ?, state = ?, current_node = ?, wake_at = ?, updated_at = ?, closed_at = ?
+                "UPDATE sessions SET version = version + 1, status = ?, state_schema = ?, state = ?, current_node = ?, wake_at = ?, updated_at = ?, closed_at = ?, flow_version = ?
                  WHERE org_id = ? AND business_number_id = ? AND contact_id = ? AND flow_id = ? AND status = 'active' AND version = ?
                  RETURNING 's', id, version;",
             );
@@ -612,6 +614,7 @@ async fn commit_batch_tx(tx: &mut Tx<'_>, commit: &Commit, prefix: &str) -> Stor
                 .bind(wake_at)
                 .bind(now)
                 .bind(closed_at)
+                .bind(w.flow_version)
                 .bind(&k.org_id)
                 .bind(&k.business_number_id)
                 .bind(&k.contact_id)

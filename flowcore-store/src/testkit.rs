@@ -79,6 +79,7 @@ cases!(
     outbox_many_senders,
     flows_versions,
     flows_concurrent_publish,
+    flows_version_listing,
     session_on_changed_flow,
     commit_all_or_nothing,
     commit_conflict_leaves_nothing,
@@ -235,6 +236,7 @@ pub async fn unknown_organization(store: Arc<dyn Store>) {
     unknown(store.publish_flow("nobody", "f", "{}", t(0)).await.unwrap_err());
     unknown(store.get_flow("nobody", "f", None).await.unwrap_err());
     unknown(store.list_flows("nobody").await.unwrap_err());
+    unknown(store.list_flow_versions("nobody", "f").await.unwrap_err());
     let commit = Commit::new("nobody", t(0));
     unknown(store.commit(commit).await.unwrap_err());
     // Registering makes it known; registering twice is fine.
@@ -261,7 +263,7 @@ pub async fn session_compare_and_set(store: Arc<dyn Store>) {
     let err = store.save_session(write(&key, 0, "dup", t(1))).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { expected: 0, found: Some(1), .. }), "{err:?}");
 
-    // Update: the flow version stays what the session started on.
+    // Update: the flow version is the write's (a session moved to a newer flow version).
     let mut w = write(&key, 1, "two", t(2));
     w.flow_version = 7;
     let saved2 = store.save_session(w).await.unwrap();
@@ -274,7 +276,7 @@ pub async fn session_compare_and_set(store: Arc<dyn Store>) {
     let err = store.save_session(write(&key, 5, "future", t(3))).await.unwrap_err();
     assert!(err.is_conflict());
     let loaded = store.load_session(&key).await.unwrap().unwrap();
-    assert_eq!((loaded.version, loaded.flow_version), (2, 1));
+    assert_eq!((loaded.version, loaded.flow_version), (2, 7));
     assert_eq!(loaded.session, sample_state("two"));
     assert_eq!((loaded.created_at, loaded.updated_at), (t(0), t(2)));
 
@@ -1068,7 +1070,7 @@ pub async fn outbox_many_senders(store: Arc<dyn Store>) {
     }
 }
 
-/// Flows: each publish adds a version; sessions keep the version they started on.
+/// Flows: each publish adds a version; a session runs on the version its last save named.
 pub async fn flows_versions(store: Arc<dyn Store>) {
     assert!(store.get_flow(ORG_A, "lead", None).await.unwrap().is_none());
     assert_eq!(store.publish_flow(ORG_A, "lead", r#"{"v":1}"#, t(0)).await.unwrap(), 1);
@@ -1086,20 +1088,48 @@ pub async fn flows_versions(store: Arc<dyn Store>) {
         vec![("lead", 2), ("survey", 1)]
     );
 
-    // A session started on v1 keeps v1 after v3 is published.
+    // A session started on v1 keeps v1 after v3 is published, until a save moves it, in
+    // a commit as in a plain save.
     let key = chat(ORG_A, "c1").session("lead");
     let mut w = write(&key, 0, "s", t(3));
     w.flow_version = 1;
     store.save_session(w).await.unwrap();
     store.publish_flow(ORG_A, "lead", r#"{"v":3}"#, t(4)).await.unwrap();
     let mut w = write(&key, 1, "s2", t(5));
-    w.flow_version = 3;
+    w.flow_version = 1;
     store.save_session(w).await.unwrap();
     assert_eq!(store.load_session(&key).await.unwrap().unwrap().flow_version, 1);
+    let mut w = write(&key, 2, "s3", t(6));
+    w.flow_version = 3;
+    store.commit(Commit { session: Some(w), ..Commit::new(ORG_A, t(6)) }).await.unwrap();
+    let moved = store.load_session(&key).await.unwrap().unwrap();
+    assert_eq!((moved.version, moved.flow_version, moved.session.clone()), (3, 3, sample_state("s3")));
+    let listed = store.conversation_sessions(&key.conversation()).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.flow_version).collect::<Vec<_>>(), vec![3]);
     // The same definition text is stored exactly, unicode included.
     let text = "{\"name\":\"Olá — ✓\"}";
     let v = store.publish_flow(ORG_A, "unicode", text, t(6)).await.unwrap();
     assert_eq!(store.get_flow(ORG_A, "unicode", Some(v)).await.unwrap().unwrap().definition, text);
+}
+
+/// Listing a flow's versions: all of them, newest first, each exactly as published;
+/// another organization's flow of the same id is not among them.
+pub async fn flows_version_listing(store: Arc<dyn Store>) {
+    assert!(store.list_flow_versions(ORG_A, "lead").await.unwrap().is_empty());
+    for (i, text) in [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":1}"#].iter().enumerate() {
+        store.publish_flow(ORG_A, "lead", text, t(i as i64)).await.unwrap();
+    }
+    store.publish_flow(ORG_A, "survey", r#"{"s":1}"#, t(9)).await.unwrap();
+    store.publish_flow(ORG_B, "lead", r#"{"b":1}"#, t(9)).await.unwrap();
+    let versions = store.list_flow_versions(ORG_A, "lead").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|f| (f.version, f.definition.as_str(), f.published_at)).collect::<Vec<_>>(),
+        vec![(3, r#"{"v":1}"#, t(2)), (2, r#"{"v":2}"#, t(1)), (1, r#"{"v":1}"#, t(0))]
+    );
+    assert!(versions.iter().all(|f| f.org_id == ORG_A && f.flow_id == "lead"));
+    let theirs = store.list_flow_versions(ORG_B, "lead").await.unwrap();
+    assert_eq!(theirs.iter().map(|f| f.definition.as_str()).collect::<Vec<_>>(), vec![r#"{"b":1}"#]);
+    assert!(store.list_flow_versions(ORG_B, "survey").await.unwrap().is_empty());
 }
 
 /// Concurrent publishes of one flow id all succeed, each with its own next version.

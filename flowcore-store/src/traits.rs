@@ -182,7 +182,8 @@ pub trait Outbox: Send + Sync {
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>>;
 }
 
-/// Flow definitions by id, versioned: publishing adds a version, sessions keep theirs.
+/// Flow definitions by id, versioned: publishing adds a version; a session runs on the
+/// version its saves name (the one it started on, unless the host moves it).
 #[async_trait]
 pub trait FlowStore: Send + Sync {
     /// Publishes `definition` (JSON text) as the next version of `flow_id`; the new version.
@@ -193,6 +194,21 @@ pub trait FlowStore: Send + Sync {
 
     /// The latest version of each of the organization's flows, by flow id.
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>>;
+
+    /// Every version of `flow_id`, newest first; empty when the organization has no such
+    /// flow. The default reads them one by one with [`get_flow`](FlowStore::get_flow);
+    /// backends may read them together.
+    async fn list_flow_versions(&self, org_id: &str, flow_id: &str) -> StoreResult<Vec<StoredFlow>> {
+        let Some(latest) = self.get_flow(org_id, flow_id, None).await? else { return Ok(Vec::new()) };
+        let mut versions = Vec::with_capacity(usize::try_from(latest.version).unwrap_or(0));
+        for version in (1..latest.version).rev() {
+            if let Some(older) = self.get_flow(org_id, flow_id, Some(version)).await? {
+                versions.push(older);
+            }
+        }
+        versions.insert(0, latest);
+        Ok(versions)
+    }
 }
 
 /// A complete store: all the parts plus the atomic unit of work. Use it as `Arc<dyn Store>`.

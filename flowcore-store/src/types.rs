@@ -136,7 +136,8 @@ pub struct StoredSession {
     pub id: i64,
     /// Its key.
     pub key: SessionKey,
-    /// The flow version this session runs on (it keeps it until it ends).
+    /// The flow version this session runs on: the one it started on, unless a runtime
+    /// moved it to a newer one (see `RuntimeOptions::move_to_latest`).
     pub flow_version: i64,
     /// The compare-and-set version: pass it as [`SessionWrite::expected_version`] to save.
     pub version: i64,
@@ -185,8 +186,9 @@ pub struct SessionWrite {
     /// The version the caller loaded ([`StoredSession::version`]); `0` creates a new session
     /// and fails with a conflict if an active one exists for the key.
     pub expected_version: i64,
-    /// The flow version the session runs on. Ignored on update (a session keeps the version
-    /// it started on); recorded on create.
+    /// The flow version the session runs on, recorded on create and on update: callers pass
+    /// the loaded [`StoredSession::flow_version`] to keep it, a newer one to move the session
+    /// (which a runtime does only when the session's state fits that version).
     pub flow_version: i64,
     /// The group the session is counted in by [`Metrics::per_cohort`], such as the A/B
     /// test variant its contact was assigned. Recorded on create, ignored on update: a

@@ -53,13 +53,13 @@ pub(crate) fn save(contact: &str, expected: i64, status: SessionStatus) -> Sessi
     }
 }
 
-/// An update of `c1` with two log rows and a reply, a new session for `c2` with two
+/// An update of `c1` (moving it to flow version 4) with two log rows and a reply, a new session for `c2` with two
 /// replies, and `c3`'s session closed; each handles its claimed message (`claims` in contact
 /// order).
 pub(crate) fn units(claims: &[Claim]) -> Vec<Commit> {
     vec![
         Commit {
-            session: Some(save("c1", 1, SessionStatus::Active)),
+            session: Some(SessionWrite { flow_version: 4, ..save("c1", 1, SessionStatus::Active) }),
             log: vec![log("c1", "a"), log("c1", "b")],
             outbox: vec![reply("c1", "a")],
             inbox_done: Some(claims[0]),

@@ -81,11 +81,21 @@ async fn harness(flow: &str, script: Vec<DeliveryOutcome>) -> Harness {
 }
 
 async fn harness_on(store: Arc<dyn Store>, flow: &str, script: Vec<DeliveryOutcome>) -> Harness {
+    harness_with(store, flow, script, RuntimeOptions::default()).await
+}
+
+async fn harness_with(
+    store: Arc<dyn Store>,
+    flow: &str,
+    script: Vec<DeliveryOutcome>,
+    options: RuntimeOptions,
+) -> Harness {
     let clock = VirtualClock::starting_at(START);
     let delivery = Recorder::new(clock, script);
     let flow_id = declared_id(flow).unwrap();
     let runtime = Runtime::builder(store.clone(), delivery.clone(), Arc::new(OneFlow::new(flow_id.clone())))
         .clock(Arc::new(clock))
+        .options(options)
         .organization("acme")
         .build()
         .await
@@ -244,4 +254,70 @@ async fn after_shutdown_accepted_messages_wait_for_the_next_start() {
     let running = second.runtime.start().unwrap();
     assert_eq!(second.deliveries(1).await, ["Qual é o seu nome?"]);
     running.shutdown().await;
+}
+
+/// `HELLO` with a new greeting after the name question (whose node is unchanged).
+const HELLO_V2_GREETING: &str = r#"{"id": "hello", "name": "Hello", "nodes": [
+  {"id": "s", "type": "start"},
+  {"id": "ask", "type": "question", "data": {"content": "Qual é o seu nome?", "variableName": "name"}},
+  {"id": "hi", "type": "message", "data": {"content": "Oi de novo, {{name}}!"}},
+  {"id": "ask2", "type": "question", "data": {"content": "Algo mais?", "variableName": "more"}}],
+  "edges": [{"id": "e1", "source": "s", "target": "ask"}, {"id": "e2", "source": "ask", "target": "hi"},
+            {"id": "e3", "source": "hi", "target": "ask2"}]}"#;
+
+/// `HELLO` with the name question renamed (`ask` → `ask_name`) and a new greeting.
+const HELLO_V2_RENAMED: &str = r#"{"id": "hello", "name": "Hello", "nodes": [
+  {"id": "s", "type": "start"},
+  {"id": "ask_name", "type": "question", "data": {"content": "Seu nome?", "variableName": "name"}},
+  {"id": "hi", "type": "message", "data": {"content": "Oi de novo, {{name}}!"}},
+  {"id": "ask2", "type": "question", "data": {"content": "Algo mais?", "variableName": "more"}}],
+  "edges": [{"id": "e1", "source": "s", "target": "ask_name"}, {"id": "e2", "source": "ask_name", "target": "hi"},
+            {"id": "e3", "source": "hi", "target": "ask2"}]}"#;
+
+/// Starts a `HELLO` conversation with `move_to_latest`, publishes `v2` while it waits at
+/// the name question, answers it; the replies and the version the session row records.
+async fn answer_across_a_publish(move_to_latest: MoveToLatest, v2: &str) -> (Vec<String>, i64) {
+    let mut options = RuntimeOptions::default();
+    options.move_to_latest = move_to_latest;
+    let h = harness_with(Arc::new(MemoryStore::new()), HELLO, vec![], options).await;
+    let running = h.runtime.start().unwrap();
+    h.say("wamid.1", "oi").await;
+    h.deliveries(1).await;
+    assert_eq!(h.runtime.flows().publish("acme", "hello", v2, compile(v2).unwrap()).await.unwrap(), 2);
+    h.say("wamid.2", "Ana").await;
+    let texts = h.deliveries(3).await;
+    h.settle().await;
+    let sessions = h.store.conversation_sessions(&chat()).await.unwrap();
+    assert_eq!(sessions.len(), 1, "one active session, waiting at ask2: {sessions:?}");
+    assert_eq!(sessions[0].current_node.as_deref(), Some("ask2"));
+    running.shutdown().await;
+    (texts, sessions[0].flow_version)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_session_keeps_its_flow_version_by_default() {
+    let (texts, version) = answer_across_a_publish(MoveToLatest::default(), HELLO_V2_GREETING).await;
+    assert_eq!(texts, ["Qual é o seu nome?", "Olá, Ana!", "Algo mais?"]);
+    assert_eq!(version, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_session_moves_to_the_newest_version_when_its_node_is_there() {
+    let (texts, version) = answer_across_a_publish(MoveToLatest::flows([("acme", "hello")]), HELLO_V2_GREETING).await;
+    assert_eq!(texts, ["Qual é o seu nome?", "Oi de novo, Ana!", "Algo mais?"]);
+    assert_eq!(version, 2, "the turn's commit records the version the session moved to");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_session_stays_on_its_version_when_its_node_is_gone() {
+    let (texts, version) = answer_across_a_publish(MoveToLatest::All, HELLO_V2_RENAMED).await;
+    assert_eq!(texts, ["Qual é o seu nome?", "Olá, Ana!", "Algo mais?"]);
+    assert_eq!(version, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_named_flows_sessions_move() {
+    let (texts, version) = answer_across_a_publish(MoveToLatest::flows([("acme", "other")]), HELLO_V2_GREETING).await;
+    assert_eq!(texts[1], "Olá, Ana!");
+    assert_eq!(version, 1);
 }

@@ -53,6 +53,7 @@ mod compile;
 mod condition;
 mod datetime;
 mod diagnostic;
+mod diff;
 mod expr;
 mod flow;
 #[cfg(fuzzing)]
@@ -67,6 +68,7 @@ mod value;
 
 pub use compile::{CompiledFlow, FlowGraph, GraphLink, GraphNode};
 pub use diagnostic::{CompileError, Diagnostic, Severity};
+pub use diff::{Changes, FlowDiff};
 pub use flow::{Flow, FlowEdge, FlowError, FlowNode};
 pub use io::{
     Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, MediaKind,

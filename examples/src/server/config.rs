@@ -13,6 +13,7 @@
 //! id = "lead"
 //! organization = "acme"
 //! path = "../flows/lead.json"          # relative to this file
+//! move_sessions_to_latest = false       # optional, see below
 //!
 //! [[chatbots]]
 //! id = "lead-bot"
@@ -32,6 +33,12 @@
 //!
 //! Ids of flows and chatbots are scoped to their organization: two organizations may both
 //! have a flow called `lead`, and a chatbot can only use a flow of its own organization.
+//!
+//! A running conversation keeps the flow version it started on. With a flow's
+//! `move_sessions_to_latest = true`, its conversations move to the flow's newest version
+//! (published through the API, or a changed file at the next start) at their next message,
+//! when the node they wait at still exists there and waits the same way; the others stay on
+//! their version until they end.
 //!
 //! `demo = true` marks the bundled demo config: only then may the server fall back to the
 //! published sample app secret and verify token, and log replies instead of sending them,
@@ -98,6 +105,9 @@ pub struct FlowConfig {
     pub organization: String,
     /// The flow JSON, relative to the config file.
     pub path: PathBuf,
+    /// Whether running sessions move to the flow's newest version when they fit it.
+    #[serde(default)]
+    pub move_sessions_to_latest: bool,
 }
 
 /// One chatbot.
@@ -395,6 +405,24 @@ mod tests {
             .to_string();
         assert!(err.contains("api_tokn"), "{err}");
         assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn move_sessions_to_latest_is_per_flow_and_off_by_default() {
+        let text = r#"
+            [[flows]]
+            id = "moving"
+            organization = "acme"
+            path = "a.json"
+            move_sessions_to_latest = true
+            [[flows]]
+            id = "keeping"
+            organization = "acme"
+            path = "b.json"
+        "#;
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let moving: Vec<(&str, bool)> = file.flows.iter().map(|f| (f.id.as_str(), f.move_sessions_to_latest)).collect();
+        assert_eq!(moving, [("moving", true), ("keeping", false)]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::admin;
 use super::error::ApiError;
 use super::openapi;
 use super::state::AppState;
+use super::versions;
 
 /// Every route the app serves, as (method, path) in OpenAPI's spelling. The OpenAPI
 /// document is checked against this list, and this list against the router, by tests.
@@ -35,6 +36,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/analytics/conversations"),
     ("get", "/api/v1/analytics/metrics"),
     ("post", "/api/v1/flows"),
+    ("get", "/api/v1/flows/{id}/versions"),
+    ("get", "/api/v1/flows/{id}/versions/{n}"),
+    ("post", "/api/v1/flows/{id}/rollback"),
+    ("get", "/api/v1/flows/{id}/diff"),
 ];
 
 /// The application router.
@@ -56,6 +61,10 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/api/v1/analytics/conversations", get(admin::analytics_conversations))
         .route("/api/v1/analytics/metrics", get(admin::analytics_metrics))
         .route("/api/v1/flows", post(admin::publish_flow))
+        .route("/api/v1/flows/{id}/versions", get(versions::list_versions))
+        .route("/api/v1/flows/{id}/versions/{n}", get(versions::get_version))
+        .route("/api/v1/flows/{id}/rollback", post(versions::rollback))
+        .route("/api/v1/flows/{id}/diff", get(versions::diff))
         .fallback(|| async { ApiError::NotFound("route".to_owned()) })
         .method_not_allowed_fallback(|| async {
             let body = json!({"error": {"code": "method_not_allowed", "message": "method not allowed"}});

@@ -11,6 +11,7 @@
 //! | [`config`] | the tenant TOML: organizations, flows, chatbots, numbers |
 //! | [`routing`] | business number → chatbot → flow (A/B by stable hash) |
 //! | [`http`] | the axum router; [`admin`] its admin API, [`openapi`] its document |
+//! | [`versions`] | the flow versions API: list, read, diff, roll back |
 //! | [`delivery`] | how replies leave: the Graph API (paced, retried) or the log |
 //! | [`effects`] | `api_call`, `ai_prompt`, and the pluggable [`effects::HostEffects`] |
 //! | [`flows`] | the config's flows, compiled at start |
@@ -32,3 +33,4 @@ pub mod routing;
 pub mod run;
 pub mod state;
 pub mod util;
+pub mod versions;

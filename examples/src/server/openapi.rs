@@ -16,6 +16,15 @@ fn phone_param() -> Value {
            "schema": {"type": "string"}})
 }
 
+fn flow_id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "description": "The flow id.", "schema": {"type": "string"}})
+}
+
+fn version_param(name: &str, location: &str, description: &str) -> Value {
+    json!({"name": name, "in": location, "required": true, "description": description,
+           "schema": {"type": "integer", "minimum": 1}})
+}
+
 fn window_params() -> Value {
     json!([
         {"name": "from", "in": "query", "required": false, "description": "Unix milliseconds, inclusive", "schema": {"type": "integer"}},
@@ -53,7 +62,24 @@ pub fn document() -> Value {
                     "messages": {"type": "array", "items": {"type": "object", "required": ["type", "text", "timestamp"], "properties": {
                         "type": {"type": "string", "enum": ["user", "bot"]},
                         "text": {"type": "string"},
-                        "timestamp": {"type": "string", "format": "date-time"}}}}}}
+                        "timestamp": {"type": "string", "format": "date-time"}}}}}},
+                "FlowVersions": {"type": "object", "required": ["flow_id", "latest", "versions"], "properties": {
+                    "flow_id": {"type": "string"},
+                    "latest": {"type": "integer"},
+                    "versions": {"type": "array", "items": {"type": "object", "required": ["version", "published_at", "content_hash", "diagnostics"], "properties": {
+                        "version": {"type": "integer"},
+                        "published_at": {"type": "string", "format": "date-time"},
+                        "content_hash": {"type": "string", "description": "Hex SHA-256 of the stored definition text"},
+                        "diagnostics": {"type": "object", "required": ["errors", "warnings"], "properties": {
+                            "errors": {"type": "integer"}, "warnings": {"type": "integer"}}}}}}}},
+                "Changes": {"type": "object", "required": ["added", "removed", "changed"], "properties": {
+                    "added": {"type": "array", "items": {"type": "string"}},
+                    "removed": {"type": "array", "items": {"type": "string"}},
+                    "changed": {"type": "array", "items": {"type": "string"}}}},
+                "FlowDiff": {"type": "object", "required": ["flow_id", "from", "to", "nodes", "edges"], "properties": {
+                    "flow_id": {"type": "string"}, "from": {"type": "integer"}, "to": {"type": "integer"},
+                    "nodes": {"$ref": "#/components/schemas/Changes"},
+                    "edges": {"$ref": "#/components/schemas/Changes"}}}
             }
         },
         "paths": {
@@ -107,7 +133,30 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"201": {"description": "{flow_id, version, warnings}"},
                               "400": error_response("No flow id"),
-                              "422": error_response("The flow does not compile; error.diagnostics lists why")}}))}
+                              "422": error_response("The flow does not compile; error.diagnostics lists why")}}))},
+            "/api/v1/flows/{id}/versions": {"get": admin("List a flow's versions, newest first", json!({
+                "parameters": [flow_id_param()],
+                "responses": {"200": {"description": "The versions", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowVersions"}}}},
+                              "404": error_response("No such flow in this organization")}}))},
+            "/api/v1/flows/{id}/versions/{n}": {"get": admin("One version's flow JSON, exactly as published", json!({
+                "parameters": [flow_id_param(), version_param("n", "path", "The version.")],
+                "responses": {"200": {"description": "The flow JSON", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              "400": error_response("The version is not a number"),
+                              "404": error_response("No such flow or version in this organization")}}))},
+            "/api/v1/flows/{id}/rollback": {"post": admin("Publish an older version again as the newest", json!({
+                "parameters": [flow_id_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["version"],
+                    "properties": {"version": {"type": "integer", "minimum": 1}}}}}},
+                "responses": {"201": {"description": "{flow_id, version (the new one), rolled_back_to, content_hash}"},
+                              "400": error_response("Bad body"),
+                              "404": error_response("No such flow or version in this organization"),
+                              "422": error_response("That version no longer compiles")}}))},
+            "/api/v1/flows/{id}/diff": {"get": admin("Nodes and edges added, removed and changed between two versions", json!({
+                "parameters": [flow_id_param(), version_param("from", "query", "The older version."), version_param("to", "query", "The newer version.")],
+                "responses": {"200": {"description": "The changes of `to` against `from`; a node's canvas position is not compared",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowDiff"}}}},
+                              "400": error_response("from or to is missing or not a number"),
+                              "404": error_response("No such flow or version in this organization")}}))}
         }
     })
 }

@@ -5,14 +5,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowcore_store::runtime::{Delivery, RateLimit, RunningRuntime, Runtime, RuntimeOptions};
+use flowcore_store::runtime::{Delivery, MoveToLatest, RateLimit, RunningRuntime, Runtime, RuntimeOptions};
 use flowcore_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::config::{Config, ConfigError};
+use super::config::{Config, ConfigError, FlowConfig};
 use super::delivery::{self, LogDelivery};
 use super::effects::{Effects, HostEffects, NoHostEffects};
 use super::env::{self, EnvSettings, OutboundMode, DEFAULT_GRAPH_API_BASE, DEMO_APP_SECRET, DEMO_VERIFY_TOKEN};
@@ -153,9 +153,10 @@ pub async fn start(
         settings.ai.clone(),
         host_effects.unwrap_or_else(|| Arc::new(NoHostEffects)),
     );
-    let mut builder = Runtime::builder(store.clone(), delivery, tenants.router.clone())
-        .effects(Arc::new(effects))
-        .options(runtime_options(&settings));
+    let mut options = runtime_options(&settings);
+    options.move_to_latest = sessions_moving(&config.file.flows);
+    let mut builder =
+        Runtime::builder(store.clone(), delivery, tenants.router.clone()).effects(Arc::new(effects)).options(options);
     for org in &config.file.organizations {
         builder = builder.organization(org.id.clone());
     }
@@ -238,6 +239,11 @@ fn runtime_options(settings: &EnvSettings) -> RuntimeOptions {
     options.rate_limit = RateLimit::new(settings.rate_limit_per_minute, Duration::from_secs(60));
     options.shutdown_grace = settings.shutdown_grace;
     options
+}
+
+/// The config's flows whose running sessions move to their newest version.
+fn sessions_moving(flows: &[FlowConfig]) -> MoveToLatest {
+    MoveToLatest::flows(flows.iter().filter(|f| f.move_sessions_to_latest).map(|f| (&f.organization, &f.id)))
 }
 
 /// Waits for SIGTERM or Ctrl-C.

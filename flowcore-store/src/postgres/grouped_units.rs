@@ -31,7 +31,7 @@ use crate::types::{
 /// The call; its parameters are in the order [`Columns::bind`] binds them.
 const COMMIT_UNITS: &str = "SELECT * FROM flowcore_commit_units($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35,
-    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51)";
+    $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52)";
 
 /// Whether `commits` can share one call: no two save the same session or handle the same
 /// inbox row (one statement cannot apply two changes to one row).
@@ -303,6 +303,8 @@ struct Columns<'c> {
     /// the row is done (see [`Commit::claim_next_until`]).
     claim_next_until: Vec<Option<i64>>,
     updates: SessionColumns<'c>,
+    /// The flow version each update names, beside `updates`.
+    update_flow_versions: Vec<i64>,
     creates: SessionColumns<'c>,
     /// The new sessions' cohorts, beside `creates`.
     create_cohorts: Vec<Option<&'c str>>,
@@ -392,7 +394,10 @@ impl<'c> Columns<'c> {
                     c.creates.push(w, w.flow_version);
                     c.create_cohorts.push(w.cohort.as_deref());
                 }
-                Some(w) => c.updates.push(w, w.expected_version),
+                Some(w) => {
+                    c.updates.push(w, w.expected_version);
+                    c.update_flow_versions.push(w.flow_version);
+                }
                 None => {}
             }
             for e in &commit.log {
@@ -440,7 +445,7 @@ impl<'c> Columns<'c> {
         'c: 'q,
     {
         let query = query.bind(self.claim_org).bind(self.claim_id).bind(self.claim_attempt).bind(self.claim_now);
-        let query = self.updates.bind(query);
+        let query = self.updates.bind(query).bind(self.update_flow_versions);
         let query = self.creates.bind(query).bind(self.create_cohorts).bind(state::STATE_SCHEMA_VERSION);
         let l = self.log;
         let query = query

@@ -1,8 +1,9 @@
 //! Compiled flows by (organization, flow id, version), backed by the store's flow versions.
 //!
-//! A session keeps the version it started on; new sessions take the latest, which is
-//! re-read from the store at most every [`LATEST_TTL`] so that instances sharing a
-//! database pick up each other's publishes.
+//! A session keeps the version it started on (unless
+//! [`RuntimeOptions::move_to_latest`](super::RuntimeOptions::move_to_latest) moves it);
+//! new sessions take the latest, which is re-read from the store at most every
+//! [`LATEST_TTL`] so that instances sharing a database pick up each other's publishes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

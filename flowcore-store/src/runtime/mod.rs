@@ -15,7 +15,7 @@
 //! | [`FlowChooser`] | the flow of a conversation without an active session | — ([`OneFlow`] for one flow) |
 //! | [`EffectHandler`] | performs `api_call`, `ai_prompt`, … | [`NoEffects`]: each fails cleanly |
 //! | [`Clock`] | every time the runtime reads | [`SystemClock`]; [`VirtualClock`] in tests |
-//! | [`RuntimeOptions`] | workers, leases, retries, rate limit, TTLs | [`RuntimeOptions::default`] |
+//! | [`RuntimeOptions`] | workers, leases, retries, rate limit, TTLs, [`MoveToLatest`] | [`RuntimeOptions::default`] |
 //!
 //! # Driving it
 //!
@@ -48,6 +48,10 @@
 //!   replies are sent in order).
 //! - **Handoff.** While a conversation's session is handed off to a human, inbound messages
 //!   are logged and the bot stays silent.
+//! - **Flow versions.** A new session starts on its flow's newest version and keeps that
+//!   version until it ends, unless [`RuntimeOptions::move_to_latest`] names its flow: it
+//!   then moves to the newest version at its next turn when its state fits there, and
+//!   otherwise stays (see [`MoveToLatest`]).
 //!
 //! # Example
 //!
@@ -145,6 +149,54 @@ pub struct RuntimeOptions {
     pub rate_limit: RateLimit,
     /// How long [`RunningRuntime::shutdown`] waits for claimed work.
     pub shutdown_grace: Duration,
+    /// Which flows' running sessions move to the flow's newest version (see
+    /// [`MoveToLatest`]); by default every session keeps the version it started on.
+    pub move_to_latest: MoveToLatest,
+}
+
+/// Which running sessions move to their flow's newest version.
+///
+/// A session keeps the flow version it started on, so publishing a flow never changes a
+/// conversation under a contact's feet. For the flows this names, a session whose flow has
+/// a newer version moves to it at its next turn, when its state fits there
+/// ([`Session::check_flow`](flowcore::Session::check_flow): the node it waits at exists
+/// and waits the same way); the turn's commit records the version it now runs on. A session
+/// whose node is gone stays on its version until it ends.
+///
+/// ```
+/// use flowcore_store::runtime::MoveToLatest;
+/// let some = MoveToLatest::flows([("acme", "lead")]);
+/// assert!(some.applies("acme", "lead"));
+/// assert!(!some.applies("globex", "lead"));
+/// assert!(MoveToLatest::All.applies("globex", "lead"));
+/// assert!(!MoveToLatest::default().applies("acme", "lead"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MoveToLatest {
+    /// Every session keeps the version it started on.
+    #[default]
+    None,
+    /// Every flow's sessions move.
+    All,
+    /// The sessions of these (organization, flow id) pairs move.
+    Flows(std::collections::BTreeSet<(String, String)>),
+}
+
+impl MoveToLatest {
+    /// The sessions of these (organization, flow id) pairs move.
+    pub fn flows<O: Into<String>, F: Into<String>>(flows: impl IntoIterator<Item = (O, F)>) -> MoveToLatest {
+        MoveToLatest::Flows(flows.into_iter().map(|(o, f)| (o.into(), f.into())).collect())
+    }
+
+    /// Whether the sessions of `org`'s flow `flow_id` move to its newest version.
+    pub fn applies(&self, org: &str, flow_id: &str) -> bool {
+        match self {
+            MoveToLatest::None => false,
+            MoveToLatest::All => true,
+            MoveToLatest::Flows(flows) => flows.contains(&(org.to_owned(), flow_id.to_owned())),
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -160,6 +212,7 @@ impl Default for RuntimeOptions {
             send_backoff: Duration::from_secs(1),
             rate_limit: RateLimit::new(5, Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(20),
+            move_to_latest: MoveToLatest::None,
         }
     }
 }

@@ -281,6 +281,9 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
             resume(rt, conv, stored).await?
         }
     };
+    if let Some(r) = running.take() {
+        running = Some(move_to_latest(rt, org, r).await);
+    }
     if let Some(r) = &running {
         if r.session.is_expired(now) {
             debug!(inbox_id = event.id, "session expired; closing it before this turn");
@@ -590,6 +593,36 @@ async fn resume(
         flow,
         session,
     }))
+}
+
+/// The session on its flow's newest version, when the options move its flow's sessions and
+/// its state fits that version; otherwise as it was. The turn's commit records the version.
+async fn move_to_latest(rt: &Shared, org: &str, running: Running) -> Running {
+    if !rt.options.move_to_latest.applies(org, &running.flow_id) {
+        return running;
+    }
+    let (version, flow) = match rt.flows.latest(org, &running.flow_id).await {
+        Ok(latest) => latest,
+        Err(e) => {
+            // The session can still run on its own version; the next turn tries again.
+            warn!(org, flow = %running.flow_id, error = %e, "newest flow version unavailable; session stays on its version");
+            return running;
+        }
+    };
+    if version <= running.flow_version {
+        return running;
+    }
+    match running.session.check_flow(&flow) {
+        Ok(()) => {
+            info!(org, flow = %running.flow_id, from = running.flow_version, to = version, "session moved to the newest flow version");
+            Running { flow_version: version, flow, ..running }
+        }
+        Err(e) => {
+            debug!(org, flow = %running.flow_id, version = running.flow_version, newest = version, reason = %e,
+                   "session does not fit the newest flow version; it stays on its version");
+            running
+        }
+    }
 }
 
 fn new_session(

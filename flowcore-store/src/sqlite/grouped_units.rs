@@ -181,7 +181,7 @@ impl<'q> GroupedQuery<'q> {
 
 /// Parameters per row of each grouped statement.
 const SESSION_ID_WIDTH: usize = 5;
-const SESSION_UPDATE_WIDTH: usize = 12;
+const SESSION_UPDATE_WIDTH: usize = 13;
 const SESSION_INSERT_WIDTH: usize = 15;
 const INBOX_DONE_WIDTH: usize = 4;
 const LOG_ROW_WIDTH: usize = 11;
@@ -276,7 +276,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
         Step::SessionUpdates(updates.len()),
         "UPDATE sessions SET version = sessions.version + 1, status = v.column6, state_schema = v.column7,
                 state = v.column8, current_node = v.column9, wake_at = v.column10, updated_at = v.column11,
-                closed_at = v.column12
+                closed_at = v.column12, flow_version = v.column13
          FROM (VALUES ",
         &updates,
         SESSION_UPDATE_WIDTH,
@@ -301,6 +301,7 @@ fn build(commits: &[&Commit]) -> GroupedQuery<'static> {
                 .bind(wake_at.map(|t| t.as_unix_millis()))
                 .bind(now)
                 .bind((w.status == SessionStatus::Closed).then_some(now))
+                .bind(w.flow_version)
         },
     );
     q.multi_row(
@@ -634,6 +635,8 @@ mod tests {
                 s.map(|s| (s.id, s.version, s.status, s.flow_version))
             );
         }
+        let moved = grouped_store.load_session(&chat("c1").session("f")).await.unwrap().unwrap();
+        assert_eq!(moved.flow_version, 4, "an update records the flow version it names");
         for claim in &claims {
             let (g, s) = (
                 grouped_store.get_inbox("o", claim.id).await.unwrap(),
