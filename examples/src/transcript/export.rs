@@ -15,13 +15,11 @@ use super::render::{describe_message, escape};
 pub struct ChatExport<'a> {
     /// `# ` lines written first (the flow and its version, say).
     pub comments: Vec<String>,
-    /// The flow the conversation ran on: messages from its `end` nodes are followed by
-    /// `< (end)`.
+    /// The flow the conversation ran on: a message from an `end` node, or from a
+    /// `message` node with no way on, is followed by `< (end)`.
     pub flow: Option<&'a CompiledFlow>,
     /// The session's initial variables, written as `@vars`.
     pub vars: Map<String, Value>,
-    /// Whether the last session has ended, so the file closes with `< (end)`.
-    pub ended: bool,
 }
 
 /// Writes `entries` (one conversation's log, oldest first) as `.chat` text.
@@ -42,16 +40,11 @@ pub struct ChatExport<'a> {
 ///     at: Timestamp::from_unix_seconds(1_767_616_200), metadata: serde_json::Value::Null,
 /// };
 /// let log = [entry(1, Direction::Inbound, "oi"), entry(2, Direction::Outbound, "Olá!\nTudo bem?")];
-/// let chat = chat_from_log(&log, &ChatExport { ended: true, ..ChatExport::default() });
-/// assert_eq!(chat, "@now 2026-01-05T12:30:00Z\n> oi\n< Olá!\\nTudo bem?\n< (end)\n");
+/// let chat = chat_from_log(&log, &ChatExport::default());
+/// assert_eq!(chat, "@now 2026-01-05T12:30:00Z\n> oi\n< Olá!\\nTudo bem?\n");
 /// ```
 pub fn chat_from_log(entries: &[LogEntry], export: &ChatExport<'_>) -> String {
-    let end_nodes: HashSet<String> = export
-        .flow
-        .map(|flow| {
-            flow.graph().nodes.into_iter().filter(|n| n.kind == "end").map(|n| n.id.as_str().to_string()).collect()
-        })
-        .unwrap_or_default();
+    let end_nodes = export.flow.map(ending_nodes).unwrap_or_default();
     let mut lines: Vec<String> = export.comments.iter().map(|c| format!("# {c}")).collect();
     if let Some(first) = entries.first() {
         lines.push(format!("@now {}", format_rfc3339(first.at)));
@@ -72,9 +65,7 @@ pub fn chat_from_log(entries: &[LogEntry], export: &ChatExport<'_>) -> String {
                     .as_ref()
                     .and_then(|(kind, options)| options.iter().find(|c| c.title == text).map(|c| (kind, c)));
                 lines.push(match picked {
-                    Some((kind, choice)) => {
-                        format!("> {}", json!({"type": kind, "id": choice.id, "title": choice.title}))
-                    }
+                    Some((kind, choice)) => format!("> {}", reply_line(kind, choice)),
                     None => format!("> {}", inbound_line(&flowcore::Input::text(text))),
                 });
             }
@@ -107,12 +98,28 @@ pub fn chat_from_log(entries: &[LogEntry], export: &ChatExport<'_>) -> String {
             }
         }
     }
-    if export.ended && lines.last().map(String::as_str) != Some("< (end)") {
-        lines.push("< (end)".to_string());
-    }
     let mut text = lines.join("\n");
     text.push('\n');
     text
+}
+
+/// The JSON reply a tap on `choice` sends, `"type"` first so the line reads like the
+/// `.chat` examples.
+fn reply_line(kind: &str, choice: &Choice) -> String {
+    format!(r#"{{"type":"{kind}","id":{},"title":{}}}"#, json!(choice.id), json!(choice.title))
+}
+
+/// The nodes whose message ends the session: `end` nodes, and `message` nodes with no
+/// way on.
+fn ending_nodes(flow: &CompiledFlow) -> HashSet<String> {
+    let graph = flow.graph();
+    let leads_on: HashSet<&str> = graph.links.iter().map(|l| l.from.as_str()).collect();
+    graph
+        .nodes
+        .iter()
+        .filter(|n| n.kind == "end" || (n.kind == "message" && !leads_on.contains(n.id.as_str())))
+        .map(|n| n.id.as_str().to_string())
+        .collect()
 }
 
 /// Whether the engine ran this inbound message (rate-limited ones and ones no flow took
@@ -159,5 +166,59 @@ fn options_of(message: &Message) -> Option<(&'static str, Vec<Choice>)> {
                 .collect(),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowcore::{Flow, Timestamp};
+    use flowcore_store::ConversationKey;
+
+    fn entry(direction: Direction, content: Content, node: Option<&str>, metadata: Value) -> LogEntry {
+        LogEntry {
+            id: 0,
+            conversation: ConversationKey::new("org", "100", "5511"),
+            flow_id: Some("f".into()),
+            direction,
+            content,
+            node_id: node.map(str::to_string),
+            wamid: None,
+            at: Timestamp::from_unix_seconds(0),
+            metadata,
+        }
+    }
+
+    #[test]
+    fn taps_become_events_ends_are_inferred_and_unrun_messages_are_comments() {
+        let flow = Flow::from_json(
+            r#"{"id": "f", "nodes": [{"id": "s", "type": "start"},
+                {"id": "ask", "type": "interactive_buttons", "data": {"content": "Pronto?", "variableName": "x",
+                 "buttons": [{"id": "y", "title": "Sim"}]}},
+                {"id": "done", "type": "message", "data": {"content": "Feito"}}],
+              "edges": [{"id": "e1", "source": "s", "target": "ask"}, {"id": "e2", "source": "ask", "target": "done"}]}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        let buttons = json!({"type": "buttons", "body": "Pronto?", "buttons": [{"id": "y", "title": "Sim"}]});
+        let log = [
+            entry(Direction::Inbound, Content::Text("{oi".into()), None, Value::Null),
+            entry(Direction::Outbound, Content::Json(buttons), Some("ask"), Value::Null),
+            entry(Direction::Inbound, Content::Text("spam".into()), None, json!({RATE_LIMITED: true})),
+            entry(Direction::Inbound, Content::Text("Sim".into()), None, Value::Null),
+            entry(Direction::Outbound, Content::Text("Feito".into()), Some("done"), Value::Null),
+        ];
+        let chat = chat_from_log(&log, &ChatExport { flow: Some(&flow), ..ChatExport::default() });
+        let expected = concat!(
+            "@now 1970-01-01T00:00:00Z\n",
+            "> {\"type\":\"text\",\"text\":\"{oi\"}\n",
+            "< Pronto? [Sim]\n",
+            "# not run: > spam\n",
+            "> {\"type\":\"button_reply\",\"id\":\"y\",\"title\":\"Sim\"}\n",
+            "< Feito\n",
+            "< (end)\n",
+        );
+        assert_eq!(chat, expected);
     }
 }
