@@ -216,3 +216,124 @@ fn chat_numbers_choices_for_a_person() {
     assert!(outcome.stdout.contains("[2] Financeiro — Boletos e notas"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("handed off"), "{}", outcome.stdout);
 }
+
+/// Runs flowctl in the package directory, so the paths in reports are the relative ones given.
+fn flowctl_here(args: &[&str]) -> Outcome {
+    let output = Command::new(env!("CARGO_BIN_EXE_flowctl"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("flowctl runs");
+    Outcome {
+        code: output.status.code().expect("flowctl exits normally, not by a signal"),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+#[test]
+fn test_passes_the_sample_chat_files_with_full_coverage() {
+    for name in ["lead", "support_menu"] {
+        let flow = format!("flows/{name}.json");
+        let chat = format!("flows/{name}.chat");
+        let outcome = flowctl_here(&["test", &flow, &chat, "--coverage"]);
+        assert_eq!(outcome.code, 0, "{name}: {}{}", outcome.stdout, outcome.stderr);
+        assert!(outcome.stdout.contains("test result: ok."), "{name}: {}", outcome.stdout);
+        assert!(outcome.stdout.contains("(100.0%), edges"), "{name}: {}", outcome.stdout);
+        assert!(!outcome.stdout.contains("untested"), "{name}: {}", outcome.stdout);
+    }
+}
+
+#[test]
+fn test_reports_each_kind_of_failure_with_its_line_and_exit_1() {
+    let cases = [
+        ("unlisted", "tests/chats/unlisted.chat:4"),
+        ("wrong_text", "tests/chats/wrong_text.chat:3"),
+        ("regex_mismatch", "tests/chats/regex_mismatch.chat:5"),
+        ("missing_end", "tests/chats/missing_end.chat:7"),
+        ("stray_effect_result", "tests/chats/stray_effect_result.chat:4"),
+    ];
+    for (name, location) in cases {
+        let chat = format!("tests/chats/{name}.chat");
+        let outcome = flowctl_here(&["test", "flows/lead.json", &chat]);
+        assert_eq!(outcome.code, 1, "{name}: {}{}", outcome.stdout, outcome.stderr);
+        assert!(outcome.stdout.contains(&format!("FAIL {location}\n")), "{name}: {}", outcome.stdout);
+        insta::assert_snapshot!(format!("test_failure_{name}"), outcome.stdout);
+    }
+}
+
+#[test]
+fn test_runs_every_file_and_fails_when_one_fails() {
+    let outcome = flowctl_here(&["test", "flows/lead.json", "flows/lead.chat", "tests/chats/wrong_text.chat"]);
+    assert_eq!(outcome.code, 1, "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("ok flows/lead.chat: 2 of 2 passed"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("FAILED tests/chats/wrong_text.chat: 0 of 1 passed"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("test result: FAILED. 2 passed; 1 failed"), "{}", outcome.stdout);
+}
+
+#[test]
+fn test_exits_2_on_syntax_errors_and_unreadable_files() {
+    let syntax = flowctl_here(&["test", "flows/lead.json", "flows/lead.chat", "tests/chats/syntax_error.chat"]);
+    assert_eq!(syntax.code, 2, "{}{}", syntax.stdout, syntax.stderr);
+    assert!(syntax.stderr.starts_with("flowctl: tests/chats/syntax_error.chat: line 3: "), "{}", syntax.stderr);
+    assert!(syntax.stdout.is_empty(), "nothing runs before every file is read: {}", syntax.stdout);
+
+    let missing_chat = flowctl_here(&["test", "flows/lead.json", "tests/chats/not_here.chat"]);
+    assert_eq!(missing_chat.code, 2);
+    assert!(missing_chat.stderr.contains("cannot read tests/chats/not_here.chat"), "{}", missing_chat.stderr);
+
+    let missing_flow = flowctl_here(&["test", "flows/not_here.json", "flows/lead.chat"]);
+    assert_eq!(missing_flow.code, 2);
+    assert!(missing_flow.stderr.contains("cannot read flows/not_here.json"), "{}", missing_flow.stderr);
+
+    let broken_flow = flowctl_here(&["test", "tests/flows/no_start.json", "flows/lead.chat"]);
+    assert_eq!(broken_flow.code, 2, "a flow that does not compile cannot be tested: {}", broken_flow.stderr);
+
+    let no_tests = flowctl_here(&["test", "flows/lead.json"]);
+    assert_eq!(no_tests.code, 2, "{}", no_tests.stderr);
+}
+
+#[test]
+fn test_writes_coverage_json_and_junit_and_graph_draws_untested_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let coverage = dir.path().join("coverage.json");
+    let junit = dir.path().join("junit.xml");
+    let args = [
+        "test",
+        "flows/lead.json",
+        "tests/chats/minor_only.chat",
+        "--coverage",
+        "--coverage-json",
+        &path_arg(&coverage),
+        "--junit",
+        &path_arg(&junit),
+    ];
+    let outcome = flowctl_here(&args);
+    assert_eq!(outcome.code, 1, "the second conversation fails: {}{}", outcome.stdout, outcome.stderr);
+    assert!(
+        outcome.stdout.contains("coverage of flow lead: nodes 6/8 (75.0%), edges 5/7 (71.4%)"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome.stdout.contains("  untested nodes: ask_email, bye\n"), "{}", outcome.stdout);
+
+    let json = std::fs::read_to_string(&coverage).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["nodes"]["untested"], serde_json::json!(["ask_email", "bye"]));
+    insta::assert_snapshot!("test_coverage_json", json);
+    insta::assert_snapshot!("test_junit", std::fs::read_to_string(&junit).unwrap());
+
+    let mermaid = flowctl_here(&["graph", "flows/lead.json", "--coverage", &path_arg(&coverage)]);
+    assert_eq!(mermaid.code, 0, "{}", mermaid.stderr);
+    assert!(mermaid.stdout.contains("    n5 -.-> n6\n"), "the untested edge is dashed: {}", mermaid.stdout);
+    assert!(mermaid.stdout.contains("    class n5,n6 untested;\n"), "{}", mermaid.stdout);
+    insta::assert_snapshot!("test_coverage_mermaid", mermaid.stdout);
+    let dot = flowctl_here(&["graph", "flows/lead.json", "--format", "dot", "--coverage", &path_arg(&coverage)]);
+    assert_eq!(dot.code, 0, "{}", dot.stderr);
+    insta::assert_snapshot!("test_coverage_dot", dot.stdout);
+
+    let other_flow = flowctl_here(&["graph", "flows/support_menu.json", "--coverage", &path_arg(&coverage)]);
+    assert_eq!(other_flow.code, 2, "a coverage file of another flow is refused: {}", other_flow.stderr);
+}

@@ -354,6 +354,31 @@ impl Session {
         self.path.split(PATH_SEPARATOR).filter(|s| !s.is_empty())
     }
 
+    /// Forgets the visited node ids, so that after the next [`Session::handle`] the
+    /// [`Session::path`] holds only that turn's nodes: how a test runner measures coverage.
+    ///
+    /// ```
+    /// use flowcore::{Flow, Input, Session, SessionOptions, Timestamp};
+    /// let flow = Flow::from_json(r#"{"id": "f", "nodes": [
+    ///     {"id": "s", "type": "start"},
+    ///     {"id": "ask", "type": "question", "data": {"content": "Nome?", "variableName": "name"}},
+    ///     {"id": "bye", "type": "end", "data": {"content": "Tchau"}}],
+    ///   "edges": [{"id": "e1", "source": "s", "target": "ask"}, {"id": "e2", "source": "ask", "target": "bye"}]
+    /// }"#)?.compile().expect("valid flow");
+    /// let mut session = Session::new(&flow, SessionOptions::default());
+    /// let now = Timestamp::from_unix_seconds(1_700_000_000);
+    /// session.handle(&flow, Input::text("oi"), now).unwrap();
+    /// assert_eq!(session.path().collect::<Vec<_>>(), ["s", "ask"]);
+    /// session.clear_path();
+    /// assert_eq!(session.path().count(), 0);
+    /// session.handle(&flow, Input::text("Ana"), now).unwrap();
+    /// assert_eq!(session.path().collect::<Vec<_>>(), ["bye"]);
+    /// # Ok::<(), flowcore::FlowError>(())
+    /// ```
+    pub fn clear_path(&mut self) {
+        self.path.clear();
+    }
+
     /// The `now` of the last input that did something.
     pub fn last_active(&self) -> Option<Timestamp> {
         self.last_active

@@ -84,7 +84,11 @@ async fn count_conversations(state: &AppState, org: &str) -> Result<u64, ApiErro
 
 /// The conversations an organization has with `phone` (one per business number that
 /// talked to it), most recently active first. Empty when there is none.
-async fn conversations_of(state: &AppState, org: &str, phone: &str) -> Result<Vec<(ConversationKey, i64)>, ApiError> {
+pub(super) async fn conversations_of(
+    state: &AppState,
+    org: &str,
+    phone: &str,
+) -> Result<Vec<(ConversationKey, i64)>, ApiError> {
     let mut found = Vec::new();
     for number in state.tenants.numbers_of(org) {
         let key = ConversationKey::new(org, number, phone);
@@ -101,7 +105,7 @@ async fn conversations_of(state: &AppState, org: &str, phone: &str) -> Result<Ve
     Ok(found)
 }
 
-async fn full_history(state: &AppState, key: &ConversationKey) -> Result<Vec<LogEntry>, ApiError> {
+pub(super) async fn full_history(state: &AppState, key: &ConversationKey) -> Result<Vec<LogEntry>, ApiError> {
     let mut page = Page::first(Page::MAX_LIMIT);
     let mut all = Vec::new();
     loop {
@@ -183,14 +187,15 @@ pub async fn get_conversation(
     Ok(Json(transcript_json(&transcript(&state, &org, &phone).await?)))
 }
 
-/// `format=json|csv`.
+/// `format=json|csv|chat`.
 #[derive(Debug, Deserialize)]
 pub struct ExportQuery {
     #[serde(default)]
     format: Option<String>,
 }
 
-/// `GET /api/v1/conversations/{phone}/export?format=json|csv`.
+/// `GET /api/v1/conversations/{phone}/export?format=json|csv|chat` (`chat`: a `.chat`
+/// file for `flowctl test`, see [`super::export`]).
 pub async fn export_conversation(
     State(state): State<AppState>,
     Org(org): Org,
@@ -199,11 +204,20 @@ pub async fn export_conversation(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(rejection)?;
     let format = query.format.as_deref().unwrap_or("json");
-    if format != "json" && format != "csv" {
-        return Err(ApiError::BadRequest("format must be json or csv".to_owned()));
+    if !["json", "csv", "chat"].contains(&format) {
+        return Err(ApiError::BadRequest("format must be json, csv or chat".to_owned()));
+    }
+    let disposition = format!("attachment; filename=\"conversation-{}.{format}\"", sanitize_filename(&phone));
+    if format == "chat" {
+        let text =
+            super::export::chat(&state, &org, &phone).await?.ok_or(ApiError::NotFound("conversation".to_owned()))?;
+        let headers = [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ];
+        return Ok((headers, text).into_response());
     }
     let t = transcript(&state, &org, &phone).await?;
-    let disposition = format!("attachment; filename=\"conversation-{}.{format}\"", sanitize_filename(&phone));
     if format == "json" {
         return Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(transcript_json(&t))).into_response());
     }

@@ -12,6 +12,7 @@
 //! | [`routing`] | business number → chatbot → flow (A/B by stable hash) |
 //! | [`http`] | the axum router; [`admin`] its admin API, [`openapi`] its document |
 //! | [`versions`] | the flow versions API: list, read, diff, roll back |
+//! | [`export`] | a conversation as a `.chat` file for `flowctl test` |
 //! | [`delivery`] | how replies leave: the Graph API (paced, retried) or the log |
 //! | [`effects`] | `api_call`, `ai_prompt`, and the pluggable [`effects::HostEffects`] |
 //! | [`flows`] | the config's flows, compiled at start |
@@ -26,6 +27,7 @@ pub mod delivery;
 pub mod effects;
 pub mod env;
 pub mod error;
+pub mod export;
 pub mod flows;
 pub mod http;
 pub mod openapi;

@@ -119,8 +119,8 @@ pub fn document() -> Value {
                 "parameters": [phone_param()],
                 "responses": {"200": {"description": "Closed"}, "404": error_response("No such conversation")}}))},
             "/api/v1/conversations/{phone}/export": {"get": admin("Export a conversation", json!({
-                "parameters": [phone_param(), {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}}],
-                "responses": {"200": {"description": "JSON (as GET conversation) or CSV (timestamp,type,text,flow_id)"},
+                "parameters": [phone_param(), {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv", "chat"]}}],
+                "responses": {"200": {"description": "JSON (as GET conversation), CSV (timestamp,type,text,flow_id) or a .chat file for flowctl test"},
                               "400": error_response("Unknown format"), "404": error_response("No such conversation")}}))},
             "/api/v1/analytics/conversations": {"get": admin("Conversations per flow and per A/B variant", json!({
                 "parameters": window_params(),

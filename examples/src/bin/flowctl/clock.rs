@@ -4,8 +4,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flowcore::Timestamp;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::Failure;
 
@@ -43,12 +41,8 @@ impl Clock {
 }
 
 fn parse_rfc3339(text: &str) -> Result<Timestamp, Failure> {
-    let parsed = OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|err| Failure::unreadable(format!("--now {text:?} is not an RFC 3339 time: {err}")))?;
-    let millis = parsed.unix_timestamp_nanos() / 1_000_000;
-    i64::try_from(millis)
-        .map(Timestamp::from_unix_millis)
-        .map_err(|_| Failure::unreadable(format!("--now {text:?} is out of range")))
+    flowcore_examples::transcript::parse_rfc3339(text)
+        .map_err(|message| Failure::unreadable(format!("--now {message}")))
 }
 
 fn system_now() -> Timestamp {

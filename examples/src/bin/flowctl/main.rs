@@ -5,10 +5,12 @@
 //! cargo run -p flowcore-examples --bin flowctl -- graph examples/flows/lead.json --format dot
 //! printf 'oi\nMaria\n30\nmaria@example.com\n' | cargo run -p flowcore-examples --bin flowctl -- run examples/flows/lead.json
 //! cargo run -p flowcore-examples --bin flowctl -- chat examples/flows/lead.json
+//! cargo run -p flowcore-examples --bin flowctl -- test examples/flows/lead.json examples/flows/lead.chat --coverage
 //! ```
 //!
-//! Exit codes: `0` success (for `check`: no errors), `1` the flow has errors, `2` unreadable
-//! input (a missing file, invalid JSON, a bad flag value).
+//! Exit codes: `0` success (for `check`: no errors), `1` the flow has errors (for `test`: a
+//! test failed), `2` unreadable input (a missing file, invalid JSON, a bad flag value, a
+//! `.chat` syntax error).
 #![forbid(unsafe_code)]
 
 mod chat;
@@ -18,13 +20,14 @@ mod conversation;
 mod graph;
 mod load;
 mod run;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Check, draw, run and chat with a flowcore flow.
+/// Check, draw, run, chat with and test a flowcore flow.
 #[derive(Parser, Debug)]
 #[command(name = "flowctl", version, about, long_about = None)]
 struct Cli {
@@ -49,6 +52,10 @@ enum Command {
         /// The diagram language.
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
+        /// A coverage JSON file from `flowctl test --coverage-json`: untested nodes and
+        /// edges are drawn dashed.
+        #[arg(long, value_name = "FILE")]
+        coverage: Option<PathBuf>,
     },
     /// Run a conversation: inbound messages on stdin (one per line), outputs as JSON lines on stdout.
     Run {
@@ -63,6 +70,23 @@ enum Command {
         flow: PathBuf,
         #[command(flatten)]
         options: RunOptions,
+    },
+    /// Run .chat transcript tests against the flow (exit 0: all pass, 1: one fails, 2: unreadable).
+    Test {
+        /// The flow JSON file.
+        flow: PathBuf,
+        /// The .chat files.
+        #[arg(required = true)]
+        tests: Vec<PathBuf>,
+        /// Print the nodes and edges no test reached, with percentages.
+        #[arg(long)]
+        coverage: bool,
+        /// Write the coverage as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        coverage_json: Option<PathBuf>,
+        /// Write JUnit XML to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
 }
 
@@ -122,9 +146,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check { flow, format } => check::run(&flow, format),
-        Command::Graph { flow, format } => graph::run(&flow, format),
+        Command::Graph { flow, format, coverage } => graph::run(&flow, format, coverage.as_deref()),
         Command::Run { flow, options } => run::run(&flow, &options),
         Command::Chat { flow, options } => chat::run(&flow, &options),
+        Command::Test { flow, tests, coverage, coverage_json, junit } => {
+            test::run(&flow, &tests, &test::TestReports { coverage, coverage_json, junit })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,6 +1,7 @@
 //! `flowctl run`: a scripted conversation, JSON lines out.
 //!
-//! Each stdin line is one inbound event: a line starting with `{` is a JSON [`Input`]
+//! Each stdin line is one inbound event, read by the rule `.chat` files share
+//! ([`parse_inbound`]): a line starting with `{` is a JSON [`Input`]
 //! (`{"type":"button_reply","id":"yes"}`, `{"type":"tick"}`, …), any other line a text
 //! message. Each output becomes one JSON object on stdout with a `"type"`.
 //!
@@ -12,8 +13,9 @@ use std::io::{self, BufRead, Write};
 use std::path::Path;
 
 use flowcore::{EffectId, EffectKind, EffectOutcome, Input, Message, NodeId, Output};
+use flowcore_examples::transcript::{parse_inbound, Inbound};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::conversation::Conversation;
 use crate::load::compile_flow;
@@ -44,14 +46,16 @@ pub(crate) fn run(path: &Path, options: &RunOptions) -> Result<u8, Failure> {
             *awaited = if conversation.waits_for_effect() { Conversation::awaited_effect(&outputs) } else { None };
             Ok(())
         };
-        match parse_line(line.trim_end_matches('\r'), line_number)? {
-            Line::EffectResult(result) => {
+        let inbound = parse_inbound(line.trim_end_matches('\r'))
+            .map_err(|err| Failure::unreadable(format!("line {line_number}: {err}")))?;
+        match inbound {
+            Inbound::EffectResult(result) => {
                 let id = awaited.take().ok_or_else(|| {
                     Failure::unreadable(format!("line {line_number}: effect_result, but no effect is waiting"))
                 })?;
                 feed(Input::EffectResult { id, result }, &mut awaited)?;
             }
-            Line::Input(input) => {
+            Inbound::Input(input) => {
                 // Every effect still waiting fails first (a failure may lead to another effect).
                 for _ in 0..MAX_UNANSWERED_EFFECTS {
                     let Some(id) = awaited.take() else { break };
@@ -63,28 +67,6 @@ pub(crate) fn run(path: &Path, options: &RunOptions) -> Result<u8, Failure> {
     }
     out.flush().map_err(|err| Failure::unreadable(format!("cannot write stdout: {err}")))?;
     Ok(0)
-}
-
-/// One stdin line, read.
-enum Line {
-    Input(Input),
-    EffectResult(EffectOutcome),
-}
-
-fn parse_line(line: &str, line_number: usize) -> Result<Line, Failure> {
-    if !line.trim_start().starts_with('{') {
-        return Ok(Line::Input(Input::text(line)));
-    }
-    let bad = |err: serde_json::Error| Failure::unreadable(format!("line {line_number}: {err}"));
-    let value: Value = serde_json::from_str(line).map_err(bad)?;
-    if value.get("type").and_then(Value::as_str) == Some("effect_result") {
-        let result = value
-            .get("result")
-            .cloned()
-            .ok_or_else(|| Failure::unreadable(format!("line {line_number}: effect_result needs a \"result\"")))?;
-        return serde_json::from_value(result).map(Line::EffectResult).map_err(bad);
-    }
-    serde_json::from_value(value).map(Line::Input).map_err(bad)
 }
 
 fn write_outputs(out: &mut impl Write, outputs: &[Output]) -> Result<(), Failure> {

@@ -1,0 +1,91 @@
+//! RFC 3339 times for `@now`, and the clock a conversation runs on.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flowcore::Timestamp;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Parses an RFC 3339 time such as `2026-01-05T09:30:00-03:00`.
+///
+/// ```
+/// use flowcore::Timestamp;
+/// use flowcore_examples::transcript::parse_rfc3339;
+/// assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Ok(Timestamp::from_unix_seconds(1)));
+/// assert!(parse_rfc3339("yesterday").is_err());
+/// ```
+pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+    let parsed =
+        OffsetDateTime::parse(text, &Rfc3339).map_err(|err| format!("{text:?} is not an RFC 3339 time: {err}"))?;
+    let millis = parsed.unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(millis).map(Timestamp::from_unix_millis).map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// Formats a time as RFC 3339 in UTC, with milliseconds when it has them.
+///
+/// ```
+/// use flowcore::Timestamp;
+/// use flowcore_examples::transcript::format_rfc3339;
+/// assert_eq!(format_rfc3339(Timestamp::from_unix_seconds(1_767_616_200)), "2026-01-05T12:30:00Z");
+/// ```
+pub fn format_rfc3339(at: Timestamp) -> String {
+    let nanos = i128::from(at.as_unix_millis()) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}
+
+/// A clock that is fixed or the system's, plus virtual time that jumps to wake-ups, so a
+/// delay or an idle timeout never waits for real.
+#[derive(Debug)]
+pub(crate) struct VirtualClock {
+    fixed: Option<Timestamp>,
+    skipped_millis: i64,
+}
+
+impl VirtualClock {
+    pub(crate) fn new(fixed: Option<Timestamp>) -> Self {
+        VirtualClock { fixed, skipped_millis: 0 }
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        let base = self.fixed.unwrap_or_else(system_now);
+        Timestamp::from_unix_millis(base.as_unix_millis().saturating_add(self.skipped_millis))
+    }
+
+    /// Moves virtual time forward so that `now()` is at least `target`; never back.
+    pub(crate) fn advance_to(&mut self, target: Timestamp) {
+        let gap = target.millis_since(self.now());
+        if gap > 0 {
+            self.skipped_millis = self.skipped_millis.saturating_add(gap);
+        }
+    }
+}
+
+fn system_now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_time_only_moves_forward() {
+        let mut clock = VirtualClock::new(Some(Timestamp::from_unix_seconds(100)));
+        clock.advance_to(Timestamp::from_unix_seconds(160));
+        assert_eq!(clock.now(), Timestamp::from_unix_seconds(160));
+        clock.advance_to(Timestamp::from_unix_seconds(0));
+        assert_eq!(clock.now(), Timestamp::from_unix_seconds(160));
+    }
+
+    #[test]
+    fn formatted_times_parse_back() {
+        for millis in [0, 1_767_616_200_000, 1_767_616_200_123] {
+            let at = Timestamp::from_unix_millis(millis);
+            assert_eq!(parse_rfc3339(&format_rfc3339(at)), Ok(at));
+        }
+    }
+}
