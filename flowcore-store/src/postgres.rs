@@ -40,7 +40,6 @@ use write_rows::{write_rows, Rows, RowsWritten};
 /// A later change to the schema is a new version here, with its own file.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
-    (2, "session flow version", include_str!("../migrations/postgres/0002_session_flow_version.sql")),
 ];
 
 /// Connections idle this long are pinged before use.

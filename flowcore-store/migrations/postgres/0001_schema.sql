@@ -563,7 +563,7 @@ CREATE FUNCTION flowcore_commit_units(
     p_claim_org text[], p_claim_id int8[], p_claim_attempt int8[], p_claim_now int8[],
     p_upd_org text[], p_upd_number text[], p_upd_contact text[], p_upd_flow text[], p_upd_expected int8[],
     p_upd_status text[], p_upd_state text[], p_upd_node text[], p_upd_wake int8[], p_upd_now int8[],
-    p_upd_closed int8[],
+    p_upd_closed int8[], p_upd_flow_version int8[],
     p_new_org text[], p_new_number text[], p_new_contact text[], p_new_flow text[], p_new_flow_version int8[],
     p_new_status text[], p_new_state text[], p_new_node text[], p_new_wake int8[], p_new_now int8[],
     p_new_closed int8[], p_new_cohort text[],
@@ -595,8 +595,8 @@ BEGIN
              FOR NO KEY UPDATE OF i),
          updates AS (
              SELECT * FROM unnest(p_upd_org, p_upd_number, p_upd_contact, p_upd_flow, p_upd_expected, p_upd_status,
-                                  p_upd_state, p_upd_node, p_upd_wake, p_upd_now, p_upd_closed)
-                      WITH ORDINALITY AS x (org, bn, ct, fl, expected, st, state, node, wake, at, closed, n)),
+                                  p_upd_state, p_upd_node, p_upd_wake, p_upd_now, p_upd_closed, p_upd_flow_version)
+                      WITH ORDINALITY AS x (org, bn, ct, fl, expected, st, state, node, wake, at, closed, flow_version, n)),
          current_rows AS (
              SELECT x.n, s.id FROM updates x,
                     LATERAL (SELECT s.id FROM sessions s
@@ -617,7 +617,8 @@ BEGIN
                              AND s.flow_id = x.fl AND s.status = 'active' LIMIT 1) IS NOT NULL) AS passed),
          updated AS (
              UPDATE sessions s SET version = s.version + 1, status = x.st, state_schema = p_state_schema,
-                    state = x.state, current_node = x.node, wake_at = x.wake, updated_at = x.at, closed_at = x.closed
+                    state = x.state, current_node = x.node, wake_at = x.wake, updated_at = x.at, closed_at = x.closed,
+                    flow_version = x.flow_version
              FROM current_rows c JOIN updates x ON x.n = c.n
              WHERE s.id = c.id AND (SELECT passed FROM checks)
              RETURNING x.n, s.id, s.version),
