@@ -47,6 +47,12 @@
 //! `ai_prompt`, `database_query`, `script`, `action` (wait for a result: stored in
 //! `responseVariable`, routed by `success`/`failure` edges; on a followed failure the
 //! error text is stored in `last_error`) and `analytics` (fire and forget).
+//!
+//! `call_flow` (`flowId`; `inputs` {sub-flow variable: template}; `outputs` {caller
+//! variable: sub-flow variable}) runs another flow of the same organization and goes on
+//! by its `return` edge when that flow ends. The host hands the flows in as a
+//! [`FlowSet`] ([`Session::handle_in`]); [`FlowSet::check`] reports calls to flows the set
+//! lacks and call chains deeper than [`MAX_CALL_DEPTH`].
 #![forbid(unsafe_code)]
 
 mod compile;
@@ -55,6 +61,7 @@ mod datetime;
 mod diagnostic;
 mod expr;
 mod flow;
+mod flow_set;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -68,6 +75,7 @@ mod value;
 pub use compile::{CompiledFlow, FlowGraph, GraphLink, GraphNode};
 pub use diagnostic::{CompileError, Diagnostic, Severity};
 pub use flow::{Flow, FlowEdge, FlowError, FlowNode};
+pub use flow_set::{FlowSet, MAX_CALL_DEPTH};
 pub use io::{
     Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, MediaKind,
     Message, NodeId, Output, Turn,
