@@ -436,7 +436,9 @@ impl Session {
     }
 
     /// The id of the flow running now: the innermost called flow inside a sub-flow, else
-    /// [`flow_id`](Session::flow_id).
+    /// [`flow_id`](Session::flow_id). A session that ended inside a sub-flow (retries
+    /// exhausted, say) keeps naming it, with [`call_stack`](Session::call_stack), until
+    /// the next message starts its own flow afresh.
     pub fn current_flow_id(&self) -> &str {
         self.calls.last().map_or(&self.flow, |call| &call.flow)
     }
