@@ -5,6 +5,7 @@
 //! cargo run -p flowcore-examples --bin flowctl -- graph examples/flows/lead.json --format dot
 //! printf 'oi\nMaria\n30\nmaria@example.com\n' | cargo run -p flowcore-examples --bin flowctl -- run examples/flows/lead.json
 //! cargo run -p flowcore-examples --bin flowctl -- chat examples/flows/lead.json
+//! cargo run -p flowcore-examples --bin flowctl -- check flowcore/tests/flows/cadastro.json --with flowcore/tests/flows/endereco.json
 //! ```
 //!
 //! Exit codes: `0` success (for `check`: no errors), `1` the flow has errors, `2` unreadable
@@ -41,6 +42,10 @@ enum Command {
         /// Print diagnostics as text (default) or as one JSON document.
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,
+        /// A flow the checked flow calls (`call_flow`); repeat for each. Calls to flows
+        /// neither this nor `--with` gives are errors.
+        #[arg(long = "with", value_name = "FLOW")]
+        with: Vec<PathBuf>,
     },
     /// Print a diagram of the flow.
     Graph {
@@ -78,6 +83,9 @@ struct RunOptions {
     /// Initial variables, as a JSON object.
     #[arg(long)]
     vars: Option<String>,
+    /// A flow the flow calls (`call_flow`); repeat for each.
+    #[arg(long = "with", value_name = "FLOW")]
+    with: Vec<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +129,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { flow, format } => check::run(&flow, format),
+        Command::Check { flow, format, with } => check::run(&flow, format, &with),
         Command::Graph { flow, format } => graph::run(&flow, format),
         Command::Run { flow, options } => run::run(&flow, &options),
         Command::Chat { flow, options } => chat::run(&flow, &options),
