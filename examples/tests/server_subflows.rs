@@ -93,3 +93,27 @@ async fn a_call_flow_node_runs_the_other_flow_and_returns_across_a_restart() {
     assert_eq!(h.texts_to(c).await[6..], ["Olá! Vamos fazer o seu cadastro.", "Qual é o seu nome?"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn start_up_refuses_a_call_to_a_flow_the_organization_lacks() {
+    let dir = subflow_workdir();
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let without_callee =
+        config.replace("[[flows]]\nid = \"endereco\"\norganization = \"acme\"\npath = \"flows/endereco.json\"\n", "");
+    assert_ne!(config, without_callee);
+    std::fs::write(dir.join("config.toml"), without_callee).unwrap();
+    let settings =
+        flowcore_examples::server::env::EnvSettings::from_map(&base_env(&dir, "http://127.0.0.1:9")).unwrap();
+    let err = match flowcore_examples::server::run::start(settings, None).await {
+        Ok(server) => {
+            server.shutdown().await;
+            panic!("the server started with a call to a missing flow");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(r#"flow `cadastro` of organization `acme`"#)
+            && err.contains(r#"error[unknown-flow] node "endereco": calls flow "endereco""#),
+        "{err}"
+    );
+}
