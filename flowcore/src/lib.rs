@@ -48,11 +48,19 @@
 //! `responseVariable`, routed by `success`/`failure` edges; on a followed failure the
 //! error text is stored in `last_error`) and `analytics` (fire and forget).
 //!
-//! `call_flow` (`flowId`; `inputs` {sub-flow variable: template}; `outputs` {caller
-//! variable: sub-flow variable}) runs another flow of the same organization and goes on
-//! by its `return` edge when that flow ends. The host hands the flows in as a
-//! [`FlowSet`] ([`Session::handle_in`]); [`FlowSet::check`] reports calls to flows the set
-//! lacks and call chains deeper than [`MAX_CALL_DEPTH`].
+//! `call_flow` runs another flow of the same organization, named by `flowId`. Its
+//! `inputs` {sub-flow variable: template} are rendered in the caller's scope and are the
+//! only variables the sub-flow starts with (its declared defaults apply; a template that
+//! is exactly `{{var}}` copies the JSON value). When the sub-flow ends — at an `end` node,
+//! whose message is still sent, or at a node with no way on — it returns rather than
+//! ending the session: the caller's variables come back, `outputs` {caller variable:
+//! sub-flow variable or dotted path} copy values in (one the sub-flow never set leaves the
+//! caller's as it was), and the caller goes on by the node's `return` edge (or its default
+//! edge). Other endings (retries exhausted, a failed effect, expiry) end the session. The
+//! host hands the flows in as a [`FlowSet`] ([`Session::handle_in`]); [`FlowSet::check`]
+//! reports calls to flows the set lacks, call cycles and chains deeper than
+//! [`MAX_CALL_DEPTH`]; a call beyond that bound fails the turn with
+//! [`SessionError::CallDepthExceeded`], which names the chain.
 #![forbid(unsafe_code)]
 
 mod compile;
