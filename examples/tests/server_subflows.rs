@@ -94,6 +94,18 @@ async fn a_call_flow_node_runs_the_other_flow_and_returns_across_a_restart() {
     h.stop().await;
 }
 
+/// Starts a server on `dir` that must refuse to start; its message.
+async fn start_up_error(dir: &Path) -> String {
+    let settings = flowcore_examples::server::env::EnvSettings::from_map(&base_env(dir, "http://127.0.0.1:9")).unwrap();
+    match flowcore_examples::server::run::start(settings, None).await {
+        Ok(server) => {
+            server.shutdown().await;
+            panic!("the server started");
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn start_up_refuses_a_call_to_a_flow_the_organization_lacks() {
     let dir = subflow_workdir();
@@ -102,18 +114,18 @@ async fn start_up_refuses_a_call_to_a_flow_the_organization_lacks() {
         config.replace("[[flows]]\nid = \"endereco\"\norganization = \"acme\"\npath = \"flows/endereco.json\"\n", "");
     assert_ne!(config, without_callee);
     std::fs::write(dir.join("config.toml"), without_callee).unwrap();
-    let settings =
-        flowcore_examples::server::env::EnvSettings::from_map(&base_env(&dir, "http://127.0.0.1:9")).unwrap();
-    let err = match flowcore_examples::server::run::start(settings, None).await {
-        Ok(server) => {
-            server.shutdown().await;
-            panic!("the server started with a call to a missing flow");
-        }
-        Err(e) => e.to_string(),
-    };
+    let err = start_up_error(&dir).await;
     assert!(
         err.contains(r#"flow `cadastro` of organization `acme`"#)
             && err.contains(r#"error[unknown-flow] node "endereco": calls flow "endereco""#),
         "{err}"
     );
+
+    // A called flow whose JSON declares another id than the config's cannot be found either.
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let callee = std::fs::read_to_string(dir.join("flows/endereco.json")).unwrap();
+    std::fs::write(dir.join("flows/endereco.json"), callee.replace(r#""id": "endereco""#, r#""id": "address""#))
+        .unwrap();
+    let err = start_up_error(&dir).await;
+    assert!(err.contains(r#"error[unknown-flow] node "endereco""#), "{err}");
 }

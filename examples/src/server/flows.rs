@@ -36,12 +36,14 @@ pub fn compile_sources(sources: &[FlowSource]) -> Result<Vec<(FlowSource, Compil
 /// Each flow's calls checked against its organization's flows: the errors, one a line.
 fn call_problems(flows: &[(FlowSource, CompiledFlow)]) -> Vec<String> {
     let mut sets: BTreeMap<&str, FlowSet> = BTreeMap::new();
-    for (source, flow) in flows {
+    // The runtime finds a called flow by its config id and the engine by its JSON id: a
+    // flow whose two ids differ cannot be called.
+    for (source, flow) in flows.iter().filter(|(source, flow)| source.id == flow.id()) {
         sets.entry(source.organization.as_str()).or_default().insert(flow.clone());
     }
     let mut problems = Vec::new();
     for (source, flow) in flows {
-        let Some(set) = sets.get(source.organization.as_str()) else { continue };
+        let set = sets.get(source.organization.as_str()).cloned().unwrap_or_default();
         for diagnostic in set.check(flow).iter().filter(|d| d.is_error()) {
             problems.push(format!(
                 "flow `{}` of organization `{}` ({}): {diagnostic}",
