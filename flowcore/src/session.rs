@@ -182,9 +182,11 @@ pub enum SessionError {
 ///
 /// 1. Create it with [`Session::new`]; the first inbound message starts the flow at its
 ///    start node (that message is not an answer) and runs until input is needed.
-/// 2. Feed every event to [`handle`](Session::handle) with the current time; do what the
-///    returned [`Turn`] says, in order: send [`Output::Send`] messages, perform
-///    [`Output::Effect`]s, pass [`Output::Handoff`] to a person, note [`Output::End`].
+/// 2. Feed every event to [`handle`](Session::handle) with the current time (to
+///    [`handle_in`](Session::handle_in) with a [`FlowSet`] when the flow has `call_flow`
+///    nodes); do what the returned [`Turn`] says, in order: send [`Output::Send`]
+///    messages, perform [`Output::Effect`]s, pass [`Output::Handoff`] to a person, note
+///    [`Output::End`].
 /// 3. An effect that [`expects_result`](EffectRequest::expects_result) must be answered
 ///    with [`Input::EffectResult`] carrying its id before any other message is fed
 ///    (other messages get [`SessionError::AwaitingEffect`]; keep them and feed them after).
