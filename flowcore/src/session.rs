@@ -277,7 +277,8 @@ struct Flows<'a> {
     flow: &'a Inner,
     root: &'a Inner,
     set: Option<&'a FlowSet>,
-    failure: &'a Cell<Option<SessionError>>,
+    /// Boxed: the common turn, which calls nothing, only checks a pointer.
+    failure: &'a Cell<Option<Box<SessionError>>>,
 }
 
 impl Deref for Flows<'_> {
@@ -303,7 +304,7 @@ impl<'a> Flows<'a> {
 
     /// Records why the turn cannot go on (the first reason wins).
     fn fail<T>(&self, error: SessionError) -> Option<T> {
-        let first = self.failure.take().unwrap_or(error);
+        let first = self.failure.take().unwrap_or_else(|| Box::new(error));
         self.failure.set(Some(first));
         None
     }
@@ -572,6 +573,7 @@ impl Session {
     /// error the session is unchanged. A flow with `call_flow` nodes runs with
     /// [`handle_in`](Session::handle_in); here a call fails the turn with
     /// [`SessionError::FlowSetRequired`].
+    #[inline]
     pub fn handle(&mut self, flow: &CompiledFlow, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
         self.handle_turn(&flow.inner, None, input, now)
     }
@@ -633,7 +635,7 @@ impl Session {
             if let Some(before) = before {
                 *self = before;
             }
-            return Err(error);
+            return Err(*error);
         }
         Ok(Turn { outputs: out, wake_at: self.wake_at })
     }
