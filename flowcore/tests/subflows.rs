@@ -428,7 +428,7 @@ mod properties {
         let var = format!("v{}", a % 3);
         let edge = |k: &str, target: String, handle: Option<&str>| json!({"id": format!("{id}-{k}"), "source": id, "target": target, "sourceHandle": handle});
         let mut edges = vec![];
-        let node = match kind % 8 {
+        let node = match kind % 9 {
             0 => {
                 edges.push(edge("d", t(b), None));
                 json!({"type": "message", "data": {"content": format!("f{flow} {id} {{{{{var}}}}}")}})
@@ -462,7 +462,11 @@ mod properties {
                 edges.push(edge("s", t(b), Some("success")));
                 json!({"type": "api_call", "data": {"url": "https://x.test/{{v0}}", "responseVariable": var}})
             }
-            _ => json!({"type": "jump", "data": {"targetNodeId": t(b)}}),
+            7 => json!({"type": "jump", "data": {"targetNodeId": t(b)}}),
+            _ => {
+                edges.push(edge("d", t(b), None));
+                json!({"type": "delay", "data": {"seconds": 1 + c % 40}})
+            }
         };
         let mut node = node;
         node["id"] = json!(id);
