@@ -336,4 +336,42 @@ fn test_writes_coverage_json_and_junit_and_graph_draws_untested_parts() {
 
     let other_flow = flowctl_here(&["graph", "flows/support_menu.json", "--coverage", &path_arg(&coverage)]);
     assert_eq!(other_flow.code, 2, "a coverage file of another flow is refused: {}", other_flow.stderr);
+
+#[test]
+fn with_loads_the_flows_a_call_flow_node_calls() {
+    let (caller, callee) = (path_arg(&engine_sample("cadastro.json")), path_arg(&engine_sample("endereco.json")));
+    // Alone, the call has no flow to run: check says so and exits 1.
+    let alone = flowctl(&["check", &caller], "");
+    assert_eq!(alone.code, 1, "{}{}", alone.stdout, alone.stderr);
+    assert!(alone.stdout.contains(r#"error[unknown-flow] node "endereco""#), "{}", alone.stdout);
+    let checked = flowctl(&["check", &caller, "--with", &callee], "");
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+    assert!(checked.stdout.contains(": ok: 0 errors, 0 warnings"), "{}", checked.stdout);
+
+    let run = flowctl(&["run", &caller, "--with", &callee], "oi\nAna\n01310-100\nSão Paulo\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(
+        texts(&lines),
+        [
+            "Olá! Vamos fazer o seu cadastro.",
+            "Qual é o seu nome?",
+            "Ana, qual é o seu CEP?",
+            "E a cidade? (Brasil)",
+            "Endereço anotado.",
+            "Obrigado, Ana! Endereço: São Paulo, CEP 01310-100."
+        ]
+    );
+    assert_eq!(lines.last().map(|l| l["node"].clone()), Some(serde_json::json!("bye")));
+
+    // Without --with the run stops at the call with the engine's error (exit 2).
+    let stuck = flowctl(&["run", &caller], "oi\nAna\n");
+    assert_eq!(stuck.code, 2, "{}", stuck.stdout);
+    assert!(stuck.stderr.contains(r#"line 2: flow "endereco" is not in the set of flows"#), "{}", stuck.stderr);
+    let chat = flowctl(&["chat", &caller, "--with", &callee], "oi\nAna\n");
+    assert_eq!(chat.code, 0, "{}", chat.stderr);
+    assert!(chat.stdout.contains("Ana, qual é o seu CEP?"), "{}", chat.stdout);
+    // A --with file that cannot be read is unreadable input.
+    let missing = flowctl(&["check", &caller, "--with", "no/such/flow.json"], "");
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
 }

@@ -16,6 +16,7 @@ use crate::expr::Expr;
 use crate::flow::{Flow, FlowNode};
 use crate::template::{JsonTemplate, Template};
 use crate::validate::{QuestionOption, Validation};
+use crate::value::VarPath;
 use crate::{MediaKind, NodeId};
 
 /// WhatsApp's limits for interactive messages.
@@ -54,6 +55,8 @@ pub(crate) struct Inner {
     pub(crate) start: u32,
     pub(crate) defaults: Map<String, Value>,
     pub(crate) warnings: Vec<Diagnostic>,
+    /// The ids of the flows this flow's `call_flow` nodes call, sorted, each once.
+    pub(crate) called_flows: Box<[Box<str>]>,
 }
 
 impl Inner {
@@ -143,6 +146,19 @@ impl CompiledFlow {
         &self.inner.defaults
     }
 
+    /// The ids of the flows this flow's `call_flow` nodes call, sorted, each once: what a
+    /// host must put in the [`FlowSet`](crate::FlowSet) it runs the flow with.
+    ///
+    /// ```
+    /// use flowcore::Flow;
+    /// let flow = Flow::from_json(include_str!("../tests/flows/cadastro.json"))?.compile().unwrap();
+    /// assert_eq!(flow.called_flows().collect::<Vec<_>>(), ["endereco"]);
+    /// # Ok::<(), flowcore::FlowError>(())
+    /// ```
+    pub fn called_flows(&self) -> impl Iterator<Item = &str> {
+        self.inner.called_flows.iter().map(|id| &**id)
+    }
+
     /// The nodes and links, for diagrams (`flowctl graph`).
     pub fn graph(&self) -> FlowGraph {
         let inner = &*self.inner;
@@ -227,6 +243,7 @@ pub(crate) enum Kind {
         properties: JsonTemplate,
     },
     Datetime(Box<DatetimeNode>),
+    CallFlow(Box<CallFlow>),
     /// Stands in for a node that failed to compile; never run (compile fails).
     Invalid,
 }
@@ -329,6 +346,16 @@ pub(crate) struct DatetimeNode {
     pub(crate) closed: Option<u32>,
 }
 
+/// A `call_flow` node: the flow it runs, the sub-flow's variables rendered from the
+/// caller's scope, and the caller variables copied back from the sub-flow's on return.
+pub(crate) struct CallFlow {
+    pub(crate) flow: Box<str>,
+    /// Sub-flow variable name, value template (rendered in the caller's scope).
+    pub(crate) inputs: Box<[(Box<str>, JsonTemplate)]>,
+    /// Caller variable name, sub-flow variable path.
+    pub(crate) outputs: Box<[(Box<str>, VarPath)]>,
+}
+
 pub(crate) struct BusinessHours {
     pub(crate) days: [bool; 7],
     pub(crate) open: u32,
@@ -360,6 +387,8 @@ impl Node {
                 | Kind::Handoff { .. }
                 | Kind::End { .. }
                 | Kind::Effect(_)
+                // The called flow may wait; a cycle through a call is not a busy loop.
+                | Kind::CallFlow(_)
                 | Kind::Invalid
         )
     }
@@ -449,6 +478,7 @@ impl Node {
                 }
                 None => "date, time, weekday".into(),
             },
+            Kind::CallFlow(call) => format!("→ flow {}", call.flow),
             Kind::Invalid => String::new(),
         };
         shorten(text, 80)
@@ -655,6 +685,16 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, CompileError> {
         }
     }
 
+    let mut called_flows: Vec<Box<str>> = nodes
+        .iter()
+        .filter_map(|node| match &node.kind {
+            Kind::CallFlow(call) => Some(call.flow.clone()),
+            _ => None,
+        })
+        .collect();
+    called_flows.sort_unstable();
+    called_flows.dedup();
+
     match start {
         Some(start) if !diags.iter().any(Diagnostic::is_error) => Ok(CompiledFlow {
             inner: Arc::new(Inner {
@@ -665,6 +705,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, CompileError> {
                 start,
                 defaults: flow.variables.clone(),
                 warnings: diags,
+                called_flows: called_flows.into(),
             }),
         }),
         _ => Err(CompileError { diagnostics: diags }),
@@ -673,7 +714,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, CompileError> {
 
 /// The canonical name of a node type, accepting a few spellings.
 fn canonical_type(kind: &str) -> Option<&'static str> {
-    const EXACT: [&str; 20] = [
+    const EXACT: [&str; 21] = [
         "start",
         "message",
         "question",
@@ -694,6 +735,7 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "interactive_list",
         "analytics",
         "datetime",
+        "call_flow",
     ];
     if let Some(k) = EXACT.iter().find(|k| **k == kind) {
         return Some(k);
@@ -720,6 +762,7 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "interactive_list" | "list" => "interactive_list",
         "analytics" | "track" => "analytics",
         "datetime" | "date_time" => "datetime",
+        "call_flow" | "callflow" | "subflow" | "sub_flow" => "call_flow",
         _ => return None,
     })
 }
@@ -914,6 +957,7 @@ impl<'f> Nx<'_, 'f> {
             "interactive_buttons" | "interactive_list" => self.interactive(type_name == "interactive_list"),
             "analytics" => (self.analytics(), self.default_edge(&[])),
             "datetime" => self.datetime(),
+            "call_flow" => self.call_flow(),
             _ => self.effect(type_name),
         };
         (type_name, kind, next)
@@ -1380,6 +1424,54 @@ impl<'f> Nx<'_, 'f> {
         (Kind::Datetime(Box::new(DatetimeNode { var, offset_minutes, hours, open, closed })), next)
     }
 
+    fn call_flow(&mut self) -> (Kind, Option<u32>) {
+        let flow = match self.raw(&["flowId", "flow", "subflowId"]) {
+            Some((_, Value::String(s))) if !s.trim().is_empty() => s.trim().to_string(),
+            Some((_, Value::Number(n))) => n.to_string(),
+            Some((key, other)) => {
+                self.error("invalid-field", format!("`{key}` must be a flow id, found {other}"));
+                return (Kind::Invalid, None);
+            }
+            None => {
+                self.error("missing-field", "the call_flow node has no `flowId`");
+                return (Kind::Invalid, None);
+            }
+        };
+        let mut inputs = Vec::new();
+        match self.raw(&["inputs"]) {
+            Some((_, Value::Object(map))) => {
+                for (name, value) in map {
+                    let t = JsonTemplate::parse(value);
+                    let mut roots: Vec<&str> = Vec::new();
+                    t.for_each_var(&mut |p| roots.push(p.root()));
+                    roots.iter().for_each(|r| self.read(r));
+                    inputs.push((name.trim().into(), t));
+                }
+            }
+            Some((_, other)) => self.error("invalid-field", format!("`inputs` must be an object, found {other}")),
+            None => {}
+        }
+        let mut outputs = Vec::new();
+        match self.raw(&["outputs"]) {
+            Some((_, Value::Object(map))) => {
+                for (name, value) in map {
+                    match value.as_str().map(str::trim).filter(|v| !v.is_empty()) {
+                        Some(from) => outputs.push((name.trim().into(), VarPath::parse(from))),
+                        None => self.error(
+                            "invalid-field",
+                            format!("output {name:?} must name a variable of the called flow, found {value}"),
+                        ),
+                    }
+                }
+            }
+            Some((_, other)) => self.error("invalid-field", format!("`outputs` must be an object, found {other}")),
+            None => {}
+        }
+        let next = self.port(&["return"]).or_else(|| self.default_edge(&["return"]));
+        let call = CallFlow { flow: flow.into(), inputs: inputs.into(), outputs: outputs.into() };
+        (Kind::CallFlow(Box::new(call)), next)
+    }
+
     fn effect(&mut self, type_name: &'static str) -> (Kind, Option<u32>) {
         let spec = match type_name {
             "api_call" => {
@@ -1596,5 +1688,10 @@ fn collect_node_writes<'f>(node: &'f FlowNode, type_name: Option<&'static str>, 
     }
     if type_name == Some("datetime") {
         writes.extend(["date", "time", "weekday"]);
+    }
+    if type_name == Some("call_flow") {
+        if let Some(Value::Object(outputs)) = node.data.get("outputs") {
+            writes.extend(outputs.keys().map(|k| k.trim()));
+        }
     }
 }

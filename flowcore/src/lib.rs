@@ -47,6 +47,20 @@
 //! `ai_prompt`, `database_query`, `script`, `action` (wait for a result: stored in
 //! `responseVariable`, routed by `success`/`failure` edges; on a followed failure the
 //! error text is stored in `last_error`) and `analytics` (fire and forget).
+//!
+//! `call_flow` runs another flow of the same organization, named by `flowId`. Its
+//! `inputs` {sub-flow variable: template} are rendered in the caller's scope and are the
+//! only variables the sub-flow starts with (its declared defaults apply; a template that
+//! is exactly `{{var}}` copies the JSON value). When the sub-flow ends — at an `end` node,
+//! whose message is still sent, or at a node with no way on — it returns rather than
+//! ending the session: the caller's variables come back, `outputs` {caller variable:
+//! sub-flow variable or dotted path} copy values in (one the sub-flow never set leaves the
+//! caller's as it was), and the caller goes on by the node's `return` edge (or its default
+//! edge). Other endings (retries exhausted, a failed effect, expiry) end the session. The
+//! host hands the flows in as a [`FlowSet`] ([`Session::handle_in`]); [`FlowSet::check`]
+//! reports calls to flows the set lacks, call cycles and chains deeper than
+//! [`MAX_CALL_DEPTH`]; a call beyond that bound fails the turn with
+//! [`SessionError::CallDepthExceeded`], which names the chain.
 #![forbid(unsafe_code)]
 
 mod compile;
@@ -56,6 +70,7 @@ mod diagnostic;
 mod diff;
 mod expr;
 mod flow;
+mod flow_set;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -70,6 +85,7 @@ pub use compile::{CompiledFlow, FlowGraph, GraphLink, GraphNode};
 pub use diagnostic::{CompileError, Diagnostic, Severity};
 pub use diff::{Changes, FlowDiff};
 pub use flow::{Flow, FlowEdge, FlowError, FlowNode};
+pub use flow_set::{FlowSet, MAX_CALL_DEPTH};
 pub use io::{
     Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, MediaKind,
     Message, NodeId, Output, Turn,

@@ -1,10 +1,14 @@
 //! The conversation state machine: one door in (`Session::handle`), outputs out.
 
+use std::cell::Cell;
+use std::ops::Deref;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::compile::{CompiledFlow, EffectSpec, Inner, Interactive, Kind, MessageSpec, Node, SetValue, Wait};
+use crate::compile::{CallFlow, CompiledFlow, EffectSpec, Inner, Interactive, Kind, MessageSpec, Node, SetValue, Wait};
 use crate::datetime::{Local, WEEKDAYS};
+use crate::flow_set::{FlowSet, MAX_CALL_DEPTH};
 use crate::template::Template;
 use crate::value::Scope;
 use crate::{
@@ -13,6 +17,10 @@ use crate::{
 };
 
 /// The stored-state schema version this release writes and reads.
+///
+/// A new optional field that an absent value describes exactly (such as the call stack,
+/// `c`, absent when no sub-flow runs) keeps the version: states written before it load
+/// unchanged. A change to what an existing field means bumps it.
 pub const STATE_VERSION: u32 = 1;
 /// The most bytes of recent node ids a session keeps ([`Session::path`]); the oldest ids
 /// drop out first, so the stored state stays bounded however long the conversation runs.
@@ -139,6 +147,29 @@ pub enum SessionError {
         /// What the parser said.
         message: String,
     },
+    /// A `call_flow` node ran (or the session is inside a sub-flow) without a set of flows
+    /// to find the called flow in: use [`Session::handle_in`] or [`Session::check_in`].
+    #[error("node {node:?} calls flow {flow:?}: run the session with a set of flows (handle_in)")]
+    FlowSetRequired {
+        /// The `call_flow` node.
+        node: String,
+        /// The flow it calls.
+        flow: String,
+    },
+    /// The set of flows lacks a flow the session needs: its own, or one it calls.
+    #[error("flow {flow:?} is not in the set of flows")]
+    UnknownFlow {
+        /// The missing flow's id.
+        flow: String,
+    },
+    /// A `call_flow` node would nest more than [`MAX_CALL_DEPTH`] calls.
+    #[error("sub-flow calls nest deeper than {max}: {}", chain.join(" → "))]
+    CallDepthExceeded {
+        /// The flow ids from the session's own flow to the one that could not be called.
+        chain: Vec<String>,
+        /// The bound ([`MAX_CALL_DEPTH`]).
+        max: usize,
+    },
 }
 
 /// One conversation's state: where it is in the flow, its variables, what it waits for.
@@ -151,9 +182,11 @@ pub enum SessionError {
 ///
 /// 1. Create it with [`Session::new`]; the first inbound message starts the flow at its
 ///    start node (that message is not an answer) and runs until input is needed.
-/// 2. Feed every event to [`handle`](Session::handle) with the current time; do what the
-///    returned [`Turn`] says, in order: send [`Output::Send`] messages, perform
-///    [`Output::Effect`]s, pass [`Output::Handoff`] to a person, note [`Output::End`].
+/// 2. Feed every event to [`handle`](Session::handle) with the current time (to
+///    [`handle_in`](Session::handle_in) with a [`FlowSet`] when the flow has `call_flow`
+///    nodes); do what the returned [`Turn`] says, in order: send [`Output::Send`]
+///    messages, perform [`Output::Effect`]s, pass [`Output::Handoff`] to a person, note
+///    [`Output::End`].
 /// 3. An effect that [`expects_result`](EffectRequest::expects_result) must be answered
 ///    with [`Input::EffectResult`] carrying its id before any other message is fed
 ///    (other messages get [`SessionError::AwaitingEffect`]; keep them and feed them after).
@@ -216,6 +249,65 @@ pub struct Session {
     max_steps: u32,
     #[serde(rename = "x", default = "default_ttl", skip_serializing_if = "is_default_ttl")]
     ttl_millis: u64,
+    /// The running `call_flow` calls, outermost first; empty outside sub-flows.
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
+    calls: Vec<CallFrame>,
+}
+
+/// One running `call_flow` call: the flow it runs, where the caller continues, and the
+/// caller's variables, put back when the sub-flow ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CallFrame {
+    /// The called flow's id.
+    #[serde(rename = "f")]
+    flow: String,
+    /// The caller's `call_flow` node.
+    #[serde(rename = "n")]
+    node: NodeId,
+    /// The caller's variables while the sub-flow runs.
+    #[serde(rename = "d", default, skip_serializing_if = "Map::is_empty")]
+    vars: Map<String, Value>,
+}
+
+/// The flows one turn runs in: the running one (nodes are read through `Deref`, so node
+/// code reads the same in a sub-flow), the session's own, the set calls look in, and the
+/// first failure a call or return met (the turn is then undone).
+#[derive(Clone, Copy)]
+struct Flows<'a> {
+    flow: &'a Inner,
+    root: &'a Inner,
+    set: Option<&'a FlowSet>,
+    /// Boxed: the common turn, which calls nothing, only checks a pointer.
+    failure: &'a Cell<Option<Box<SessionError>>>,
+}
+
+impl Deref for Flows<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        self.flow
+    }
+}
+
+impl<'a> Flows<'a> {
+    fn running(&self, flow: &'a Inner) -> Flows<'a> {
+        Flows { flow, ..*self }
+    }
+
+    /// The flow with this id: the session's own or one from the set.
+    fn find(&self, id: &str) -> Option<&'a Inner> {
+        if *self.root.id == *id {
+            return Some(self.root);
+        }
+        self.set.and_then(|set| set.get(id)).map(|f| &*f.inner)
+    }
+
+    /// Records why the turn cannot go on (the first reason wins).
+    fn fail<T>(&self, error: SessionError) -> Option<T> {
+        let first = self.failure.take().unwrap_or_else(|| Box::new(error));
+        self.failure.set(Some(first));
+        None
+    }
 }
 
 fn default_version() -> u32 {
@@ -270,6 +362,7 @@ impl Session {
             path: String::new(),
             max_steps: options.max_steps,
             ttl_millis: options.ttl_millis,
+            calls: Vec::new(),
         }
     }
 
@@ -317,12 +410,14 @@ impl Session {
         self.wake_at
     }
 
-    /// The node the session waits at (or ended at).
+    /// The node the session waits at (or ended at), in the flow that runs: inside a
+    /// sub-flow, a node of [`current_flow_id`](Session::current_flow_id).
     pub fn current_node(&self) -> Option<&str> {
         self.node.as_ref().map(NodeId::as_str)
     }
 
-    /// A variable of the session (not the flow's declared defaults).
+    /// A variable of the session (not the flow's declared defaults). Inside a sub-flow,
+    /// the sub-flow's variables; the caller's come back when it returns.
     pub fn variable(&self, name: &str) -> Option<&Value> {
         self.vars.get(name)
     }
@@ -337,9 +432,40 @@ impl Session {
         self.vars.insert(name.into(), value);
     }
 
-    /// The id of the flow this session runs.
+    /// The id of the flow this session runs: the one it was created on, also while a
+    /// sub-flow runs (see [`current_flow_id`](Session::current_flow_id)).
     pub fn flow_id(&self) -> &str {
         &self.flow
+    }
+
+    /// The id of the flow running now: the innermost called flow inside a sub-flow, else
+    /// [`flow_id`](Session::flow_id). A session that ended inside a sub-flow (retries
+    /// exhausted, say) keeps naming it, with [`call_stack`](Session::call_stack), until
+    /// the next message starts its own flow afresh.
+    pub fn current_flow_id(&self) -> &str {
+        self.calls.last().map_or(&self.flow, |call| &call.flow)
+    }
+
+    /// The running `call_flow` calls, outermost first, each as the calling flow's id and
+    /// its `call_flow` node's id. Empty outside sub-flows.
+    ///
+    /// ```
+    /// use flowcore::{Flow, FlowSet, Input, Session, SessionOptions, Timestamp};
+    /// let caller = Flow::from_json(include_str!("../tests/flows/cadastro.json"))?.compile().unwrap();
+    /// let callee = Flow::from_json(include_str!("../tests/flows/endereco.json"))?.compile().unwrap();
+    /// let flows = FlowSet::from_iter([caller.clone(), callee]);
+    /// let now = Timestamp::from_unix_seconds(1_700_000_000);
+    /// let mut session = Session::new(&caller, SessionOptions::default());
+    /// session.handle_in(&flows, Input::text("oi"), now).unwrap();
+    /// session.handle_in(&flows, Input::text("Ana"), now).unwrap();
+    /// assert_eq!(session.call_stack().collect::<Vec<_>>(), [("cadastro", "endereco")]);
+    /// assert_eq!((session.flow_id(), session.current_flow_id()), ("cadastro", "endereco"));
+    /// assert_eq!(session.current_node(), Some("ask_cep"));
+    /// # Ok::<(), flowcore::FlowError>(())
+    /// ```
+    pub fn call_stack(&self) -> impl Iterator<Item = (&str, &str)> {
+        let callers = std::iter::once(self.flow.as_str()).chain(self.calls.iter().map(|c| c.flow.as_str()));
+        callers.zip(self.calls.iter().map(|c| c.node.as_str()))
     }
 
     /// The effect the session waits for, if any.
@@ -410,21 +536,86 @@ impl Session {
         self.pending = None;
         self.wake_at = None;
         self.retries = 0;
+        self.calls.clear();
     }
 
     /// Checks that this session can run on `flow`: same flow id, and the node it waits at
     /// exists and still waits the same way. Hosts call it when a flow's version changed.
+    /// A session waiting inside a sub-flow needs the called flows:
+    /// [`check_in`](Session::check_in) (here it gets [`SessionError::FlowSetRequired`]).
     pub fn check_flow(&self, flow: &CompiledFlow) -> Result<(), SessionError> {
-        self.resolve(&flow.inner).map(|_| ())
+        self.resolve(&flow.inner, None).map(|_| ())
+    }
+
+    /// [`check_flow`](Session::check_flow) with the flows it calls: the session's own flow
+    /// from `flows`, then every running call's node and called flow, then the node the
+    /// session waits at in the innermost flow.
+    pub fn check_in(&self, flows: &FlowSet) -> Result<(), SessionError> {
+        let root = flows.get(&self.flow).ok_or_else(|| SessionError::UnknownFlow { flow: self.flow.clone() })?;
+        self.resolve(&root.inner, Some(flows)).map(|_| ())
+    }
+
+    /// [`handle`](Session::handle) for flows with `call_flow` nodes: the session's own flow
+    /// and the flows it calls come from `flows`.
+    ///
+    /// A `call_flow` node renders its `data.inputs` templates in the caller's scope; they
+    /// are all the variables the sub-flow starts with (its declared defaults apply). The
+    /// sub-flow runs in the same turn, may wait for input and effects, and may call
+    /// further, up to [`MAX_CALL_DEPTH`] nested calls. When it ends — an `end` node (whose
+    /// message is still sent) or a node with no way on — it returns instead of ending the
+    /// session: the caller's variables come back, each `data.outputs` entry copies a
+    /// sub-flow variable into a caller variable (a variable the sub-flow never set leaves
+    /// the caller's as it was), and the caller goes on by the node's `return` edge (the
+    /// node's default edge). Other endings (retries exhausted, a failed effect, expiry)
+    /// end the whole session.
+    ///
+    /// A call this turn cannot make fails the whole turn with a typed error, and the
+    /// session is unchanged: [`SessionError::UnknownFlow`],
+    /// [`SessionError::CallDepthExceeded`].
+    ///
+    /// ```
+    /// use flowcore::{Flow, FlowSet, Input, Session, SessionOptions, Timestamp};
+    /// let caller = Flow::from_json(include_str!("../tests/flows/cadastro.json"))?.compile().unwrap();
+    /// let callee = Flow::from_json(include_str!("../tests/flows/endereco.json"))?.compile().unwrap();
+    /// let flows = FlowSet::from_iter([caller.clone(), callee]);
+    /// let now = Timestamp::from_unix_seconds(1_700_000_000);
+    /// let mut session = Session::new(&caller, SessionOptions::default());
+    /// for text in ["oi", "Ana", "01310-100", "São Paulo"] {
+    ///     session.handle_in(&flows, Input::text(text), now).unwrap();
+    /// }
+    /// assert_eq!(session.current_flow_id(), "cadastro");
+    /// assert_eq!(session.variable("cidade"), Some(&serde_json::json!("São Paulo")));
+    /// # Ok::<(), flowcore::FlowError>(())
+    /// ```
+    pub fn handle_in(&mut self, flows: &FlowSet, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
+        let root = flows.get(&self.flow).ok_or_else(|| SessionError::UnknownFlow { flow: self.flow.clone() })?;
+        self.handle_turn(&root.inner, Some(flows), input, now)
     }
 
     /// Feeds one input: the one door in. Returns what to do, and when to tick next.
     ///
     /// Errors are for inputs that do not fit the state (see [`SessionError`]); on an
-    /// error the session is unchanged.
+    /// error the session is unchanged. A flow with `call_flow` nodes runs with
+    /// [`handle_in`](Session::handle_in); here a call fails the turn with
+    /// [`SessionError::FlowSetRequired`].
+    #[inline]
     pub fn handle(&mut self, flow: &CompiledFlow, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
-        let f = &*flow.inner;
-        let current = self.resolve(f)?;
+        self.handle_turn(&flow.inner, None, input, now)
+    }
+
+    fn handle_turn(
+        &mut self,
+        root: &Inner,
+        set: Option<&FlowSet>,
+        input: Input,
+        now: Timestamp,
+    ) -> Result<Turn, SessionError> {
+        let (running, current) = self.resolve(root, set)?;
+        let failure = Cell::new(None);
+        let flows = Flows { flow: running, root, set, failure: &failure };
+        let f = &flows;
+        // Only a turn that can call or return can fail midway; it keeps a copy to undo.
+        let before = (!self.calls.is_empty() || !running.called_flows.is_empty()).then(|| self.clone());
         let mut out = Vec::new();
         match input {
             Input::EffectResult { id, result } => {
@@ -453,6 +644,7 @@ impl Session {
                     (SessionStatus::NotStarted | SessionStatus::Ended, _) => {
                         self.restart();
                         self.last_active = Some(now);
+                        let f = &f.running(f.root);
                         self.run(f, f.start, now, &mut out);
                     }
                     (SessionStatus::WaitingForInput, Some(cur)) => {
@@ -464,20 +656,48 @@ impl Session {
                 }
             }
         }
+        if let Some(error) = failure.take() {
+            if let Some(before) = before {
+                *self = before;
+            }
+            return Err(*error);
+        }
         Ok(Turn { outputs: out, wake_at: self.wake_at })
     }
 
-    /// Checks the flow id and finds the node an active session waits at.
-    fn resolve(&self, f: &Inner) -> Result<Option<u32>, SessionError> {
-        if *self.flow != *f.id {
-            return Err(SessionError::WrongFlow { session: self.flow.clone(), flow: f.id.to_string() });
+    /// Checks the flow id, follows the running calls and finds the flow that runs and the
+    /// node an active session waits at in it.
+    fn resolve<'a>(&self, root: &'a Inner, set: Option<&'a FlowSet>) -> Result<(&'a Inner, Option<u32>), SessionError> {
+        if *self.flow != *root.id {
+            return Err(SessionError::WrongFlow { session: self.flow.clone(), flow: root.id.to_string() });
         }
         let waiting = match self.status {
             SessionStatus::WaitingForInput => "input",
             SessionStatus::WaitingForEffect => "an effect",
             SessionStatus::Sleeping => "a delay",
-            _ => return Ok(None),
+            _ => return Ok((root, None)),
         };
+        let mut f = root;
+        for call in &self.calls {
+            let index = f
+                .lookup(call.node.as_str())
+                .ok_or_else(|| SessionError::MissingNode { node: call.node.to_string() })?;
+            let node = f.node(index);
+            if !matches!(node.kind, Kind::CallFlow(_)) {
+                return Err(SessionError::NodeChanged {
+                    node: call.node.to_string(),
+                    waiting: "a sub-flow",
+                    found: node.type_name,
+                });
+            }
+            let Some(set) = set else {
+                return Err(SessionError::FlowSetRequired { node: call.node.to_string(), flow: call.flow.clone() });
+            };
+            f = set
+                .get(&call.flow)
+                .map(|c| &*c.inner)
+                .ok_or_else(|| SessionError::UnknownFlow { flow: call.flow.clone() })?;
+        }
         let Some(id) = &self.node else {
             return Err(SessionError::InvalidState { message: format!("the session waits for {waiting} at no node") });
         };
@@ -491,7 +711,7 @@ impl Session {
         if !fits {
             return Err(SessionError::NodeChanged { node: id.to_string(), waiting, found: node.type_name });
         }
-        Ok(Some(index))
+        Ok((f, Some(index)))
     }
 
     fn restart(&mut self) {
@@ -501,6 +721,7 @@ impl Session {
         self.wake_at = None;
         self.node = None;
         self.path.clear();
+        self.calls.clear();
     }
 
     fn scope<'a>(&'a self, f: &'a Inner) -> Scope<'a> {
@@ -578,15 +799,85 @@ impl Session {
         Session::send(out, node, Message::Text { text: t.render(&self.scope(f)) });
     }
 
-    /// Goes on from `node` to `next`, or ends there when there is no way on.
-    fn go(&mut self, f: &Inner, node: u32, next: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
+    /// Goes on from `node` to `next`; when there is no way on, the running flow ends there.
+    fn go(&mut self, f: &Flows<'_>, node: u32, next: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
         match next {
             Some(n) => self.run(f, n, now, out),
-            None => self.finish(Some(f.node(node)), EndReason::Completed, out),
+            None => {
+                if let Some((caller, at)) = self.flow_completed(f, f.flow, node, out) {
+                    self.run(&f.running(caller), at, now, out);
+                }
+            }
         }
     }
 
-    fn tick(&mut self, f: &Inner, current: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
+    /// Runs a `call_flow` node: enters the called flow with its inputs, and gives the
+    /// flow to run on in; `None` when the call failed (recorded in `f`).
+    fn enter_call<'a>(&mut self, f: &Flows<'a>, caller: &Inner, node: &Node, call: &CallFlow) -> Option<&'a Inner> {
+        let Some(set) = f.set else {
+            return f.fail(SessionError::FlowSetRequired { node: node.id.to_string(), flow: call.flow.to_string() });
+        };
+        let Some(callee) = set.get(&call.flow) else {
+            return f.fail(SessionError::UnknownFlow { flow: call.flow.to_string() });
+        };
+        if self.calls.len() >= MAX_CALL_DEPTH {
+            let mut chain: Vec<String> = self.call_stack().map(|(flow, _)| flow.to_string()).collect();
+            chain.push(self.current_flow_id().to_string());
+            chain.push(call.flow.to_string());
+            return f.fail(SessionError::CallDepthExceeded { chain, max: MAX_CALL_DEPTH });
+        }
+        let scope = self.scope(caller);
+        let inputs: Map<String, Value> =
+            call.inputs.iter().map(|(name, t)| (name.to_string(), t.render(&scope))).collect();
+        let vars = std::mem::replace(&mut self.vars, inputs);
+        self.calls.push(CallFrame { flow: call.flow.to_string(), node: node.id.clone(), vars });
+        Some(&callee.inner)
+    }
+
+    /// The running flow `f` ended at node `at`. In a sub-flow it returns: the caller's
+    /// variables come back with the call's outputs copied in, and this gives the flow and
+    /// node to go on at (returning further while a call node has no way on). Otherwise, or
+    /// when a caller is gone (recorded in `flows`), the session ends.
+    fn flow_completed<'a>(
+        &mut self,
+        flows: &Flows<'a>,
+        mut f: &'a Inner,
+        mut at: u32,
+        out: &mut Vec<Output>,
+    ) -> Option<(&'a Inner, u32)> {
+        loop {
+            let Some(frame) = self.calls.pop() else {
+                self.finish(Some(f.node(at)), EndReason::Completed, out);
+                return None;
+            };
+            let caller_id = self.current_flow_id();
+            // `resolve` checked every running call's node at the turn's start.
+            let Some((caller, index, call)) = flows.find(caller_id).and_then(|caller| {
+                let index = caller.lookup(frame.node.as_str())?;
+                match &caller.node(index).kind {
+                    Kind::CallFlow(call) => Some((caller, index, call)),
+                    _ => None,
+                }
+            }) else {
+                return flows.fail(SessionError::MissingNode { node: frame.node.to_string() });
+            };
+            let mut vars = frame.vars;
+            let scope = self.scope(f);
+            for (name, path) in call.outputs.iter() {
+                if let Some(value) = scope.get(path) {
+                    vars.insert(name.to_string(), value.clone());
+                }
+            }
+            self.vars = vars;
+            f = caller;
+            at = index;
+            if let Some(next) = caller.node(index).next {
+                return Some((caller, next));
+            }
+        }
+    }
+
+    fn tick(&mut self, f: &Flows<'_>, current: Option<u32>, now: Timestamp, out: &mut Vec<Output>) {
         let (Some(wake), Some(cur)) = (self.wake_at, current) else { return };
         if now < wake {
             return;
@@ -602,7 +893,7 @@ impl Session {
         }
     }
 
-    fn timed_out(&mut self, f: &Inner, cur: u32, wait: &Wait, now: Timestamp, out: &mut Vec<Output>) {
+    fn timed_out(&mut self, f: &Flows<'_>, cur: u32, wait: &Wait, now: Timestamp, out: &mut Vec<Output>) {
         self.retries = 0;
         match wait.timeout.as_ref().and_then(|t| t.target) {
             Some(target) => self.run(f, target, now, out),
@@ -610,7 +901,7 @@ impl Session {
         }
     }
 
-    fn answer(&mut self, f: &Inner, cur: u32, input: &Input, now: Timestamp, out: &mut Vec<Output>) {
+    fn answer(&mut self, f: &Flows<'_>, cur: u32, input: &Input, now: Timestamp, out: &mut Vec<Output>) {
         let node = f.node(cur);
         match &node.kind {
             Kind::Question(q) => match answer_text(input).and_then(|t| q.validation.check(t)) {
@@ -641,7 +932,7 @@ impl Session {
 
     fn invalid(
         &mut self,
-        f: &Inner,
+        f: &Flows<'_>,
         cur: u32,
         wait: &Wait,
         default_error: impl FnOnce() -> String,
@@ -670,7 +961,7 @@ impl Session {
         self.wake_at = wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
     }
 
-    fn effect_result(&mut self, f: &Inner, cur: u32, result: EffectOutcome, now: Timestamp, out: &mut Vec<Output>) {
+    fn effect_result(&mut self, f: &Flows<'_>, cur: u32, result: EffectOutcome, now: Timestamp, out: &mut Vec<Output>) {
         let node = f.node(cur);
         let Kind::Effect(e) = &node.kind else { return };
         match result {
@@ -703,7 +994,7 @@ impl Session {
     }
 
     /// Runs from node `at` until the session must wait or ends.
-    fn run(&mut self, f: &Inner, at: u32, now: Timestamp, out: &mut Vec<Output>) {
+    fn run(&mut self, f: &Flows<'_>, at: u32, now: Timestamp, out: &mut Vec<Output>) {
         let mut path_start = 0;
         self.run_steps(f, at, now, out, &mut path_start);
         if path_start > 0 {
@@ -711,17 +1002,28 @@ impl Session {
         }
     }
 
-    fn run_steps(&mut self, f: &Inner, mut at: u32, now: Timestamp, out: &mut Vec<Output>, path_start: &mut usize) {
+    fn run_steps(
+        &mut self,
+        flows: &Flows<'_>,
+        mut at: u32,
+        now: Timestamp,
+        out: &mut Vec<Output>,
+        path_start: &mut usize,
+    ) {
+        let mut f: &Inner = flows.flow;
         let mut window = [0u32; LOOP_WINDOW];
         let mut steps: u32 = 0;
+        // Steps in the running flow: the window holds its node indices only.
+        let mut window_steps: u32 = 0;
         loop {
             if steps >= self.max_steps {
-                let nodes = loop_nodes(f, &window, steps, at);
+                let nodes = loop_nodes(f, &window, window_steps, at);
                 self.finish(Some(f.node(at)), EndReason::StepBudgetExceeded { nodes }, out);
                 return;
             }
-            window[steps as usize % LOOP_WINDOW] = at;
+            window[window_steps as usize % LOOP_WINDOW] = at;
             steps += 1;
+            window_steps += 1;
             let node = f.node(at);
             self.record_from(node.id.as_str(), path_start);
             match &node.kind {
@@ -762,8 +1064,14 @@ impl Session {
                     if let Some(t) = content {
                         self.send_text(f, out, node, t);
                     }
-                    self.finish(Some(node), EndReason::Completed, out);
-                    return;
+                    let Some((caller, next)) = self.flow_completed(flows, f, at, out) else { return };
+                    (f, at, window_steps) = (caller, next, 0);
+                    continue;
+                }
+                Kind::CallFlow(call) => {
+                    let Some(callee) = self.enter_call(flows, f, node, call) else { return };
+                    (f, at, window_steps) = (callee, callee.start, 0);
+                    continue;
                 }
                 Kind::Condition { cond, yes, no } => {
                     at = if cond.eval(&self.scope(f)) { *yes } else { *no };
@@ -874,8 +1182,8 @@ impl Session {
             match node.next {
                 Some(n) => at = n,
                 None => {
-                    self.finish(Some(node), EndReason::Completed, out);
-                    return;
+                    let Some((caller, next)) = self.flow_completed(flows, f, at, out) else { return };
+                    (f, at, window_steps) = (caller, next, 0);
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use flowcore::{CompiledFlow, Flow, Timestamp};
+use flowcore::{CompiledFlow, Flow, FlowSet, Timestamp};
 use serde_json::{json, Value};
 
 use super::clock::Clock;
@@ -189,6 +189,36 @@ impl Flows {
             .await?
             .ok_or_else(|| FlowLookupError::NotFound(format!("{flow_id} v{version}")))?;
         self.compile_stored(org, flow_id, version, &stored.definition)
+    }
+
+    /// The flows a session on `flow` runs in when `flow` has `call_flow` nodes: `flow`
+    /// itself and, transitively, the latest version of every flow it calls; `None` when it
+    /// calls none. A called flow the store lacks, or that no longer compiles, is left out:
+    /// the engine's typed error at the call names it.
+    pub async fn call_set(&self, org: &str, flow: &CompiledFlow) -> Result<Option<FlowSet>, FlowLookupError> {
+        if flow.called_flows().next().is_none() {
+            return Ok(None);
+        }
+        let mut set = FlowSet::new();
+        set.insert(flow.clone());
+        let mut wanted: Vec<String> = flow.called_flows().map(str::to_owned).collect();
+        while let Some(id) = wanted.pop() {
+            if set.contains(&id) {
+                continue;
+            }
+            match self.latest(org, &id).await {
+                Ok((_, called)) => {
+                    if called.id() != id {
+                        tracing::warn!(org, flow = %id, declared = called.id(), "a called flow's JSON declares another id; calls name flows by that id");
+                    }
+                    wanted.extend(called.called_flows().filter(|c| !set.contains(c)).map(str::to_owned));
+                    set.insert(CompiledFlow::clone(&called));
+                }
+                Err(FlowLookupError::Store(e)) => return Err(FlowLookupError::Store(e)),
+                Err(e) => tracing::debug!(org, flow = %id, error = %e, "a called flow is not available"),
+            }
+        }
+        Ok(Some(set))
     }
 
     /// Caches `compiled` as the latest version of its flow.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use flowcore::{CompiledFlow, EffectKind, Input, Message, Output, Timestamp, Turn};
+use flowcore::{CompiledFlow, EffectKind, FlowSet, Input, Message, Output, SessionError, Timestamp, Turn};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -251,7 +251,19 @@ struct Running {
     cohort: Option<String>,
     expected_version: i64,
     flow: Arc<CompiledFlow>,
+    /// The flow and the flows it calls, when it has `call_flow` nodes.
+    calls: Option<FlowSet>,
     session: flowcore::Session,
+}
+
+impl Running {
+    /// Feeds the engine one input, with the flows the session's flow calls.
+    fn handle(&mut self, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
+        match &self.calls {
+            Some(flows) => self.session.handle_in(flows, input, now),
+            None => self.session.handle(&self.flow, input, now),
+        }
+    }
 }
 
 async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) -> Result<(), TurnError> {
@@ -372,7 +384,16 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
                     let (version, compiled) = rt.flows.latest(org, &flow_id).await?;
                     debug!(org, flow = %flow_id, ?cohort, "new session");
                     let session = new_session(rt, &compiled, conv, inbound, variables);
-                    Running { flow_id, flow_version: version, cohort, expected_version: 0, flow: compiled, session }
+                    let calls = rt.flows.call_set(org, &compiled).await?;
+                    Running {
+                        flow_id,
+                        flow_version: version,
+                        cohort,
+                        expected_version: 0,
+                        flow: compiled,
+                        calls,
+                        session,
+                    }
                 }
                 FlowChoice::Reply(reply) => {
                     info!(org, phone_number_id = %conv.business_number_id, "no flow for this conversation; polite reply");
@@ -404,7 +425,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
         flow_id: running.flow_id.clone(),
         contact: conv.contact_id.clone(),
     };
-    let mut turn = match running.session.handle(&running.flow, input, now) {
+    let mut turn = match running.handle(input, now) {
         Ok(t) => t,
         Err(e) => {
             // An input the session cannot take (for example a stray event): logged, no reply.
@@ -472,7 +493,7 @@ async fn process(unit: &mut TurnCommit<'_>, event: &InboxEvent, loaded: Loaded) 
         let outcome = rt.effects.perform(&ctx, &request.kind).await;
         debug!(org, node = %request.node, ok = matches!(outcome, flowcore::EffectOutcome::Success(_)), "effect performed");
         let result = Input::EffectResult { id: request.id, result: outcome };
-        turn = match running.session.handle(&running.flow, result, rt.clock.now()) {
+        turn = match running.handle(result, rt.clock.now()) {
             Ok(t) => t,
             Err(e) => {
                 warn!(inbox_id = event.id, error = %e, "the engine refused an effect result");
@@ -584,6 +605,7 @@ async fn resume(
         return Ok(None);
     };
     let flow = rt.flows.get(&conv.org_id, &stored.key.flow_id, stored.flow_version).await?;
+    let calls = rt.flows.call_set(&conv.org_id, &flow).await?;
     let session = stored.session;
     Ok(Some(Running {
         flow_id: stored.key.flow_id,
@@ -591,6 +613,7 @@ async fn resume(
         cohort: None,
         expected_version: stored.version,
         flow,
+        calls,
         session,
     }))
 }

@@ -1,18 +1,23 @@
 //! `flowctl check`: compile a flow and report its diagnostics.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flowcore::{Diagnostic, Severity};
 use serde_json::json;
 
-use crate::load::read_flow;
+use crate::load::{flow_set, read_flow};
 use crate::{CheckFormat, Failure};
 
-/// Prints the flow's diagnostics; exit code 0 without errors, 1 with errors.
-pub(crate) fn run(path: &Path, format: CheckFormat) -> Result<u8, Failure> {
+/// Prints the flow's diagnostics, its calls checked against itself and the `with` flows;
+/// exit code 0 without errors, 1 with errors.
+pub(crate) fn run(path: &Path, format: CheckFormat, with: &[PathBuf]) -> Result<u8, Failure> {
     let flow = read_flow(path)?;
     let (diagnostics, compiled) = match flow.compile() {
-        Ok(compiled) => (compiled.warnings().to_vec(), true),
+        Ok(compiled) => {
+            let mut diagnostics = compiled.warnings().to_vec();
+            diagnostics.extend(flow_set(&compiled, with)?.check(&compiled));
+            (diagnostics, true)
+        }
         Err(err) => (err.diagnostics().to_vec(), false),
     };
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();

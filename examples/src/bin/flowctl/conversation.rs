@@ -1,17 +1,18 @@
 //! One conversation with a compiled flow, as `run` and `chat` drive it.
 
-use flowcore::{CompiledFlow, EffectId, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
+use flowcore::{CompiledFlow, EffectId, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
 
 use crate::clock::Clock;
+use crate::load::flow_set;
 use crate::{Failure, RunOptions};
 
 /// How many delays in a row are skipped before the driver stops and waits for input, so a
 /// flow that only ever sleeps cannot spin forever.
 const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
 
-/// A session plus the clock it runs on.
+/// A session plus the clock it runs on, in the set of the flow and its `--with` flows.
 pub(crate) struct Conversation {
-    flow: CompiledFlow,
+    flows: FlowSet,
     session: Session,
     clock: Clock,
 }
@@ -30,7 +31,8 @@ impl Conversation {
         };
         let session_options = SessionOptions { seed: options.seed, variables, ..SessionOptions::default() };
         let session = Session::new(&flow, session_options);
-        Ok(Conversation { flow, session, clock })
+        let flows = flow_set(&flow, &options.with)?;
+        Ok(Conversation { flows, session, clock })
     }
 
     /// Feeds one input. Delays are skipped in virtual time, so their outputs follow at once;
@@ -41,14 +43,14 @@ impl Conversation {
                 self.clock.advance_to(wake_at);
             }
         }
-        let mut outputs = self.session.handle(&self.flow, input, self.clock.now())?.outputs;
+        let mut outputs = self.session.handle_in(&self.flows, input, self.clock.now())?.outputs;
         for _ in 0..MAX_CONSECUTIVE_DELAYS {
             if self.session.status() != SessionStatus::Sleeping {
                 break;
             }
             let Some(wake_at) = self.session.wake_at() else { break };
             self.clock.advance_to(wake_at);
-            outputs.extend(self.session.handle(&self.flow, Input::Tick, self.clock.now())?.outputs);
+            outputs.extend(self.session.handle_in(&self.flows, Input::Tick, self.clock.now())?.outputs);
         }
         Ok(outputs)
     }

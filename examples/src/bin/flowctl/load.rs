@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use flowcore::{CompileError, CompiledFlow, Flow};
+use std::path::PathBuf;
+
+use flowcore::{CompileError, CompiledFlow, Flow, FlowSet};
 
 use crate::Failure;
 
@@ -17,6 +19,17 @@ pub(crate) fn read_flow(path: &Path) -> Result<Flow, Failure> {
 pub(crate) fn compile_flow(path: &Path) -> Result<CompiledFlow, Failure> {
     let flow = read_flow(path)?;
     flow.compile().map_err(|err| Failure::invalid(describe_compile_error(path, &err)))
+}
+
+/// The set a flow runs in: the flow itself and each `--with` flow, compiled (a `--with`
+/// flow that does not compile fails like the flow itself would).
+pub(crate) fn flow_set(flow: &CompiledFlow, with: &[PathBuf]) -> Result<FlowSet, Failure> {
+    let mut set = FlowSet::new();
+    for path in with {
+        set.insert(compile_flow(path)?);
+    }
+    set.insert(flow.clone());
+    Ok(set)
 }
 
 /// All of a compile error's diagnostics, one per line, under a heading naming the file.

@@ -6,6 +6,7 @@
 //! printf 'oi\nMaria\n30\nmaria@example.com\n' | cargo run -p flowcore-examples --bin flowctl -- run examples/flows/lead.json
 //! cargo run -p flowcore-examples --bin flowctl -- chat examples/flows/lead.json
 //! cargo run -p flowcore-examples --bin flowctl -- test examples/flows/lead.json examples/flows/lead.chat --coverage
+//! cargo run -p flowcore-examples --bin flowctl -- check flowcore/tests/flows/cadastro.json --with flowcore/tests/flows/endereco.json
 //! ```
 //!
 //! Exit codes: `0` success (for `check`: no errors), `1` the flow has errors (for `test`: a
@@ -44,6 +45,10 @@ enum Command {
         /// Print diagnostics as text (default) or as one JSON document.
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,
+        /// A flow the checked flow calls (`call_flow`); repeat for each. Calls to flows
+        /// neither this nor `--with` gives are errors.
+        #[arg(long = "with", value_name = "FLOW")]
+        with: Vec<PathBuf>,
     },
     /// Print a diagram of the flow.
     Graph {
@@ -102,6 +107,9 @@ struct RunOptions {
     /// Initial variables, as a JSON object.
     #[arg(long)]
     vars: Option<String>,
+    /// A flow the flow calls (`call_flow`); repeat for each.
+    #[arg(long = "with", value_name = "FLOW")]
+    with: Vec<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +153,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Check { flow, format } => check::run(&flow, format),
+        Command::Check { flow, format, with } => check::run(&flow, format, &with),
         Command::Graph { flow, format, coverage } => graph::run(&flow, format, coverage.as_deref()),
         Command::Run { flow, options } => run::run(&flow, &options),
         Command::Chat { flow, options } => chat::run(&flow, &options),
