@@ -1,6 +1,8 @@
 //! `Flow` → `CompiledFlow`: ids become indices, templates and regexes are parsed once,
 //! edges are resolved, and every check of the flow's shape happens here.
 
+pub(crate) mod whatsapp_flow;
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -15,7 +17,7 @@ use crate::diagnostic::{CompileError, Diagnostic};
 use crate::expr::Expr;
 use crate::flow::{Flow, FlowNode};
 use crate::template::{JsonTemplate, Template};
-use crate::validate::{QuestionOption, Validation};
+use crate::validate::{parse_media_kind, QuestionOption, Validation};
 use crate::{MediaKind, NodeId};
 
 /// WhatsApp's limits for interactive messages.
@@ -227,6 +229,8 @@ pub(crate) enum Kind {
         properties: JsonTemplate,
     },
     Datetime(Box<DatetimeNode>),
+    /// Sends a WhatsApp Flow and waits for its reply.
+    WhatsappFlow(Box<whatsapp_flow::WhatsappFlow>),
     /// Stands in for a node that failed to compile; never run (compile fails).
     Invalid,
 }
@@ -356,6 +360,7 @@ impl Node {
             self.kind,
             Kind::Question(_)
                 | Kind::Interactive(_)
+                | Kind::WhatsappFlow(_)
                 | Kind::Delay { .. }
                 | Kind::Handoff { .. }
                 | Kind::End { .. }
@@ -379,6 +384,7 @@ impl Node {
                 }
             }
             Kind::Question(q) => wait_links(&q.wait, f),
+            Kind::WhatsappFlow(w) => wait_links(&w.wait, f),
             Kind::Interactive(i) => {
                 for o in i.options.iter() {
                     if let Some(t) = o.target {
@@ -449,6 +455,7 @@ impl Node {
                 }
                 None => "date, time, weekday".into(),
             },
+            Kind::WhatsappFlow(w) => w.summary(),
             Kind::Invalid => String::new(),
         };
         shorten(text, 80)
@@ -673,7 +680,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, CompileError> {
 
 /// The canonical name of a node type, accepting a few spellings.
 fn canonical_type(kind: &str) -> Option<&'static str> {
-    const EXACT: [&str; 20] = [
+    const EXACT: [&str; 21] = [
         "start",
         "message",
         "question",
@@ -694,6 +701,7 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "interactive_list",
         "analytics",
         "datetime",
+        "whatsapp_flow",
     ];
     if let Some(k) = EXACT.iter().find(|k| **k == kind) {
         return Some(k);
@@ -720,6 +728,7 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "interactive_list" | "list" => "interactive_list",
         "analytics" | "track" => "analytics",
         "datetime" | "date_time" => "datetime",
+        "whatsapp_flow" | "whatsappflow" | "wa_flow" | "flow_message" => "whatsapp_flow",
         _ => return None,
     })
 }
@@ -914,6 +923,7 @@ impl<'f> Nx<'_, 'f> {
             "interactive_buttons" | "interactive_list" => self.interactive(type_name == "interactive_list"),
             "analytics" => (self.analytics(), self.default_edge(&[])),
             "datetime" => self.datetime(),
+            "whatsapp_flow" => self.whatsapp_flow(),
             _ => self.effect(type_name),
         };
         (type_name, kind, next)
@@ -986,6 +996,9 @@ impl<'f> Nx<'_, 'f> {
             (Some("email" | "e-mail" | "mail"), _) => Validation::Email,
             (Some("phone" | "tel" | "telephone" | "phone_number"), _) => Validation::Phone,
             (Some("options" | "option" | "choice" | "choices"), _) => self.question_options(),
+            (Some("location" | "localização" | "localizacao"), _) => Validation::Location,
+            (Some("media" | "file" | "attachment"), _) => self.question_media_types(),
+            (Some("contact" | "contacts" | "contato"), _) => Validation::Contact,
             (Some(other), _) => {
                 let other = other.to_string();
                 self.error("unknown-validation-type", format!("unknown `validationType` {other:?}"));
@@ -996,6 +1009,27 @@ impl<'f> Nx<'_, 'f> {
         let q = Question { prompt, validation, wait };
         let next = self.default_edge(&["invalid", "timeout"]);
         (Kind::Question(Box::new(q)), next)
+    }
+
+    /// `mediaTypes` of a media question: a list (or one name) of media kinds.
+    fn question_media_types(&mut self) -> Validation {
+        let names: Vec<&Value> = match self.raw(&["mediaTypes", "mediaType", "accept"]) {
+            None => Vec::new(),
+            Some((_, Value::Array(items))) => items.iter().collect(),
+            Some((_, one)) => vec![one],
+        };
+        let mut kinds = Vec::new();
+        for name in names {
+            match name.as_str().and_then(parse_media_kind) {
+                Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
+                Some(_) => {}
+                None => self.error(
+                    "unknown-media-type",
+                    format!("unknown media type {name} in `mediaTypes` (image, video, audio, document, sticker)"),
+                ),
+            }
+        }
+        Validation::Media(kinds.into())
     }
 
     fn question_options(&mut self) -> Validation {

@@ -70,7 +70,7 @@ pub use diagnostic::{CompileError, Diagnostic, Severity};
 pub use flow::{Flow, FlowEdge, FlowError, FlowNode};
 pub use io::{
     Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, MediaKind,
-    Message, NodeId, Output, Turn,
+    Message, NodeId, OrderItem, Output, Turn,
 };
 pub use session::{Session, SessionError, SessionOptions, SessionStatus, PATH_MAX_BYTES, STATE_VERSION};
 pub use time::Timestamp;
