@@ -37,7 +37,12 @@
 //! # Node types
 //!
 //! `start`, `message` (text, or media with `mediaUrl`/`mediaType`), `question`
-//! (`validationType` text, number, email, phone, regex with `pattern`, options),
+//! (`validationType` text, number, email, phone, regex with `pattern`, options; and the
+//! structured `location`, `media` with optional `mediaTypes`, and `contact`, stored as
+//! objects templates read by path, such as `{{where.latitude}}`), `whatsapp_flow`
+//! (`flowId`, `cta`, `content`, optional `screen` and `data`: sends
+//! [`Message::Flow`] with a `flow_token` drawn from the session's seed, and stores the
+//! answers of the [`Input::FlowReply`] carrying that token in `variableName`),
 //! `interactive_buttons`, `interactive_list`, `condition`, `jump`, `random` (weighted
 //! edges: `weight`, `data.weight` or a numeric label such as `"70%"`), `set_variable`
 //! (`value`, a literal or template; or `expression`, safe arithmetic such as
@@ -47,6 +52,11 @@
 //! `ai_prompt`, `database_query`, `script`, `action` (wait for a result: stored in
 //! `responseVariable`, routed by `success`/`failure` edges; on a followed failure the
 //! error text is stored in `last_error`) and `analytics` (fire and forget).
+//!
+//! A waiting node (question, interactive message, `whatsapp_flow`) answers anything it
+//! cannot take (text where a location was asked, a reaction, a flow reply with another
+//! token) with its error message, as it does an invalid answer. Reactions, edits,
+//! revokes, flow replies and unsupported events never start a session.
 #![forbid(unsafe_code)]
 
 mod compile;
