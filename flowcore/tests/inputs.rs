@@ -409,3 +409,33 @@ proptest! {
         prop_assert!(log_a.iter().all(|r| r.starts_with("Ok(")), "{:?}", log_a);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever a builder writes into a `whatsapp_flow` node or a structured question,
+    /// compile answers with diagnostics or a flow that runs any input without panicking.
+    #[test]
+    fn arbitrary_flow_nodes_and_structured_questions_never_panic(
+        texts in ("[a-z]{0,8}", "[0-9]{0,10}", "\\PC{0,24}", "\\PC{0,40}", "[A-Z_]{0,8}", "\\PC{0,70}"),
+        validation in prop_oneof![3 => Just("location"), 3 => Just("media"), 3 => Just("contact"), 1 => Just("bogus")],
+        media_types in prop::collection::vec(prop_oneof![4 => Just(json!("image")), 4 => Just(json!("file")), 1 => Just(json!(3))], 0..3),
+        data in prop_oneof![3 => Just(json!(null)), 3 => Just(json!({"a": "{{q}}"})), 1 => Just(json!([1]))],
+        inputs in prop::collection::vec(any_input(), 0..10),
+    ) {
+        let flow = json!({"id": "p", "nodes": [
+            {"id": "s", "type": "start"},
+            {"id": "q", "type": "question", "data": {"variableName": "q", "validationType": validation, "mediaTypes": media_types}},
+            {"id": "f", "type": "whatsapp_flow", "data": {"variableName": texts.0, "flowId": texts.1, "cta": texts.2,
+                "content": texts.3, "screen": texts.4, "footer": texts.5, "data": data, "timeoutSeconds": 5}}],
+            "edges": [{"id": "1", "source": "s", "target": "q"}, {"id": "2", "source": "q", "target": "f"}]});
+        let Ok(flow) = serde_json::from_value::<Flow>(flow) else { return Ok(()) };
+        let Ok(compiled) = flow.compile() else { return Ok(()) };
+        let mut session = Session::new(&compiled, SessionOptions::default());
+        let mut now = Timestamp::from_unix_seconds(1_700_000_000);
+        for input in inputs {
+            now = now.saturating_add_seconds(60);
+            prop_assert!(session.handle(&compiled, input, now).is_ok());
+        }
+    }
+}
