@@ -999,6 +999,7 @@ impl<'f> Nx<'_, 'f> {
             (Some("location" | "localização" | "localizacao"), _) => Validation::Location,
             (Some("media" | "file" | "attachment"), _) => self.question_media_types(),
             (Some("contact" | "contacts" | "contato"), _) => Validation::Contact,
+            (Some("order" | "cart" | "pedido"), _) => Validation::Order,
             (Some(other), _) => {
                 let other = other.to_string();
                 self.error("unknown-validation-type", format!("unknown `validationType` {other:?}"));

@@ -38,7 +38,7 @@
 //!
 //! `start`, `message` (text, or media with `mediaUrl`/`mediaType`), `question`
 //! (`validationType` text, number, email, phone, regex with `pattern`, options; and the
-//! structured `location`, `media` with optional `mediaTypes`, and `contact`, stored as
+//! structured `location`, `media` with optional `mediaTypes`, `contact` and `order`, stored as
 //! objects templates read by path, such as `{{where.latitude}}`), `whatsapp_flow`
 //! (`flowId`, `cta`, `content`, optional `screen` and `data`: sends
 //! [`Message::Flow`] with a `flow_token` drawn from the session's seed, and stores the

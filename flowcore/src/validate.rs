@@ -31,6 +31,9 @@ pub(crate) enum Validation {
     /// A shared contact card; stored as the first card's `name`, `phone` and `wa_id`, with
     /// every card as the platform sent them in `cards`.
     Contact,
+    /// A cart from the catalog; stored as `{catalog_id?, text?, items, total, currency?}`,
+    /// `total` summing quantity × price (`currency` when every item shares one).
+    Order,
 }
 
 /// An option of an `options` question.
@@ -71,7 +74,18 @@ impl Validation {
                 Some(Value::Object(map))
             }
             (Validation::Contact, Input::Contacts { contacts }) => contact_value(contacts),
-            (Validation::Location | Validation::Media(_) | Validation::Contact, _) => None,
+            (Validation::Order, Input::Order { catalog_id, text, items }) if !items.is_empty() => {
+                let mut map = Map::new();
+                insert_some(&mut map, "catalog_id", catalog_id);
+                insert_some(&mut map, "text", text);
+                let total: f64 = items.iter().map(|i| i.quantity * i.item_price).sum();
+                map.insert("items".into(), serde_json::to_value(items).unwrap_or(Value::Null));
+                map.insert("total".into(), number_value((total * 100.0).round() / 100.0));
+                let currency = items.first().map(|i| &i.currency).filter(|c| items.iter().all(|i| &i.currency == *c));
+                insert_some(&mut map, "currency", &currency.cloned());
+                Some(Value::Object(map))
+            }
+            (Validation::Location | Validation::Media(_) | Validation::Contact | Validation::Order, _) => None,
             (_, input) => text_of(input).and_then(|t| self.check(t)),
         }
     }
@@ -85,7 +99,7 @@ impl Validation {
             Validation::Email => is_email(t).then(|| Value::String(t.to_string())),
             Validation::Phone => normalize_phone(t).map(Value::String),
             Validation::Regex(re) => re.is_match(t).then(|| Value::String(t.to_string())),
-            Validation::Location | Validation::Media(_) | Validation::Contact => None,
+            Validation::Location | Validation::Media(_) | Validation::Contact | Validation::Order => None,
             Validation::Options(options) => {
                 let by_number = t.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| options.get(i));
                 options
@@ -116,6 +130,7 @@ impl Validation {
                 format!("Por favor, envie: {}.", names.join(", "))
             }
             Validation::Contact => "Por favor, compartilhe um contato.".into(),
+            Validation::Order => "Por favor, envie seu pedido pelo catálogo.".into(),
         }
     }
 }

@@ -179,6 +179,31 @@ fn text_questions_still_read_captions_and_contacts_can_have_no_phone() {
     assert_eq!(texts(&turn), ["o equipamento / Ana / sticker"]);
 }
 
+#[test]
+fn order_questions_store_the_cart_and_its_total() {
+    let flow = compile(json!({"id": "o", "nodes": [
+        {"id": "s", "type": "start"},
+        {"id": "cart", "type": "question", "data": {"content": "Monte seu pedido no catálogo.", "variableName": "pedido", "validationType": "order"}},
+        {"id": "bye", "type": "end", "data": {"content": "Total: {{pedido.total}} {{pedido.currency}} ({{pedido.items.0.product_retailer_id}})"}}],
+      "edges": [{"id": "1", "source": "s", "target": "cart"}, {"id": "2", "source": "cart", "target": "bye"}]}));
+    let mut sim = Sim::new(flow);
+    sim.say("oi");
+    let item = |id: &str, quantity, item_price| OrderItem {
+        product_retailer_id: id.into(),
+        quantity,
+        item_price,
+        currency: "BRL".into(),
+    };
+    let empty = Input::Order { catalog_id: None, text: None, items: vec![] };
+    assert_eq!(texts(&sim.feed(empty)), ["Por favor, envie seu pedido pelo catálogo."]);
+    let order = Input::Order {
+        catalog_id: Some("c1".into()),
+        text: None,
+        items: vec![item("SKU-1", 3.0, 10.5), item("SKU-2", 1.0, 0.1)],
+    };
+    assert_eq!(texts(&sim.feed(order)), ["Total: 31.6 BRL (SKU-1)"]);
+}
+
 fn diagnostics(data: Value) -> Vec<String> {
     let flow: Flow = serde_json::from_value(json!({"id": "d", "nodes": [
         {"id": "s", "type": "start"}, {"id": "f", "type": "whatsapp_flow", "data": data}],
@@ -418,7 +443,7 @@ proptest! {
     #[test]
     fn arbitrary_flow_nodes_and_structured_questions_never_panic(
         texts in ("[a-z]{0,8}", "[0-9]{0,10}", "\\PC{0,24}", "\\PC{0,40}", "[A-Z_]{0,8}", "\\PC{0,70}"),
-        validation in prop_oneof![3 => Just("location"), 3 => Just("media"), 3 => Just("contact"), 1 => Just("bogus")],
+        validation in prop_oneof![3 => Just("location"), 3 => Just("media"), 3 => Just("contact"), 2 => Just("order"), 1 => Just("bogus")],
         media_types in prop::collection::vec(prop_oneof![4 => Just(json!("image")), 4 => Just(json!("file")), 1 => Just(json!(3))], 0..3),
         data in prop_oneof![3 => Just(json!(null)), 3 => Just(json!({"a": "{{q}}"})), 1 => Just(json!([1]))],
         inputs in prop::collection::vec(any_input(), 0..10),
