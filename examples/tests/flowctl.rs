@@ -263,3 +263,15 @@ fn chat_takes_json_events_and_answers_flows_with_their_token() {
     assert!(outcome.stdout.contains("(not an inbound event: unknown variant `oops`"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("Visita agendada para 13/12 às 9:00."), "{}", outcome.stdout);
 }
+
+#[test]
+fn graph_draws_a_whatsapp_flow_as_a_waiting_node() {
+    let outcome = flowctl(&["graph", &path_arg(&engine_sample("visita.json"))], "");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(
+        outcome.stdout.contains(r#"[/"schedule (whatsapp_flow)<br/>flow 1234567890 → agenda"/]"#),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome.stdout.contains(r#"-->|"timeout"|"#), "{}", outcome.stdout);
+}

@@ -49,7 +49,7 @@ pub(crate) fn mermaid(graph: &FlowGraph) -> String {
         let (open, close) = match node.kind {
             "start" | "end" => ("([", "])"),
             "condition" | "random" => ("{", "}"),
-            "question" | "interactive_buttons" | "interactive_list" => ("[/", "/]"),
+            "question" | "interactive_buttons" | "interactive_list" | "whatsapp_flow" => ("[/", "/]"),
             _ => ("[", "]"),
         };
         let _ = writeln!(out, "    n{index}{open}\"{text}\"{close}");
