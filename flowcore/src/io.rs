@@ -199,7 +199,8 @@ pub enum Input {
         /// The token the flow message carried (`response_json.flow_token`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         flow_token: Option<String>,
-        /// The answers, as the flow's `response_json` (without `flow_token`).
+        /// The answers: the flow's `response_json` (a `whatsapp_flow` node stores them
+        /// without `flow_token`).
         #[serde(default)]
         response: serde_json::Value,
     },

@@ -102,20 +102,21 @@ impl Nx<'_, '_> {
             self.error("missing-field", "the whatsapp_flow node has no `flowId`");
         }
         let cta = self.template(&["cta", "flowCta", "buttonText", "button"]);
-        match cta.as_ref().and_then(Template::literal) {
-            _ if cta.is_none() => self.error("missing-field", "the whatsapp_flow node has no `cta` (the button text)"),
-            Some(text) if text.chars().count() > FLOW_CTA_MAX => {
+        match cta.as_ref().map(Template::literal) {
+            None => self.error("missing-field", "the whatsapp_flow node has no `cta` (the button text)"),
+            Some(Some(text)) if text.chars().count() > FLOW_CTA_MAX => {
                 let text = text.to_string();
                 self.error(
                     "flow-cta-too-long",
                     format!("the flow button {text:?} is longer than {FLOW_CTA_MAX} characters"),
                 );
             }
-            Some(text) if has_emoji(text) => {
+            Some(Some(text)) if has_emoji(text) => {
                 let text = text.to_string();
                 self.error("flow-cta-emoji", format!("the flow button {text:?} has an emoji; WhatsApp refuses them"));
             }
-            _ => {}
+            // A templated button is checked by the adapter once rendered.
+            Some(_) => {}
         }
         let body = self.template(&["content", "body", "message", "text"]);
         if body.is_none() {
