@@ -302,4 +302,39 @@ mod tests {
         }
         assert!(options.default_error().contains("Manhã, Tarde"));
     }
+
+    #[test]
+    fn structured_validation_table() {
+        let at = |latitude, longitude| Input::Location { latitude, longitude, name: None, address: None };
+        let media = |kind| Input::Media { kind, id: "m".into(), mime_type: None, caption: None, filename: None };
+        let photos = Validation::Media(vec![MediaKind::Image].into());
+        let cards = |v: Value| Input::Contacts { contacts: v };
+        let cases: Vec<(Validation, Input, Option<Value>)> = vec![
+            (Validation::Location, at(-23.5, -46.6), Some(json!({"latitude": -23.5, "longitude": -46.6}))),
+            (Validation::Location, at(91.0, 0.0), None),
+            (Validation::Location, at(0.0, -180.5), None),
+            (Validation::Location, Input::text("-23.5, -46.6"), None),
+            (photos.clone(), media(MediaKind::Image), Some(json!({"kind": "image", "id": "m"}))),
+            (photos, media(MediaKind::Video), None),
+            (Validation::Media(Box::default()), media(MediaKind::Sticker), Some(json!({"kind": "sticker", "id": "m"}))),
+            (Validation::Contact, cards(json!([])), None),
+            (Validation::Contact, cards(json!("x")), None),
+            (
+                Validation::Contact,
+                cards(json!({"name": {"formatted_name": "Ana"}})),
+                Some(json!({"name": "Ana", "cards": [{"name": {"formatted_name": "Ana"}}]})),
+            ),
+            (Validation::Order, Input::Order { catalog_id: None, text: None, items: vec![] }, None),
+            // Text validations read a place's name, not its coordinates.
+            (
+                Validation::Text,
+                Input::Location { latitude: 0.0, longitude: 0.0, name: Some("Sé".into()), address: None },
+                Some(json!("Sé")),
+            ),
+            (Validation::Text, Input::Reaction { message_id: "m".into(), emoji: Some("👍".into()) }, None),
+        ];
+        for (validation, input, expected) in cases {
+            assert_eq!(validation.check_input(&input), expected, "{validation:?} {input:?}");
+        }
+    }
 }
