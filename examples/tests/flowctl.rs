@@ -207,16 +207,6 @@ fn run_skips_delays_and_ticks_to_timeouts_on_a_fixed_clock() {
     assert_eq!(texts(&json_lines(&outcome.stdout)), ["Ainda está aí?", "Encerrando por inatividade."]);
 }
 
-#[test]
-fn chat_numbers_choices_for_a_person() {
-    let outcome = flowctl(&["chat", &path_arg(&sample("support_menu.json"))], "oi\n1\n2\n");
-    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
-    assert!(outcome.stdout.contains("[1] Suporte"), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("[3] Meu pedido"), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("[2] Financeiro — Boletos e notas"), "{}", outcome.stdout);
-    assert!(outcome.stdout.contains("handed off"), "{}", outcome.stdout);
-}
-
 /// The inbound lines that bring `visita.json` to its WhatsApp Flow: a location, a photo
 /// and a contact card, each as the JSON line of its `Input`.
 const VISITA_TO_FLOW: &str = concat!(
@@ -274,4 +264,14 @@ fn graph_draws_a_whatsapp_flow_as_a_waiting_node() {
         outcome.stdout
     );
     assert!(outcome.stdout.contains(r#"-->|"timeout"|"#), "{}", outcome.stdout);
+}
+
+#[test]
+fn chat_numbers_choices_for_a_person() {
+    let outcome = flowctl(&["chat", &path_arg(&sample("support_menu.json"))], "oi\n1\n2\n");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(outcome.stdout.contains("[1] Suporte"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("[3] Meu pedido"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("[2] Financeiro — Boletos e notas"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("handed off"), "{}", outcome.stdout);
 }

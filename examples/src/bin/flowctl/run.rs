@@ -1,12 +1,8 @@
 //! `flowctl run`: a scripted conversation, JSON lines out.
 //!
 //! Each stdin line is one inbound event: a line starting with `{` is a JSON [`Input`]
-//! (`{"type":"button_reply","id":"yes"}`, `{"type":"tick"}`,
-//! `{"type":"location","latitude":-23.5,"longitude":-46.6}`,
-//! `{"type":"media","kind":"image","id":"m1"}`, `{"type":"reaction","message_id":"m","emoji":"👍"}`,
-//! `{"type":"flow_reply","flow_token":"…","response":{…}}`, …), any other line a text
-//! message. Each output becomes one JSON object on stdout with a `"type"` (a WhatsApp
-//! Flow is `"flow"`, with the `flow_token` its reply must carry).
+//! (`{"type":"button_reply","id":"yes"}`, `{"type":"tick"}`, …), any other line a text
+//! message. Each output becomes one JSON object on stdout with a `"type"`.
 //!
 //! When the flow asks for an effect that returns a result, the next line answers it if it
 //! is `{"type":"effect_result","result":{"ok":…}}` (or `{"error":"…"}`; `"id"` may be
