@@ -17,7 +17,7 @@ use crate::diagnostic::{CompileError, Diagnostic};
 use crate::expr::Expr;
 use crate::flow::{Flow, FlowNode};
 use crate::template::{JsonTemplate, Template};
-use crate::validate::{parse_media_kind, QuestionOption, Validation};
+use crate::validate::{QuestionOption, Validation};
 use crate::{MediaKind, NodeId};
 
 /// WhatsApp's limits for interactive messages.
@@ -224,13 +224,13 @@ pub(crate) enum Kind {
     },
     WhatsappTemplate(Box<WaTemplate>),
     Interactive(Box<Interactive>),
+    /// Sends a WhatsApp Flow and waits for its reply.
+    WhatsappFlow(Box<whatsapp_flow::WhatsappFlow>),
     Analytics {
         event: Template,
         properties: JsonTemplate,
     },
     Datetime(Box<DatetimeNode>),
-    /// Sends a WhatsApp Flow and waits for its reply.
-    WhatsappFlow(Box<whatsapp_flow::WhatsappFlow>),
     /// Stands in for a node that failed to compile; never run (compile fails).
     Invalid,
 }
@@ -448,6 +448,7 @@ impl Node {
             Kind::Delay { millis } => format!("{}s", millis / 1000),
             Kind::WhatsappTemplate(t) => format!("{} ({})", t.name, t.language),
             Kind::Interactive(i) => i.body.to_string(),
+            Kind::WhatsappFlow(w) => w.summary(),
             Kind::Analytics { event, .. } => event.to_string(),
             Kind::Datetime(d) => match &d.hours {
                 Some(h) => {
@@ -455,7 +456,6 @@ impl Node {
                 }
                 None => "date, time, weekday".into(),
             },
-            Kind::WhatsappFlow(w) => w.summary(),
             Kind::Invalid => String::new(),
         };
         shorten(text, 80)
@@ -680,7 +680,7 @@ pub(crate) fn compile(flow: &Flow) -> Result<CompiledFlow, CompileError> {
 
 /// The canonical name of a node type, accepting a few spellings.
 fn canonical_type(kind: &str) -> Option<&'static str> {
-    const EXACT: [&str; 21] = [
+    const EXACT: [&str; 20] = [
         "start",
         "message",
         "question",
@@ -701,7 +701,6 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "interactive_list",
         "analytics",
         "datetime",
-        "whatsapp_flow",
     ];
     if let Some(k) = EXACT.iter().find(|k| **k == kind) {
         return Some(k);
@@ -724,11 +723,11 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "database_query" | "databasequery" | "db_query" => "database_query",
         "script" | "code" => "script",
         "whatsapp_template" | "template" => "whatsapp_template",
+        "whatsapp_flow" | "whatsappflow" | "wa_flow" | "flow_message" => "whatsapp_flow",
         "interactive_buttons" | "buttons" => "interactive_buttons",
         "interactive_list" | "list" => "interactive_list",
         "analytics" | "track" => "analytics",
         "datetime" | "date_time" => "datetime",
-        "whatsapp_flow" | "whatsappflow" | "wa_flow" | "flow_message" => "whatsapp_flow",
         _ => return None,
     })
 }
@@ -921,9 +920,9 @@ impl<'f> Nx<'_, 'f> {
             "delay" => (self.delay(), self.default_edge(&[])),
             "whatsapp_template" => (self.whatsapp_template(), self.default_edge(&[])),
             "interactive_buttons" | "interactive_list" => self.interactive(type_name == "interactive_list"),
+            "whatsapp_flow" => self.whatsapp_flow(),
             "analytics" => (self.analytics(), self.default_edge(&[])),
             "datetime" => self.datetime(),
-            "whatsapp_flow" => self.whatsapp_flow(),
             _ => self.effect(type_name),
         };
         (type_name, kind, next)
@@ -1021,7 +1020,7 @@ impl<'f> Nx<'_, 'f> {
         };
         let mut kinds = Vec::new();
         for name in names {
-            match name.as_str().and_then(parse_media_kind) {
+            match name.as_str().and_then(crate::validate::parse_media_kind) {
                 Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
                 Some(_) => {}
                 None => self.error(

@@ -34,6 +34,11 @@
 //! # Ok::<(), flowcore::FlowError>(())
 //! ```
 //!
+//! A waiting node (question, interactive message, `whatsapp_flow`) answers anything it
+//! cannot take (text where a location was asked, a reaction, a flow reply with another
+//! token) with its error message, as it does an invalid answer. Reactions, edits,
+//! revokes, flow replies and unsupported events never start a session.
+//!
 //! # Node types
 //!
 //! `start`, `message` (text, or media with `mediaUrl`/`mediaType`), `question`
@@ -52,11 +57,6 @@
 //! `ai_prompt`, `database_query`, `script`, `action` (wait for a result: stored in
 //! `responseVariable`, routed by `success`/`failure` edges; on a followed failure the
 //! error text is stored in `last_error`) and `analytics` (fire and forget).
-//!
-//! A waiting node (question, interactive message, `whatsapp_flow`) answers anything it
-//! cannot take (text where a location was asked, a reaction, a flow reply with another
-//! token) with its error message, as it does an invalid answer. Reactions, edits,
-//! revokes, flow replies and unsupported events never start a session.
 #![forbid(unsafe_code)]
 
 mod compile;

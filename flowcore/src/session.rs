@@ -3,7 +3,6 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::compile::whatsapp_flow;
 use crate::compile::{CompiledFlow, EffectSpec, Inner, Interactive, Kind, MessageSpec, Node, SetValue, Wait};
 use crate::datetime::{Local, WEEKDAYS};
 use crate::template::Template;
@@ -615,15 +614,18 @@ impl Session {
                 }
                 None => self.invalid(f, cur, &i.wait, || CHOICE_ERROR_TEXT.to_string(), now, out),
             },
-            Kind::WhatsappFlow(w) => match whatsapp_flow::accept_reply(input, &whatsapp_flow::flow_token(self.rng)) {
-                Some(value) => {
-                    self.set_var(&w.wait.var, value);
-                    self.retries = 0;
-                    self.wake_at = None;
-                    self.go(f, cur, node.next, now, out);
+            Kind::WhatsappFlow(w) => {
+                use crate::compile::whatsapp_flow::{accept_reply, flow_token, FLOW_ERROR_TEXT};
+                match accept_reply(input, &flow_token(self.rng)) {
+                    Some(value) => {
+                        self.set_var(&w.wait.var, value);
+                        self.retries = 0;
+                        self.wake_at = None;
+                        self.go(f, cur, node.next, now, out);
+                    }
+                    None => self.invalid(f, cur, &w.wait, || FLOW_ERROR_TEXT.to_string(), now, out),
                 }
-                None => self.invalid(f, cur, &w.wait, || whatsapp_flow::FLOW_ERROR_TEXT.to_string(), now, out),
-            },
+            }
             // `resolve` checked that the node waits for input.
             _ => {}
         }
@@ -751,7 +753,8 @@ impl Session {
                 Kind::WhatsappFlow(w) => {
                     // The generator stays here until the reply: `answer` recomputes the token.
                     self.next_random();
-                    let message = w.message(&self.scope(f), whatsapp_flow::flow_token(self.rng));
+                    let token = crate::compile::whatsapp_flow::flow_token(self.rng);
+                    let message = w.message(&self.scope(f), token);
                     Session::send(out, node, message);
                     let wake = w.wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
                     self.wait_here(node, SessionStatus::WaitingForInput, wake);
