@@ -427,7 +427,8 @@ impl Session {
                     current = None;
                 }
                 match (self.status, current) {
-                    (SessionStatus::NotStarted | SessionStatus::Ended, _) => {
+                    // An expired session ends on a side event too, but does not start again.
+                    (SessionStatus::NotStarted | SessionStatus::Ended, _) if !is_side_event(&message) => {
                         self.restart();
                         self.last_active = Some(now);
                         self.run(f, f.start, now, &mut out);

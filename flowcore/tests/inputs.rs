@@ -160,6 +160,19 @@ fn events_about_other_messages_start_nothing() {
 }
 
 #[test]
+fn a_side_event_ends_an_expired_session_without_starting_it_again() {
+    let mut sim = Sim::with(sample("visita.json"), SessionOptions { ttl_millis: 60_000, ..Default::default() });
+    sim.say("oi");
+    sim.advance_secs(120);
+    let turn = sim.feed(Input::Reaction { message_id: "wamid.A".into(), emoji: Some("👍".into()) });
+    assert_eq!(turn.outputs.len(), 1, "{:?}", turn.outputs);
+    assert!(matches!(&turn.outputs[0], Output::End { reason: flowcore::EndReason::Expired, .. }), "{:?}", turn.outputs);
+    assert_eq!(sim.session.status(), SessionStatus::Ended);
+    // The next message starts afresh.
+    assert_eq!(sim.say("oi").outputs.len(), 2);
+}
+
+#[test]
 fn text_questions_still_read_captions_and_contacts_can_have_no_phone() {
     let flow = compile(json!({"id": "q", "nodes": [
         {"id": "s", "type": "start"},
