@@ -103,6 +103,8 @@ impl fmt::Display for EffectId {
 /// let input: Input = serde_json::from_str(r#"{"type":"button_reply","id":"yes"}"#).unwrap();
 /// assert_eq!(input, Input::Choice { id: "yes".into(), title: None });
 /// assert_eq!(Input::text("oi"), Input::Text { text: "oi".into() });
+/// let place: Input = serde_json::from_str(r#"{"type":"location","latitude":-23.5,"longitude":-46.6}"#).unwrap();
+/// assert_eq!(place, Input::Location { latitude: -23.5, longitude: -46.6, name: None, address: None });
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
