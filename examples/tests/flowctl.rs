@@ -207,6 +207,65 @@ fn run_skips_delays_and_ticks_to_timeouts_on_a_fixed_clock() {
     assert_eq!(texts(&json_lines(&outcome.stdout)), ["Ainda está aí?", "Encerrando por inatividade."]);
 }
 
+/// The inbound lines that bring `visita.json` to its WhatsApp Flow: a location, a photo
+/// and a contact card, each as the JSON line of its `Input`.
+const VISITA_TO_FLOW: &str = concat!(
+    "oi\n",
+    r#"{"type":"location","latitude":-23.5505,"longitude":-46.6333,"name":"Sé"}"#,
+    "\n",
+    r#"{"type":"media","kind":"image","id":"m1","mime_type":"image/jpeg"}"#,
+    "\n",
+    r#"{"type":"contacts","contacts":[{"name":{"formatted_name":"João Silva"}}]}"#,
+    "\n",
+);
+
+#[test]
+fn run_sends_a_location_and_answers_a_whatsapp_flow() {
+    let args = ["run", &path_arg(&engine_sample("visita.json")), "--seed", "7"];
+    let first = flowctl(&args, VISITA_TO_FLOW);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let lines = json_lines(&first.stdout);
+    assert!(texts(&lines).contains(&"Recebemos: Sé (-23.5505, -46.6333).".to_string()), "{lines:?}");
+    let flow = lines.iter().find(|l| l["type"] == "flow").expect("a flow message line");
+    assert_eq!((flow["node"].as_str(), flow["cta"].as_str()), (Some("schedule"), Some("Agendar")));
+    let token = flow["flow_token"].as_str().expect("the flow line carries its token");
+
+    // Same seed, same token: a script can answer the flow it was sent.
+    let reply = serde_json::json!({"type": "flow_reply", "flow_token": token,
+        "response": {"dia": "12/12", "horario": "14:00"}});
+    let second = flowctl(&args, &format!("{VISITA_TO_FLOW}{reply}\n"));
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let lines = json_lines(&second.stdout);
+    assert_eq!(
+        texts(&lines).last().map(String::as_str),
+        Some("Visita agendada para 12/12 às 14:00. João Silva receberá o técnico. Até lá!")
+    );
+    assert_eq!(lines.last().map(|l| l["reason"].clone()), Some(serde_json::json!("completed")));
+}
+
+#[test]
+fn chat_takes_json_events_and_answers_flows_with_their_token() {
+    let script =
+        format!("{VISITA_TO_FLOW}{{\"type\":\"oops\"}}\n/flow {{\"dia\": \"13/12\", \"horario\": \"9:00\"}}\n");
+    let outcome = flowctl(&["chat", &path_arg(&engine_sample("visita.json"))], &script);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(outcome.stdout.contains("[Agendar] (WhatsApp Flow 1234567890, screen AGENDA)"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("(not an inbound event: unknown variant `oops`"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("Visita agendada para 13/12 às 9:00."), "{}", outcome.stdout);
+}
+
+#[test]
+fn graph_draws_a_whatsapp_flow_as_a_waiting_node() {
+    let outcome = flowctl(&["graph", &path_arg(&engine_sample("visita.json"))], "");
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert!(
+        outcome.stdout.contains(r#"[/"schedule (whatsapp_flow)<br/>flow 1234567890 → agenda"/]"#),
+        "{}",
+        outcome.stdout
+    );
+    assert!(outcome.stdout.contains(r#"-->|"timeout"|"#), "{}", outcome.stdout);
+}
+
 #[test]
 fn chat_numbers_choices_for_a_person() {
     let outcome = flowctl(&["chat", &path_arg(&sample("support_menu.json"))], "oi\n1\n2\n");

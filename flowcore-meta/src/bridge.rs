@@ -1,11 +1,12 @@
 //! Conversions between WhatsApp and flowcore: inbound events → [`flowcore::Input`],
 //! [`flowcore::Message`] → [`OutgoingMessage`]s.
 
-use flowcore::{Input, MediaKind};
+use flowcore::{Input, MediaKind, OrderItem};
+use serde_json::Value;
 
 use crate::outgoing::{
-    BuildError, Header, ListMessage, ListRow, ListSection, MediaMessage, MediaSource, OutgoingMessage, Recipient,
-    ReplyButton, ReplyButtons, Template, Text, TEXT_BODY_MAX,
+    BuildError, FlowMessage, Header, ListMessage, ListRow, ListSection, MediaMessage, MediaSource, OutgoingMessage,
+    Recipient, ReplyButton, ReplyButtons, Template, Text, TEXT_BODY_MAX,
 };
 use crate::webhook::{Content, Event, Interactive, Media, Message, MessageEvent};
 
@@ -19,7 +20,12 @@ use crate::webhook::{Content, Event, Interactive, Media, Message, MessageEvent};
 /// | `image`, `video`, `audio`, `document`, `sticker` | [`Input::Media`] with id, MIME type, caption, file name |
 /// | `location` | [`Input::Location`] |
 /// | `contacts` | [`Input::Contacts`] with Meta's JSON |
-/// | anything else | [`Input::Unsupported`] with its kind (`reaction`, `order`, `nfm_reply`, …) |
+/// | `reaction` | [`Input::Reaction`]; an empty or missing emoji (a removal) is `None` |
+/// | `order` | [`Input::Order`] with catalog, note and items |
+/// | `interactive` `nfm_reply` | [`Input::FlowReply`]: `response_json` parsed (a string when it is not JSON), its `flow_token` lifted out |
+/// | `edit` | [`Input::Edit`] with the edited message's id and the new text or media |
+/// | `revoke` | [`Input::Revoke`] with the deleted message's id |
+/// | anything else | [`Input::Unsupported`] with its kind (`system`, `request_welcome`, `unsupported`, unknown types) |
 pub fn to_input(event: &MessageEvent<'_>) -> Input {
     message_to_input(&event.message)
 }
@@ -42,7 +48,7 @@ pub fn message_to_input(message: &Message<'_>) -> Input {
         | Content::Interactive(Interactive::ListReply { id, title, .. }) => {
             Input::Choice { id: id.to_string(), title: Some(title.to_string()) }
         }
-        Content::Interactive(Interactive::NfmReply { .. }) => unsupported("nfm_reply"),
+        Content::Interactive(Interactive::NfmReply { response_json, .. }) => flow_reply(response_json),
         Content::Interactive(Interactive::Other { kind, .. }) => unsupported(kind),
         Content::Button { payload, text } => match payload.as_deref().or(text.as_deref()) {
             Some(id) => Input::Choice { id: id.to_owned(), title: text.as_deref().map(str::to_owned) },
@@ -62,7 +68,67 @@ pub fn message_to_input(message: &Message<'_>) -> Input {
         Content::Contacts { raw, .. } => {
             Input::Contacts { contacts: serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null) }
         }
+        Content::Reaction { message_id, emoji } => Input::Reaction {
+            message_id: message_id.to_string(),
+            emoji: emoji.as_deref().filter(|e| !e.is_empty()).map(str::to_owned),
+        },
+        Content::Order(order) => Input::Order {
+            catalog_id: order.catalog_id.as_deref().map(str::to_owned),
+            text: order.text.as_deref().map(str::to_owned),
+            items: order
+                .product_items
+                .iter()
+                .map(|item| OrderItem {
+                    product_retailer_id: item.product_retailer_id.to_string(),
+                    quantity: item.quantity,
+                    item_price: item.item_price,
+                    currency: item.currency.to_string(),
+                })
+                .collect(),
+        },
+        Content::Edit { original_message_id, message } => Input::Edit {
+            message_id: original_message_id.as_deref().unwrap_or_default().to_owned(),
+            message: message
+                .as_ref()
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                .map(|value| Box::new(edited_input(&value))),
+        },
+        Content::Revoke { original_message_id } => {
+            Input::Revoke { message_id: original_message_id.as_deref().unwrap_or_default().to_owned() }
+        }
         other => unsupported(other.kind()),
+    }
+}
+
+/// A flow reply from `response_json`: the answers, with the token lifted out. Text that
+/// is not JSON is kept as a string, so nothing the contact sent is lost.
+fn flow_reply(response_json: &str) -> Input {
+    let response = serde_json::from_str::<Value>(response_json).unwrap_or_else(|_| Value::String(response_json.into()));
+    let flow_token = response.get("flow_token").and_then(Value::as_str).map(str::to_owned);
+    Input::FlowReply { flow_token, response }
+}
+
+/// The input an edit's new message stands for. Meta lets users edit texts and media
+/// captions; other kinds are kept by their name.
+fn edited_input(message: &Value) -> Input {
+    let kind = message.get("type").and_then(Value::as_str).unwrap_or_default();
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let media_kind = match kind {
+        "text" => return Input::Text { text: text(message.pointer("/text/body")).unwrap_or_default() },
+        "image" => MediaKind::Image,
+        "video" => MediaKind::Video,
+        "audio" => MediaKind::Audio,
+        "document" => MediaKind::Document,
+        "sticker" => MediaKind::Sticker,
+        other => return Input::Unsupported { kind: if other.is_empty() { "edit".into() } else { other.into() } },
+    };
+    let media = message.get(kind);
+    Input::Media {
+        kind: media_kind,
+        id: text(media.and_then(|m| m.get("id"))).unwrap_or_default(),
+        mime_type: text(media.and_then(|m| m.get("mime_type"))),
+        caption: text(media.and_then(|m| m.get("caption"))),
+        filename: text(media.and_then(|m| m.get("filename"))),
     }
 }
 
@@ -158,6 +224,19 @@ pub fn to_outgoing(to: &Recipient, message: &flowcore::Message) -> Result<Vec<Ou
             }
             if let Some(filename) = filename {
                 message = message.filename(filename.as_str())?;
+            }
+            single(message.into())
+        }
+        flowcore::Message::Flow { header, body, footer, flow_id, cta, flow_token, screen, data } => {
+            let mut message = FlowMessage::new(body.as_str(), flow_id.as_str(), cta.as_str(), flow_token.as_str())?;
+            if let Some(screen) = screen {
+                message = message.navigate(screen.as_str(), data)?;
+            }
+            if let Some(header) = header {
+                message = message.header(Header::text(header.as_str())?);
+            }
+            if let Some(footer) = footer {
+                message = message.footer(footer.as_str())?;
             }
             single(message.into())
         }

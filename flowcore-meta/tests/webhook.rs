@@ -182,12 +182,9 @@ fn location_contacts_and_the_rest() {
         events.iter().filter_map(event_to_input).collect::<Vec<_>>()
     };
     let kind = |k: &str| Input::Unsupported { kind: k.into() };
-    assert_eq!(unsupported("07-reaction.json"), [kind("reaction")]);
-    assert_eq!(unsupported("20-order.json"), [kind("order")]);
+    // Reactions, orders, flow replies, edits and revokes are typed: tests/bridge.rs.
     assert_eq!(unsupported("22-request-welcome.json"), [kind("request_welcome")]);
     assert_eq!(unsupported("24-unsupported-with-errors.json"), [kind("unsupported")]);
-    assert_eq!(unsupported("25-nfm-reply.json"), [kind("nfm_reply")]);
-    assert_eq!(unsupported("26-edit-revoke.json"), [kind("edit"), kind("revoke")]);
     assert_eq!(unsupported("37-interactive-unknown-kind.json"), [kind("call_permission_reply")]);
     assert_eq!(unsupported("29-unknown-message-type.json"), [kind("hologram"), Input::text("depois do desconhecido")]);
     assert!(unsupported("13-statuses-only.json").is_empty());

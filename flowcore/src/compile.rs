@@ -1,6 +1,8 @@
 //! `Flow` → `CompiledFlow`: ids become indices, templates and regexes are parsed once,
 //! edges are resolved, and every check of the flow's shape happens here.
 
+pub(crate) mod whatsapp_flow;
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -238,6 +240,8 @@ pub(crate) enum Kind {
     },
     WhatsappTemplate(Box<WaTemplate>),
     Interactive(Box<Interactive>),
+    /// Sends a WhatsApp Flow and waits for its reply.
+    WhatsappFlow(Box<whatsapp_flow::WhatsappFlow>),
     Analytics {
         event: Template,
         properties: JsonTemplate,
@@ -383,6 +387,7 @@ impl Node {
             self.kind,
             Kind::Question(_)
                 | Kind::Interactive(_)
+                | Kind::WhatsappFlow(_)
                 | Kind::Delay { .. }
                 | Kind::Handoff { .. }
                 | Kind::End { .. }
@@ -408,6 +413,7 @@ impl Node {
                 }
             }
             Kind::Question(q) => wait_links(&q.wait, f),
+            Kind::WhatsappFlow(w) => wait_links(&w.wait, f),
             Kind::Interactive(i) => {
                 for o in i.options.iter() {
                     if let Some(t) = o.target {
@@ -471,6 +477,7 @@ impl Node {
             Kind::Delay { millis } => format!("{}s", millis / 1000),
             Kind::WhatsappTemplate(t) => format!("{} ({})", t.name, t.language),
             Kind::Interactive(i) => i.body.to_string(),
+            Kind::WhatsappFlow(w) => w.summary(),
             Kind::Analytics { event, .. } => event.to_string(),
             Kind::Datetime(d) => match &d.hours {
                 Some(h) => {
@@ -758,6 +765,7 @@ fn canonical_type(kind: &str) -> Option<&'static str> {
         "database_query" | "databasequery" | "db_query" => "database_query",
         "script" | "code" => "script",
         "whatsapp_template" | "template" => "whatsapp_template",
+        "whatsapp_flow" | "whatsappflow" | "wa_flow" | "flow_message" => "whatsapp_flow",
         "interactive_buttons" | "buttons" => "interactive_buttons",
         "interactive_list" | "list" => "interactive_list",
         "analytics" | "track" => "analytics",
@@ -955,6 +963,7 @@ impl<'f> Nx<'_, 'f> {
             "delay" => (self.delay(), self.default_edge(&[])),
             "whatsapp_template" => (self.whatsapp_template(), self.default_edge(&[])),
             "interactive_buttons" | "interactive_list" => self.interactive(type_name == "interactive_list"),
+            "whatsapp_flow" => self.whatsapp_flow(),
             "analytics" => (self.analytics(), self.default_edge(&[])),
             "datetime" => self.datetime(),
             "call_flow" => self.call_flow(),
@@ -1030,6 +1039,10 @@ impl<'f> Nx<'_, 'f> {
             (Some("email" | "e-mail" | "mail"), _) => Validation::Email,
             (Some("phone" | "tel" | "telephone" | "phone_number"), _) => Validation::Phone,
             (Some("options" | "option" | "choice" | "choices"), _) => self.question_options(),
+            (Some("location" | "localização" | "localizacao"), _) => Validation::Location,
+            (Some("media" | "file" | "attachment"), _) => self.question_media_types(),
+            (Some("contact" | "contacts" | "contato"), _) => Validation::Contact,
+            (Some("order" | "cart" | "pedido"), _) => Validation::Order,
             (Some(other), _) => {
                 let other = other.to_string();
                 self.error("unknown-validation-type", format!("unknown `validationType` {other:?}"));
@@ -1040,6 +1053,27 @@ impl<'f> Nx<'_, 'f> {
         let q = Question { prompt, validation, wait };
         let next = self.default_edge(&["invalid", "timeout"]);
         (Kind::Question(Box::new(q)), next)
+    }
+
+    /// `mediaTypes` of a media question: a list (or one name) of media kinds.
+    fn question_media_types(&mut self) -> Validation {
+        let names: Vec<&Value> = match self.raw(&["mediaTypes", "mediaType", "accept"]) {
+            None => Vec::new(),
+            Some((_, Value::Array(items))) => items.iter().collect(),
+            Some((_, one)) => vec![one],
+        };
+        let mut kinds = Vec::new();
+        for name in names {
+            match name.as_str().and_then(crate::validate::parse_media_kind) {
+                Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
+                Some(_) => {}
+                None => self.error(
+                    "unknown-media-type",
+                    format!("unknown media type {name} in `mediaTypes` (image, video, audio, document, sticker)"),
+                ),
+            }
+        }
+        Validation::Media(kinds.into())
     }
 
     fn question_options(&mut self) -> Validation {

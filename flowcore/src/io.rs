@@ -103,6 +103,8 @@ impl fmt::Display for EffectId {
 /// let input: Input = serde_json::from_str(r#"{"type":"button_reply","id":"yes"}"#).unwrap();
 /// assert_eq!(input, Input::Choice { id: "yes".into(), title: None });
 /// assert_eq!(Input::text("oi"), Input::Text { text: "oi".into() });
+/// let place: Input = serde_json::from_str(r#"{"type":"location","latitude":-23.5,"longitude":-46.6}"#).unwrap();
+/// assert_eq!(place, Input::Location { latitude: -23.5, longitude: -46.6, name: None, address: None });
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -157,8 +159,56 @@ pub enum Input {
         /// The shared cards.
         contacts: serde_json::Value,
     },
-    /// An event the engine has no dedicated input for (a reaction, an order, a sticker
-    /// the adapter does not map, …). Flows can route on it by its `kind`.
+    /// The contact reacted to a message with an emoji, or removed a reaction.
+    Reaction {
+        /// The message reacted to (the platform's id).
+        message_id: String,
+        /// The emoji; `None` when the reaction was removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        emoji: Option<String>,
+    },
+    /// The contact sent a cart from a catalog.
+    Order {
+        /// The catalog the products come from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        catalog_id: Option<String>,
+        /// A note the contact wrote with the order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The products, in the contact's order.
+        #[serde(default)]
+        items: Vec<OrderItem>,
+    },
+    /// The contact edited an earlier message.
+    Edit {
+        /// The edited message's id.
+        message_id: String,
+        /// The message as it reads now, when the platform says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<Box<Input>>,
+    },
+    /// The contact deleted an earlier message.
+    Revoke {
+        /// The deleted message's id.
+        message_id: String,
+    },
+    /// The contact submitted a WhatsApp Flow (Meta's `nfm_reply`).
+    ///
+    /// A `whatsapp_flow` node takes it only when `flow_token` is the token of the flow
+    /// message the node sent; `response` holds the flow's answers.
+    #[serde(alias = "nfm_reply")]
+    FlowReply {
+        /// The token the flow message carried (`response_json.flow_token`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow_token: Option<String>,
+        /// The answers: the flow's `response_json` (a `whatsapp_flow` node stores them
+        /// without `flow_token`).
+        #[serde(default)]
+        response: serde_json::Value,
+    },
+    /// An event the engine has no dedicated input for (a system notice, a poll, a type
+    /// the adapter does not know, …). It never starts a session; a waiting question
+    /// takes it as an invalid answer.
     Unsupported {
         /// The platform's name for the event type, such as `"reaction"`.
         kind: String,
@@ -185,6 +235,19 @@ impl Input {
     pub fn choice(id: impl Into<String>) -> Self {
         Input::Choice { id: id.into(), title: None }
     }
+}
+
+/// One product of an [`Input::Order`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderItem {
+    /// The product's id in the catalog.
+    pub product_retailer_id: String,
+    /// How many.
+    pub quantity: f64,
+    /// The price of one.
+    pub item_price: f64,
+    /// The ISO 4217 currency of the price.
+    pub currency: String,
 }
 
 /// The kind of a media item, in either direction.
@@ -349,6 +412,31 @@ pub enum Message {
         /// Optional file name (documents).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filename: Option<String>,
+    },
+    /// A WhatsApp Flow: a button (`cta`) that opens the flow `flow_id`; the contact's
+    /// answers come back as an [`Input::FlowReply`] carrying `flow_token`.
+    Flow {
+        /// Optional header text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        header: Option<String>,
+        /// The body text.
+        body: String,
+        /// Optional footer text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        footer: Option<String>,
+        /// The published flow's id.
+        flow_id: String,
+        /// The label of the button that opens the flow.
+        cta: String,
+        /// The token the reply must carry; generated from the session's seed.
+        flow_token: String,
+        /// The screen the flow opens at; `None` lets the flow's endpoint decide
+        /// (`data_exchange`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        screen: Option<String>,
+        /// The initial data for the screen, templates rendered.
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        data: serde_json::Value,
     },
     /// A pre-approved template (WhatsApp requires one outside the 24-hour window).
     Template {

@@ -34,10 +34,20 @@
 //! # Ok::<(), flowcore::FlowError>(())
 //! ```
 //!
+//! A waiting node (question, interactive message, `whatsapp_flow`) answers anything it
+//! cannot take (text where a location was asked, a reaction, a flow reply with another
+//! token) with its error message, as it does an invalid answer. Reactions, edits,
+//! revokes, flow replies and unsupported events never start a session.
+//!
 //! # Node types
 //!
 //! `start`, `message` (text, or media with `mediaUrl`/`mediaType`), `question`
-//! (`validationType` text, number, email, phone, regex with `pattern`, options),
+//! (`validationType` text, number, email, phone, regex with `pattern`, options; and the
+//! structured `location`, `media` with optional `mediaTypes`, `contact` and `order`, stored as
+//! objects templates read by path, such as `{{where.latitude}}`), `whatsapp_flow`
+//! (`flowId`, `cta`, `content`, optional `screen` and `data`: sends
+//! [`Message::Flow`] with a `flow_token` drawn from the session's seed, and stores the
+//! answers of the [`Input::FlowReply`] carrying that token in `variableName`),
 //! `interactive_buttons`, `interactive_list`, `condition`, `jump`, `random` (weighted
 //! edges: `weight`, `data.weight` or a numeric label such as `"70%"`), `set_variable`
 //! (`value`, a literal or template; or `expression`, safe arithmetic such as
@@ -88,7 +98,7 @@ pub use flow::{Flow, FlowEdge, FlowError, FlowNode};
 pub use flow_set::{FlowSet, MAX_CALL_DEPTH};
 pub use io::{
     Choice, EffectId, EffectKind, EffectOutcome, EffectRequest, EndReason, Input, ListRow, ListSection, MediaKind,
-    Message, NodeId, Output, Turn,
+    Message, NodeId, OrderItem, Output, Turn,
 };
 pub use session::{Session, SessionError, SessionOptions, SessionStatus, PATH_MAX_BYTES, STATE_VERSION};
 pub use time::Timestamp;

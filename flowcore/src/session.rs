@@ -629,7 +629,9 @@ impl Session {
                 self.effect_result(f, cur, result, now, &mut out);
             }
             Input::Tick => self.tick(f, current, now, &mut out),
-            Input::Unsupported { .. } => {}
+            // Events about other messages (and unknown ones) start nothing; a waiting
+            // node takes them as an invalid answer, below.
+            ref event if is_side_event(event) && self.status != SessionStatus::WaitingForInput => {}
             message => {
                 if self.status == SessionStatus::WaitingForEffect {
                     return Err(SessionError::AwaitingEffect { id: self.pending.unwrap_or(EffectId(0)) });
@@ -641,7 +643,8 @@ impl Session {
                     current = None;
                 }
                 match (self.status, current) {
-                    (SessionStatus::NotStarted | SessionStatus::Ended, _) => {
+                    // An expired session ends on a side event too, but does not start again.
+                    (SessionStatus::NotStarted | SessionStatus::Ended, _) if !is_side_event(&message) => {
                         self.restart();
                         self.last_active = Some(now);
                         let f = &f.running(f.root);
@@ -704,7 +707,9 @@ impl Session {
         let index = f.lookup(id.as_str()).ok_or_else(|| SessionError::MissingNode { node: id.to_string() })?;
         let node = f.node(index);
         let fits = match self.status {
-            SessionStatus::WaitingForInput => matches!(node.kind, Kind::Question(_) | Kind::Interactive(_)),
+            SessionStatus::WaitingForInput => {
+                matches!(node.kind, Kind::Question(_) | Kind::Interactive(_) | Kind::WhatsappFlow(_))
+            }
             SessionStatus::WaitingForEffect => matches!(node.kind, Kind::Effect(_)),
             _ => matches!(node.kind, Kind::Delay { .. }),
         };
@@ -889,6 +894,7 @@ impl Session {
             (Kind::Delay { .. }, SessionStatus::Sleeping) => self.go(f, cur, node.next, now, out),
             (Kind::Question(q), SessionStatus::WaitingForInput) => self.timed_out(f, cur, &q.wait, now, out),
             (Kind::Interactive(i), SessionStatus::WaitingForInput) => self.timed_out(f, cur, &i.wait, now, out),
+            (Kind::WhatsappFlow(w), SessionStatus::WaitingForInput) => self.timed_out(f, cur, &w.wait, now, out),
             _ => {}
         }
     }
@@ -904,7 +910,7 @@ impl Session {
     fn answer(&mut self, f: &Flows<'_>, cur: u32, input: &Input, now: Timestamp, out: &mut Vec<Output>) {
         let node = f.node(cur);
         match &node.kind {
-            Kind::Question(q) => match answer_text(input).and_then(|t| q.validation.check(t)) {
+            Kind::Question(q) => match q.validation.check_input(input) {
                 Some(value) => {
                     self.set_var(&q.wait.var, value);
                     self.retries = 0;
@@ -925,6 +931,18 @@ impl Session {
                 }
                 None => self.invalid(f, cur, &i.wait, || CHOICE_ERROR_TEXT.to_string(), now, out),
             },
+            Kind::WhatsappFlow(w) => {
+                use crate::compile::whatsapp_flow::{accept_reply, flow_token, FLOW_ERROR_TEXT};
+                match accept_reply(input, &flow_token(self.rng)) {
+                    Some(value) => {
+                        self.set_var(&w.wait.var, value);
+                        self.retries = 0;
+                        self.wake_at = None;
+                        self.go(f, cur, node.next, now, out);
+                    }
+                    None => self.invalid(f, cur, &w.wait, || FLOW_ERROR_TEXT.to_string(), now, out),
+                }
+            }
             // `resolve` checked that the node waits for input.
             _ => {}
         }
@@ -1057,6 +1075,16 @@ impl Session {
                     let message = interactive_message(i, &self.scope(f));
                     Session::send(out, node, message);
                     let wake = i.wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
+                    self.wait_here(node, SessionStatus::WaitingForInput, wake);
+                    return;
+                }
+                Kind::WhatsappFlow(w) => {
+                    // The generator stays here until the reply: `answer` recomputes the token.
+                    self.next_random();
+                    let token = crate::compile::whatsapp_flow::flow_token(self.rng);
+                    let message = w.message(&self.scope(f), token);
+                    Session::send(out, node, message);
+                    let wake = w.wait.timeout.as_ref().map(|t| now.saturating_add_millis(t.millis));
                     self.wait_here(node, SessionStatus::WaitingForInput, wake);
                     return;
                 }
@@ -1203,14 +1231,16 @@ fn loop_nodes(f: &Inner, window: &[u32; LOOP_WINDOW], steps: u32, next: u32) -> 
     ran.get(entry..end).unwrap_or_default().iter().map(|i| f.node(*i).id.clone()).collect()
 }
 
-fn answer_text(input: &Input) -> Option<&str> {
-    match input {
-        Input::Text { text } => Some(text),
-        Input::Choice { id, title } => Some(title.as_deref().unwrap_or(id)),
-        Input::Media { caption, .. } => caption.as_deref(),
-        Input::Location { name, address, .. } => name.as_deref().or(address.as_deref()),
-        _ => None,
-    }
+/// Inputs about other messages, or of no known kind: they never start a session.
+fn is_side_event(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::Unsupported { .. }
+            | Input::Reaction { .. }
+            | Input::Edit { .. }
+            | Input::Revoke { .. }
+            | Input::FlowReply { .. }
+    )
 }
 
 fn pick_option<'a>(i: &'a Interactive, input: &Input) -> Option<&'a crate::compile::Opt> {

@@ -1,9 +1,11 @@
-//! Question answer validation: text, number, email, phone, regex, options.
+//! Question answer validation: text, number, email, phone, regex, options, and the
+//! structured answers location, media and contact.
 
 use regex::Regex;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 use crate::value::number_value;
+use crate::{Input, MediaKind};
 
 /// How a question checks its answer.
 #[derive(Clone, Debug)]
@@ -21,6 +23,17 @@ pub(crate) enum Validation {
     Regex(Regex),
     /// One of the listed options, by value, label or 1-based number; stored as the value.
     Options(Box<[QuestionOption]>),
+    /// A shared location; stored as `{latitude, longitude, name?, address?}`.
+    Location,
+    /// A media item, of the listed kinds (any kind when empty); stored as
+    /// `{kind, id, mime_type?, caption?, filename?}`.
+    Media(Box<[MediaKind]>),
+    /// A shared contact card; stored as the first card's `name`, `phone` and `wa_id`, with
+    /// every card as the platform sent them in `cards`.
+    Contact,
+    /// A cart from the catalog; stored as `{catalog_id?, text?, items, total, currency?}`,
+    /// `total` summing quantity × price (`currency` when every item shares one).
+    Order,
 }
 
 /// An option of an `options` question.
@@ -31,7 +44,53 @@ pub(crate) struct QuestionOption {
 }
 
 impl Validation {
-    /// The value to store for `answer`, or `None` when the answer is invalid.
+    /// The value to store for `input`, or `None` when the question cannot take it.
+    ///
+    /// Text validations read the text of a message (a media caption or a place's name
+    /// count as text); the structured ones take only their own kind of input.
+    pub(crate) fn check_input(&self, input: &Input) -> Option<Value> {
+        match (self, input) {
+            (Validation::Location, Input::Location { latitude, longitude, name, address }) => {
+                if !(-90.0..=90.0).contains(latitude) || !(-180.0..=180.0).contains(longitude) {
+                    return None;
+                }
+                let mut map = Map::new();
+                map.insert("latitude".into(), number_value(*latitude));
+                map.insert("longitude".into(), number_value(*longitude));
+                insert_some(&mut map, "name", name);
+                insert_some(&mut map, "address", address);
+                Some(Value::Object(map))
+            }
+            (Validation::Media(kinds), Input::Media { kind, id, mime_type, caption, filename }) => {
+                if !kinds.is_empty() && !kinds.contains(kind) {
+                    return None;
+                }
+                let mut map = Map::new();
+                map.insert("kind".into(), Value::String(kind.as_str().into()));
+                map.insert("id".into(), Value::String(id.clone()));
+                insert_some(&mut map, "mime_type", mime_type);
+                insert_some(&mut map, "caption", caption);
+                insert_some(&mut map, "filename", filename);
+                Some(Value::Object(map))
+            }
+            (Validation::Contact, Input::Contacts { contacts }) => contact_value(contacts),
+            (Validation::Order, Input::Order { catalog_id, text, items }) if !items.is_empty() => {
+                let mut map = Map::new();
+                insert_some(&mut map, "catalog_id", catalog_id);
+                insert_some(&mut map, "text", text);
+                let total: f64 = items.iter().map(|i| i.quantity * i.item_price).sum();
+                map.insert("items".into(), serde_json::to_value(items).unwrap_or(Value::Null));
+                map.insert("total".into(), number_value((total * 100.0).round() / 100.0));
+                let currency = items.first().map(|i| &i.currency).filter(|c| items.iter().all(|i| &i.currency == *c));
+                insert_some(&mut map, "currency", &currency.cloned());
+                Some(Value::Object(map))
+            }
+            (Validation::Location | Validation::Media(_) | Validation::Contact | Validation::Order, _) => None,
+            (_, input) => text_of(input).and_then(|t| self.check(t)),
+        }
+    }
+
+    /// The value to store for a text `answer`, or `None` when the answer is invalid.
     pub(crate) fn check(&self, answer: &str) -> Option<Value> {
         let t = answer.trim();
         match self {
@@ -40,6 +99,7 @@ impl Validation {
             Validation::Email => is_email(t).then(|| Value::String(t.to_string())),
             Validation::Phone => normalize_phone(t).map(Value::String),
             Validation::Regex(re) => re.is_match(t).then(|| Value::String(t.to_string())),
+            Validation::Location | Validation::Media(_) | Validation::Contact | Validation::Order => None,
             Validation::Options(options) => {
                 let by_number = t.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| options.get(i));
                 options
@@ -63,8 +123,80 @@ impl Validation {
                 let labels: Vec<&str> = options.iter().map(|o| &*o.label).collect();
                 format!("Por favor, escolha uma das opções: {}.", labels.join(", "))
             }
+            Validation::Location => "Por favor, envie uma localização pelo clipe 📎 → Localização.".into(),
+            Validation::Media(kinds) if kinds.is_empty() => "Por favor, envie um arquivo ou uma foto.".into(),
+            Validation::Media(kinds) => {
+                let names: Vec<&str> = kinds.iter().map(|k| media_name_pt(*k)).collect();
+                format!("Por favor, envie: {}.", names.join(", "))
+            }
+            Validation::Contact => "Por favor, compartilhe um contato.".into(),
+            Validation::Order => "Por favor, envie seu pedido pelo catálogo.".into(),
         }
     }
+}
+
+/// The text a message carries, for text validations.
+fn text_of(input: &Input) -> Option<&str> {
+    match input {
+        Input::Text { text } => Some(text),
+        Input::Choice { id, title } => Some(title.as_deref().unwrap_or(id)),
+        Input::Media { caption, .. } => caption.as_deref(),
+        Input::Location { name, address, .. } => name.as_deref().or(address.as_deref()),
+        _ => None,
+    }
+}
+
+fn insert_some(map: &mut Map<String, Value>, key: &str, value: &Option<String>) {
+    if let Some(v) = value {
+        map.insert(key.into(), Value::String(v.clone()));
+    }
+}
+
+/// `{name, phone, wa_id, cards}` from WhatsApp's contact cards; `None` when there is no
+/// card (a card without a name or phone still counts: those fields are left out).
+fn contact_value(contacts: &Value) -> Option<Value> {
+    let cards: Vec<Value> = match contacts {
+        Value::Array(items) => items.clone(),
+        Value::Object(_) => vec![contacts.clone()],
+        _ => Vec::new(),
+    };
+    let first = cards.first()?;
+    let name = first.get("name").and_then(|n| n.get("formatted_name").or(Some(n))).and_then(Value::as_str);
+    let phone = first.get("phones").and_then(|p| p.get(0));
+    let mut map = Map::new();
+    if let Some(name) = name {
+        map.insert("name".into(), json!(name));
+    }
+    if let Some(number) = phone.and_then(|p| p.get("phone")).and_then(Value::as_str) {
+        map.insert("phone".into(), json!(number));
+    }
+    if let Some(wa_id) = phone.and_then(|p| p.get("wa_id")).and_then(Value::as_str) {
+        map.insert("wa_id".into(), json!(wa_id));
+    }
+    map.insert("cards".into(), Value::Array(cards));
+    Some(Value::Object(map))
+}
+
+fn media_name_pt(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Image => "uma foto",
+        MediaKind::Video => "um vídeo",
+        MediaKind::Audio => "um áudio",
+        MediaKind::Document => "um documento",
+        MediaKind::Sticker => "uma figurinha",
+    }
+}
+
+/// Reads a `mediaTypes` entry (`"image"`, `"photo"`, `"file"`, …).
+pub(crate) fn parse_media_kind(name: &str) -> Option<MediaKind> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "image" | "photo" | "picture" | "imagem" | "foto" => MediaKind::Image,
+        "video" | "vídeo" => MediaKind::Video,
+        "audio" | "voice" | "áudio" => MediaKind::Audio,
+        "document" | "file" | "documento" | "arquivo" => MediaKind::Document,
+        "sticker" | "figurinha" => MediaKind::Sticker,
+        _ => return None,
+    })
 }
 
 fn parse_answer_number(t: &str) -> Option<f64> {
@@ -169,5 +301,40 @@ mod tests {
             assert_eq!(validation.check(answer), expected, "{validation:?} {answer:?}");
         }
         assert!(options.default_error().contains("Manhã, Tarde"));
+    }
+
+    #[test]
+    fn structured_validation_table() {
+        let at = |latitude, longitude| Input::Location { latitude, longitude, name: None, address: None };
+        let media = |kind| Input::Media { kind, id: "m".into(), mime_type: None, caption: None, filename: None };
+        let photos = Validation::Media(vec![MediaKind::Image].into());
+        let cards = |v: Value| Input::Contacts { contacts: v };
+        let cases: Vec<(Validation, Input, Option<Value>)> = vec![
+            (Validation::Location, at(-23.5, -46.6), Some(json!({"latitude": -23.5, "longitude": -46.6}))),
+            (Validation::Location, at(91.0, 0.0), None),
+            (Validation::Location, at(0.0, -180.5), None),
+            (Validation::Location, Input::text("-23.5, -46.6"), None),
+            (photos.clone(), media(MediaKind::Image), Some(json!({"kind": "image", "id": "m"}))),
+            (photos, media(MediaKind::Video), None),
+            (Validation::Media(Box::default()), media(MediaKind::Sticker), Some(json!({"kind": "sticker", "id": "m"}))),
+            (Validation::Contact, cards(json!([])), None),
+            (Validation::Contact, cards(json!("x")), None),
+            (
+                Validation::Contact,
+                cards(json!({"name": {"formatted_name": "Ana"}})),
+                Some(json!({"name": "Ana", "cards": [{"name": {"formatted_name": "Ana"}}]})),
+            ),
+            (Validation::Order, Input::Order { catalog_id: None, text: None, items: vec![] }, None),
+            // Text validations read a place's name, not its coordinates.
+            (
+                Validation::Text,
+                Input::Location { latitude: 0.0, longitude: 0.0, name: Some("Sé".into()), address: None },
+                Some(json!("Sé")),
+            ),
+            (Validation::Text, Input::Reaction { message_id: "m".into(), emoji: Some("👍".into()) }, None),
+        ];
+        for (validation, input, expected) in cases {
+            assert_eq!(validation.check_input(&input), expected, "{validation:?} {input:?}");
+        }
     }
 }

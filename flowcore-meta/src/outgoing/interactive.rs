@@ -1,4 +1,4 @@
-//! Interactive messages: reply buttons, lists and call-to-action URLs.
+//! Interactive messages: reply buttons, lists, call-to-action URLs and WhatsApp Flows.
 
 use std::collections::HashSet;
 
@@ -382,6 +382,113 @@ impl CtaUrl {
             "type": "cta_url",
             "body": body_json(&self.body),
             "action": { "name": "cta_url", "parameters": { "display_text": self.display_text, "url": self.url } },
+        });
+        put_header_footer(&mut interactive, &self.header, &self.footer);
+        interactive
+    }
+}
+
+/// A body (≤ 1024) with a button (≤ 20, no emoji) that opens a published WhatsApp Flow.
+///
+/// The reply comes back as an `nfm_reply` whose `response_json` carries `flow_token`.
+/// Without [`navigate`](FlowMessage::navigate) the flow asks its endpoint for the first
+/// screen (`data_exchange`).
+///
+/// ```
+/// use flowcore_meta::outgoing::{FlowMessage, OutgoingMessage, Recipient};
+/// let flow = FlowMessage::new("Agende sua visita", "1234567890", "Agendar", "flowcore-1")?
+///     .navigate("AGENDA", &serde_json::json!({"cidade": "São Paulo"}))?;
+/// let json = OutgoingMessage::new(Recipient::phone("12025550101")?, flow).to_json();
+/// assert_eq!(json["interactive"]["action"]["parameters"]["flow_action_payload"]["screen"], "AGENDA");
+/// assert!(FlowMessage::new("x", "1", "Agendar 📅", "t").is_err());
+/// # Ok::<(), flowcore_meta::outgoing::BuildError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowMessage {
+    body: String,
+    flow_id: String,
+    cta: String,
+    flow_token: String,
+    screen: Option<String>,
+    data: Option<Value>,
+    header: Option<Header>,
+    footer: Option<String>,
+}
+
+impl FlowMessage {
+    /// The body, the flow's id, the button text and the token the reply will carry.
+    pub fn new(
+        body: impl Into<String>,
+        flow_id: impl Into<String>,
+        cta: impl Into<String>,
+        flow_token: impl Into<String>,
+    ) -> Result<Self, BuildError> {
+        let (body, flow_id, cta, flow_token) = (body.into(), flow_id.into(), cta.into(), flow_token.into());
+        check_body(&body)?;
+        limits::id("flow_id", &flow_id, usize::MAX)?;
+        limits::required("flow_cta", &cta, FLOW_CTA_MAX)?;
+        limits::no_emoji("flow_cta", &cta)?;
+        limits::id("flow_token", &flow_token, usize::MAX)?;
+        Ok(FlowMessage { body, flow_id, cta, flow_token, screen: None, data: None, header: None, footer: None })
+    }
+
+    /// Opens the flow at `screen` with `data` (an object; `null` or `{}` sends none).
+    pub fn navigate(mut self, screen: impl Into<String>, data: &Value) -> Result<Self, BuildError> {
+        let screen = screen.into();
+        limits::id("flow_action_payload.screen", &screen, usize::MAX)?;
+        self.data = match data {
+            Value::Null => None,
+            Value::Object(map) if map.is_empty() => None,
+            Value::Object(_) => Some(data.clone()),
+            _ => {
+                return Err(BuildError::Invalid {
+                    field: "flow_action_payload.data".into(),
+                    reason: "must be a JSON object",
+                })
+            }
+        };
+        self.screen = Some(screen);
+        Ok(self)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, header: Header) -> Self {
+        self.header = Some(header);
+        self
+    }
+
+    /// Adds a footer (≤ 60).
+    pub fn footer(mut self, footer: impl Into<String>) -> Result<Self, BuildError> {
+        let footer = footer.into();
+        check_footer(&footer)?;
+        self.footer = Some(footer);
+        Ok(self)
+    }
+
+    /// The token the reply will carry.
+    pub fn flow_token(&self) -> &str {
+        &self.flow_token
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        let mut parameters = json!({
+            "flow_message_version": FLOW_MESSAGE_VERSION,
+            "flow_token": self.flow_token,
+            "flow_id": self.flow_id,
+            "flow_cta": self.cta,
+            "flow_action": if self.screen.is_some() { "navigate" } else { "data_exchange" },
+        });
+        if let Some(screen) = &self.screen {
+            let mut payload = json!({ "screen": screen });
+            if let Some(data) = &self.data {
+                payload["data"] = data.clone();
+            }
+            parameters["flow_action_payload"] = payload;
+        }
+        let mut interactive = json!({
+            "type": "flow",
+            "body": body_json(&self.body),
+            "action": { "name": "flow", "parameters": parameters },
         });
         put_header_footer(&mut interactive, &self.header, &self.footer);
         interactive

@@ -32,6 +32,10 @@ pub const LIST_BUTTON_MAX: usize = 20;
 pub const SECTION_TITLE_MAX: usize = 24;
 /// CTA URL button text.
 pub const CTA_DISPLAY_TEXT_MAX: usize = 20;
+/// The text of the button that opens a WhatsApp Flow (emoji are refused too).
+pub const FLOW_CTA_MAX: usize = 20;
+/// The `flow_message_version` flowcore sends.
+pub const FLOW_MESSAGE_VERSION: &str = "3";
 /// Contact cards per message.
 pub const CONTACTS_MAX: usize = 257;
 /// `biz_opaque_callback_data`.
@@ -144,6 +148,15 @@ pub(crate) fn id(field: impl Into<String> + AsRef<str>, value: &str, max: usize)
     required(field.as_ref(), value, max)?;
     if value.trim() != value {
         return Err(BuildError::Whitespace { field: field.into() });
+    }
+    Ok(())
+}
+
+/// `value` must hold no emoji (Meta refuses them in a flow's button).
+pub(crate) fn no_emoji(field: &str, value: &str) -> Result<(), BuildError> {
+    let is_emoji = |c: char| matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF | 0xFE0F | 0x200D);
+    if value.chars().any(is_emoji) {
+        return Err(BuildError::Invalid { field: field.to_owned(), reason: "must not contain emoji" });
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Outgoing messages that cannot be invalid: every limit is checked when a value is built.
 //!
 //! Build a content value ([`Text`], [`MediaMessage`], [`ReplyButtons`], [`ListMessage`],
-//! [`CtaUrl`], [`Template`], [`LocationMessage`], [`ContactsMessage`], [`Reaction`]),
+//! [`CtaUrl`], [`FlowMessage`], [`Template`], [`LocationMessage`], [`ContactsMessage`],
+//! [`Reaction`]),
 //! address it with [`OutgoingMessage::new`], and send it with
 //! [`crate::MetaClient::send`]. Read receipts are [`MarkRead`].
 //!
@@ -36,7 +37,7 @@ use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 pub use basic::{ContactCard, ContactsMessage, LocationMessage, MarkRead, MediaMessage, MediaSource, Reaction, Text};
-pub use interactive::{CtaUrl, Header, ListMessage, ListRow, ListSection, ReplyButton, ReplyButtons};
+pub use interactive::{CtaUrl, FlowMessage, Header, ListMessage, ListRow, ListSection, ReplyButton, ReplyButtons};
 pub use limits::*;
 pub use template::{Template, TemplateComponent, TemplateParameter};
 
@@ -151,6 +152,8 @@ pub enum Content {
     List(ListMessage),
     /// A call-to-action URL button.
     CtaUrl(CtaUrl),
+    /// A button that opens a WhatsApp Flow.
+    Flow(FlowMessage),
     /// A template.
     Template(Template),
     /// A reaction (or its removal).
@@ -169,7 +172,8 @@ macro_rules! content_from {
 
 content_from!(
     Text => Text, MediaMessage => Media, LocationMessage => Location, ContactsMessage => Contacts,
-    ReplyButtons => Buttons, ListMessage => List, CtaUrl => CtaUrl, Template => Template, Reaction => Reaction,
+    ReplyButtons => Buttons, ListMessage => List, CtaUrl => CtaUrl, FlowMessage => Flow, Template => Template,
+    Reaction => Reaction,
 );
 
 impl Content {
@@ -180,7 +184,7 @@ impl Content {
             Content::Media(m) => m.kind().as_str(),
             Content::Location(_) => "location",
             Content::Contacts(_) => "contacts",
-            Content::Buttons(_) | Content::List(_) | Content::CtaUrl(_) => "interactive",
+            Content::Buttons(_) | Content::List(_) | Content::CtaUrl(_) | Content::Flow(_) => "interactive",
             Content::Template(_) => "template",
             Content::Reaction(_) => "reaction",
         }
@@ -195,6 +199,7 @@ impl Content {
             Content::Buttons(v) => v.to_json(),
             Content::List(v) => v.to_json(),
             Content::CtaUrl(v) => v.to_json(),
+            Content::Flow(v) => v.to_json(),
             Content::Template(v) => v.to_json(),
             Content::Reaction(v) => v.to_json(),
         }

@@ -3,11 +3,17 @@
 //! Buttons and list rows are shown as numbered choices: type the number (or the title) to
 //! pick one. `/tick` lets idle time pass (timeouts fire), `/restart` starts over, `/quit` or
 //! Ctrl-D leaves. Effects ask for their result at the prompt.
+//!
+//! Any other inbound event is typed as the JSON line `flowctl run` reads, such as
+//! `{"type":"location","latitude":-23.5,"longitude":-46.6}`, an image
+//! `{"type":"media","kind":"image","id":"m1"}`, a contact card, a reaction or an order.
+//! `/flow {"field":"value"}` submits the last WhatsApp Flow shown, with its token.
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use flowcore::{Choice, EffectKind, EffectOutcome, EffectRequest, Input, Message, Output};
+use serde_json::Value;
 
 use crate::conversation::Conversation;
 use crate::load::compile_flow;
@@ -20,6 +26,7 @@ pub(crate) fn run(path: &Path, options: &RunOptions) -> Result<u8, Failure> {
     let mut chat = Chat {
         conversation: Conversation::new(flow.clone(), options)?,
         choices: Vec::new(),
+        flow_token: None,
         style: Style::detect(),
         echo_input: !io::stdin().is_terminal(),
         input: io::stdin().lock(),
@@ -29,17 +36,30 @@ pub(crate) fn run(path: &Path, options: &RunOptions) -> Result<u8, Failure> {
         "{}",
         chat.style.dim("Type a message to start. Numbers pick a choice; /tick lets time pass, /restart, /quit.")
     );
+    println!(
+        "{}",
+        chat.style.dim(
+            r#"Other events as JSON: {"type":"location","latitude":-23.5,"longitude":-46.6}; /flow {…} answers a flow."#
+        )
+    );
     while let Some(line) = chat.prompt("you> ")? {
         let input = match line.trim() {
             "/quit" | "/exit" => break,
             "/restart" => {
                 chat.conversation = Conversation::new(flow.clone(), options)?;
                 chat.choices.clear();
+                chat.flow_token = None;
                 println!("{}", chat.style.dim("— new conversation —"));
                 continue;
             }
             "/tick" => None,
-            _ => Some(chat.read_input(&line)),
+            _ => match chat.read_input(&line) {
+                Ok(input) => Some(input),
+                Err(problem) => {
+                    println!("{}", chat.style.dim(&format!("({problem})")));
+                    continue;
+                }
+            },
         };
         let result = match input {
             Some(input) => chat.conversation.send(input),
@@ -58,6 +78,8 @@ struct Chat<R> {
     conversation: Conversation,
     /// The choices of the last buttons or list message, numbered from 1.
     choices: Vec<Choice>,
+    /// The token of the last WhatsApp Flow shown, for `/flow`.
+    flow_token: Option<String>,
     style: Style,
     /// Piped input is not shown by the terminal, so the chat prints it after the prompt.
     echo_input: bool,
@@ -82,13 +104,28 @@ impl<R: BufRead> Chat<R> {
         }
     }
 
-    /// A typed line: a number picks a shown choice, anything else is text.
-    fn read_input(&self, line: &str) -> Input {
-        let picked = line.trim().parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| self.choices.get(i));
-        match picked {
+    /// A typed line: a number picks a shown choice, `/flow {…}` answers the last flow, a
+    /// line starting with `{` is a JSON event, anything else is text.
+    fn read_input(&self, line: &str) -> Result<Input, String> {
+        let trimmed = line.trim();
+        if let Some(answers) = trimmed.strip_prefix("/flow").filter(|rest| rest.is_empty() || rest.starts_with(' ')) {
+            let token = self.flow_token.clone().ok_or("no WhatsApp Flow was shown yet")?;
+            let answers = answers.trim();
+            let response: Value = if answers.is_empty() {
+                Value::Object(serde_json::Map::new())
+            } else {
+                serde_json::from_str(answers).map_err(|err| format!("/flow needs a JSON object: {err}"))?
+            };
+            return Ok(Input::FlowReply { flow_token: Some(token), response });
+        }
+        if trimmed.starts_with('{') {
+            return serde_json::from_str(trimmed).map_err(|err| format!("not an inbound event: {err}"));
+        }
+        let picked = trimmed.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| self.choices.get(i));
+        Ok(match picked {
             Some(choice) => Input::Choice { id: choice.id.clone(), title: Some(choice.title.clone()) },
             None => Input::text(line),
-        }
+        })
     }
 
     /// Prints outputs; effects are answered at the prompt, which may produce more outputs.
@@ -190,6 +227,19 @@ impl<R: BufRead> Chat<R> {
                 println!("{bot}[{}: {link}]{caption}", kind.as_str());
             }
             Message::Template { name, language, .. } => println!("{bot}[template {name} ({language})]"),
+            Message::Flow { header, body, footer, flow_id, cta, flow_token, screen, .. } => {
+                if let Some(header) = header {
+                    println!("{bot}{}", self.style.bold(header));
+                }
+                println!("{bot}{}", indent(body));
+                let screen = screen.as_deref().map(|s| format!(", screen {s}")).unwrap_or_default();
+                println!("     [{cta}] {}", self.style.dim(&format!("(WhatsApp Flow {flow_id}{screen})")));
+                if let Some(footer) = footer {
+                    println!("     {}", self.style.dim(footer));
+                }
+                println!("     {}", self.style.dim(r#"answer with /flow {"field": "value"}"#));
+                self.flow_token = Some(flow_token.clone());
+            }
             other => println!("{bot}{other:?}"),
         }
     }

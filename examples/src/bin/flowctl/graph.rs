@@ -88,7 +88,7 @@ pub(crate) fn mermaid(graph: &FlowGraph, untested: &Untested) -> String {
         let (open, close) = match node.kind {
             "start" | "end" => ("([", "])"),
             "condition" | "random" => ("{", "}"),
-            "question" | "interactive_buttons" | "interactive_list" => ("[/", "/]"),
+            "question" | "interactive_buttons" | "interactive_list" | "whatsapp_flow" => ("[/", "/]"),
             _ => ("[", "]"),
         };
         let _ = writeln!(out, "    n{index}{open}\"{text}\"{close}");
