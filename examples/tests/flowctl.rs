@@ -395,6 +395,7 @@ fn test_writes_coverage_json_and_junit_and_graph_draws_untested_parts() {
 
     let other_flow = flowctl_here(&["graph", "flows/support_menu.json", "--coverage", &path_arg(&coverage)]);
     assert_eq!(other_flow.code, 2, "a coverage file of another flow is refused: {}", other_flow.stderr);
+}
 
 #[test]
 fn with_loads_the_flows_a_call_flow_node_calls() {
@@ -433,4 +434,11 @@ fn with_loads_the_flows_a_call_flow_node_calls() {
     // A --with file that cannot be read is unreadable input.
     let missing = flowctl(&["check", &caller, "--with", "no/such/flow.json"], "");
     assert_eq!(missing.code, 2, "{}", missing.stderr);
+
+    // `test` runs a caller's transcript through the called flow too.
+    let tested = flowctl_here(&["test", &caller, "tests/chats/cadastro.chat", "--with", &callee, "--coverage"]);
+    assert_eq!(tested.code, 0, "{}{}", tested.stdout, tested.stderr);
+    assert!(tested.stdout.contains("test result: ok. 1 passed; 0 failed"), "{}", tested.stdout);
+    let without = flowctl_here(&["test", &caller, "tests/chats/cadastro.chat"]);
+    assert_eq!(without.code, 1, "the call fails without its flow: {}", without.stdout);
 }

@@ -38,9 +38,7 @@ use write_rows::{write_rows, Rows, RowsWritten};
 
 /// The schema's versions, applied in order, each once (recorded in `flowcore_migrations`).
 /// A later change to the schema is a new version here, with its own file.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
-];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
 
 /// Connections idle this long are pinged before use.
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);

@@ -320,6 +320,7 @@ async fn only_the_named_flows_sessions_move() {
     let (texts, version) = answer_across_a_publish(MoveToLatest::flows([("acme", "other")]), HELLO_V2_GREETING).await;
     assert_eq!(texts[1], "Olá, Ana!");
     assert_eq!(version, 1);
+}
 
 /// A flow `id` whose start runs a `call_flow` node per id in `calls`, one after the other.
 fn calling(id: &str, calls: &[&str]) -> String {

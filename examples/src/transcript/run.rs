@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use flowcore::{
-    CompiledFlow, EffectId, EffectOutcome, Input, Output, Session, SessionError, SessionOptions, SessionStatus,
+    CompiledFlow, EffectId, EffectOutcome, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus,
 };
 
 use super::clock::VirtualClock;
@@ -43,6 +43,8 @@ const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
 #[derive(Debug)]
 pub struct Runner<'f> {
     flow: &'f CompiledFlow,
+    /// The flows `call_flow` nodes may call; `None` runs the flow alone.
+    flows: Option<&'f FlowSet>,
     coverage: Coverage,
 }
 
@@ -84,7 +86,13 @@ pub struct CaseFailure {
 impl<'f> Runner<'f> {
     /// A runner for `flow`, no coverage yet.
     pub fn new(flow: &'f CompiledFlow) -> Self {
-        Runner { flow, coverage: Coverage::new(flow) }
+        Runner { flow, flows: None, coverage: Coverage::new(flow) }
+    }
+
+    /// A runner for `flow` whose `call_flow` nodes call into `flows` (which should hold
+    /// `flow` too). Coverage counts `flow`'s own nodes and edges, not the called flows'.
+    pub fn with_flows(flow: &'f CompiledFlow, flows: &'f FlowSet) -> Self {
+        Runner { flow, flows: Some(flows), coverage: Coverage::new(flow) }
     }
 
     /// Runs every conversation of `chat`; `file` names it in failures.
@@ -120,6 +128,7 @@ impl<'f> Runner<'f> {
         };
         let mut live = Live {
             flow: self.flow,
+            flows: self.flows,
             session: Session::new(self.flow, options),
             clock: VirtualClock::new(conversation.now),
             awaited: None,
@@ -196,6 +205,7 @@ struct Miss {
 /// One conversation as it runs.
 struct Live<'a, 'f> {
     flow: &'f CompiledFlow,
+    flows: Option<&'f FlowSet>,
     session: Session,
     clock: VirtualClock,
     awaited: Option<EffectId>,
@@ -269,8 +279,15 @@ impl Live<'_, '_> {
         );
         let waited_at = if waiting { self.session.current_node().map(str::to_string) } else { None };
         self.session.clear_path();
-        let turn = self.session.handle(self.flow, input, self.clock.now())?;
-        self.coverage.record_turn(waited_at.as_deref(), self.session.path());
+        let in_root = self.session.current_flow_id() == self.flow.id();
+        let turn = match self.flows {
+            Some(flows) => self.session.handle_in(flows, input, self.clock.now())?,
+            None => self.session.handle(self.flow, input, self.clock.now())?,
+        };
+        // The path names the nodes of the flow the turn ended in; only the tested flow's count.
+        if in_root && self.session.current_flow_id() == self.flow.id() {
+            self.coverage.record_turn(waited_at.as_deref(), self.session.path());
+        }
         Ok(turn.outputs)
     }
 }

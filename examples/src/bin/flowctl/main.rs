@@ -92,6 +92,9 @@ enum Command {
         /// Write JUnit XML to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Another flow that `call_flow` nodes may call (repeatable).
+        #[arg(long = "with", value_name = "FLOW")]
+        with: Vec<PathBuf>,
     },
 }
 
@@ -157,8 +160,8 @@ fn main() -> ExitCode {
         Command::Graph { flow, format, coverage } => graph::run(&flow, format, coverage.as_deref()),
         Command::Run { flow, options } => run::run(&flow, &options),
         Command::Chat { flow, options } => chat::run(&flow, &options),
-        Command::Test { flow, tests, coverage, coverage_json, junit } => {
-            test::run(&flow, &tests, &test::TestReports { coverage, coverage_json, junit })
+        Command::Test { flow, tests, coverage, coverage_json, junit, with } => {
+            test::run(&flow, &with, &tests, &test::TestReports { coverage, coverage_json, junit })
         }
     };
     match result {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flowcore_examples::transcript::{junit_xml, parse_chat, ChatFile, FileResult, Runner};
 
-use crate::load::compile_flow;
+use crate::load::{compile_flow, flow_set};
 use crate::Failure;
 
 /// What to write besides the pass/fail report.
@@ -24,11 +24,12 @@ pub(crate) struct TestReports {
 }
 
 /// Runs every test file and prints each failure, a summary and the asked-for reports.
-pub(crate) fn run(flow_path: &Path, tests: &[PathBuf], reports: &TestReports) -> Result<u8, Failure> {
+pub(crate) fn run(flow_path: &Path, with: &[PathBuf], tests: &[PathBuf], reports: &TestReports) -> Result<u8, Failure> {
     // A flow that does not compile cannot be tested: that is unreadable input here.
     let flow = compile_flow(flow_path).map_err(|failure| Failure::unreadable(failure.message))?;
+    let flows = flow_set(&flow, with).map_err(|failure| Failure::unreadable(failure.message))?;
     let files = tests.iter().map(|path| read_chat(path)).collect::<Result<Vec<_>, _>>()?;
-    let mut runner = Runner::new(&flow);
+    let mut runner = Runner::with_flows(&flow, &flows);
     let results: Vec<FileResult> =
         files.iter().map(|(path, chat)| runner.run(&path.display().to_string(), chat)).collect();
 
