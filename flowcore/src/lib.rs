@@ -60,6 +60,7 @@ mod flow;
 pub mod fuzzing;
 mod io;
 mod session;
+mod state_json;
 mod template;
 mod time;
 mod validate;
