@@ -116,24 +116,38 @@ struct Bot<'a> {
 }
 
 impl Bot<'_> {
-    /// One inbound text from `phone`: load the row, handle, store the row; the texts sent.
+    /// One inbound text from `phone`: load the row, handle, store the row (an update when
+    /// the phone has one, an insert when not); the texts sent.
     fn handle(&mut self, phone: &str, text: &str) -> Result<Vec<String>, String> {
-        let mut session = match self.rows.get(phone) {
-            Some(row) => Session::from_json(row).map_err(|e| e.to_string())?,
-            None => Session::new(self.flow, SessionOptions::default()),
-        };
-        let turn = session.handle(self.flow, Input::text(text), self.now).map_err(|e| e.to_string())?;
-        let replies = turn
-            .outputs
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Send { message: Message::Text { text }, .. } => Some(text),
-                _ => None,
-            })
-            .collect();
-        self.rows.insert(phone.to_string(), session.to_json());
-        Ok(replies)
+        let (flow, now) = (self.flow, self.now);
+        match self.rows.get_mut(phone) {
+            Some(row) => {
+                let mut session = Session::from_json(row).map_err(|e| e.to_string())?;
+                let replies = turn(flow, &mut session, text, now)?;
+                *row = session.to_json();
+                Ok(replies)
+            }
+            None => {
+                let mut session = Session::new(flow, SessionOptions::default());
+                let replies = turn(flow, &mut session, text, now)?;
+                self.rows.insert(phone.to_string(), session.to_json());
+                Ok(replies)
+            }
+        }
     }
+}
+
+/// Handles one text; the texts the bot sends back.
+fn turn(flow: &CompiledFlow, session: &mut Session, text: &str, now: Timestamp) -> Result<Vec<String>, String> {
+    let turn = session.handle(flow, Input::text(text), now).map_err(|e| e.to_string())?;
+    Ok(turn
+        .outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send { message: Message::Text { text }, .. } => Some(text),
+            _ => None,
+        })
+        .collect())
 }
 
 fn phone_of(i: usize) -> String {
