@@ -219,7 +219,7 @@ pub struct Session {
     pending: Option<EffectId>,
     #[serde(rename = "k", default, skip_serializing_if = "is_zero_u64")]
     effects_issued: u64,
-    #[serde(rename = "g", default)]
+    #[serde(rename = "g", default, skip_serializing_if = "is_zero_u64")]
     rng: u64,
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     wake_at: Option<Timestamp>,
@@ -365,7 +365,9 @@ impl Session {
         if !is_zero_u64(effects_issued) {
             w.number("k", effects_issued);
         }
-        w.number("g", rng);
+        if !is_zero_u64(rng) {
+            w.number("g", rng);
+        }
         if let Some(t) = wake_at {
             w.number("w", t.as_unix_millis());
         }
