@@ -86,6 +86,7 @@ mod flow_set;
 pub mod fuzzing;
 mod io;
 mod session;
+mod state_json;
 mod template;
 mod time;
 mod validate;

@@ -217,10 +217,19 @@ pub(crate) fn is_email(t: &str) -> bool {
     if local.is_empty() || domain.contains('@') || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
-    let labels: Vec<&str> = domain.split('.').collect();
-    labels.len() >= 2
-        && labels.iter().all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
-        && labels.last().is_some_and(|tld| tld.chars().count() >= 2 && tld.chars().all(char::is_alphabetic))
+    // One pass over the labels, without collecting them: this runs on every e-mail answer.
+    let mut labels = 0;
+    let mut tld = "";
+    for label in domain.split('.') {
+        if label.is_empty() || label.starts_with('-') || label.ends_with('-') {
+            return false;
+        }
+        labels += 1;
+        tld = label;
+    }
+    labels >= 2
+        && tld.chars().count() >= 2
+        && tld.chars().all(char::is_alphabetic)
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")

@@ -28,3 +28,38 @@ fn floats_in_variables_survive_the_round_trip_exactly() {
     assert_eq!(restored, session);
     assert_eq!(restored.variable("tiny").and_then(|v| v.as_f64()), Some(1.0675333188716875e-259));
 }
+
+proptest::proptest! {
+    /// `Session::to_json` writes the state itself; whatever the variables hold (quotes,
+    /// control characters, any text, numbers, nesting), it writes what serde_json writes,
+    /// and the text loads back to the same session.
+    #[test]
+    fn to_json_is_serde_json_for_any_variables(
+        texts in proptest::collection::btree_map("\\PC{0,8}|[\"\\\\\\x00-\\x1f]{0,3}", "\\PC{0,12}|[a\"\\\\\\n\\x01]{0,4}", 0..6),
+        numbers in proptest::collection::btree_map("[a-z]{1,3}", proptest::num::i64::ANY, 0..3),
+        seed in proptest::num::u64::ANY,
+    ) {
+        let flow = Flow::from_json(
+            r#"{"id": "f\"low", "nodes": [
+                {"id": "s", "type": "start"},
+                {"id": "ask \"1\"", "type": "question", "data": {"content": "?", "variableName": "answer"}}],
+              "edges": [{"id": "e", "source": "s", "target": "ask \"1\""}]}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        let mut variables = serde_json::Map::new();
+        for (name, text) in texts {
+            variables.insert(name, text.into());
+        }
+        for (name, n) in numbers {
+            variables.insert(name, serde_json::json!([n, {"n": n}]));
+        }
+        let mut session = Session::new(&flow, SessionOptions { seed, variables, ..SessionOptions::default() });
+        proptest::prop_assert_eq!(session.to_json(), serde_json::to_string(&session).unwrap());
+        session.handle(&flow, Input::text("oi"), Timestamp::from_unix_seconds(1_780_000_000)).unwrap();
+        let json = session.to_json();
+        proptest::prop_assert_eq!(&json, &serde_json::to_string(&session).unwrap());
+        proptest::prop_assert_eq!(Session::from_json(&json), Ok(session));
+    }
+}
