@@ -39,23 +39,33 @@ pub fn format_rfc3339(at: Timestamp) -> String {
 /// A clock that is fixed or the system's, plus virtual time that jumps to wake-ups, so a
 /// delay or an idle timeout never waits for real.
 #[derive(Debug)]
-pub(crate) struct VirtualClock {
+pub struct VirtualClock {
     fixed: Option<Timestamp>,
     skipped_millis: i64,
 }
 
 impl VirtualClock {
-    pub(crate) fn new(fixed: Option<Timestamp>) -> Self {
+    /// A clock at `fixed`, or at the system's time when `None`.
+    ///
+    /// ```
+    /// use flowcore::Timestamp;
+    /// use flowcore_examples::transcript::VirtualClock;
+    /// let mut clock = VirtualClock::new(Some(Timestamp::from_unix_seconds(100)));
+    /// clock.advance_to(Timestamp::from_unix_seconds(160));
+    /// assert_eq!(clock.now(), Timestamp::from_unix_seconds(160));
+    /// ```
+    pub fn new(fixed: Option<Timestamp>) -> Self {
         VirtualClock { fixed, skipped_millis: 0 }
     }
 
-    pub(crate) fn now(&self) -> Timestamp {
+    /// The current time: the fixed or system time plus the virtual time skipped so far.
+    pub fn now(&self) -> Timestamp {
         let base = self.fixed.unwrap_or_else(system_now);
         Timestamp::from_unix_millis(base.as_unix_millis().saturating_add(self.skipped_millis))
     }
 
     /// Moves virtual time forward so that `now()` is at least `target`; never back.
-    pub(crate) fn advance_to(&mut self, target: Timestamp) {
+    pub fn advance_to(&mut self, target: Timestamp) {
         let gap = target.millis_since(self.now());
         if gap > 0 {
             self.skipped_millis = self.skipped_millis.saturating_add(gap);

@@ -1,8 +1,9 @@
 //! One conversation with a compiled flow, as `run` and `chat` drive it.
 
 use flowcore::{CompiledFlow, EffectId, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
+use flowcore_examples::transcript::VirtualClock;
 
-use crate::clock::Clock;
+use crate::clock;
 use crate::load::flow_set;
 use crate::{Failure, RunOptions};
 
@@ -14,13 +15,13 @@ const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
 pub(crate) struct Conversation {
     flows: FlowSet,
     session: Session,
-    clock: Clock,
+    clock: VirtualClock,
 }
 
 impl Conversation {
     /// A new conversation, not started yet: the first input starts it.
     pub(crate) fn new(flow: CompiledFlow, options: &RunOptions) -> Result<Self, Failure> {
-        let clock = Clock::from_flag(options.now.as_deref())?;
+        let clock = clock::from_flag(options.now.as_deref())?;
         let variables = match &options.vars {
             None => serde_json::Map::new(),
             Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
