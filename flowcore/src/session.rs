@@ -258,7 +258,7 @@ pub struct Session {
     wake_at: Option<Timestamp>,
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     last_active: Option<Timestamp>,
-    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty", deserialize_with = "de_path")]
     path: String,
     #[serde(rename = "m", default = "default_max_steps", skip_serializing_if = "is_default_max_steps")]
     max_steps: u32,
@@ -356,6 +356,25 @@ fn de_version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             "unsupported session state version {v} (this flowcore reads version {STATE_VERSION})"
         )))
     }
+}
+
+/// Reads the path with room for a turn's new node ids, so appending them does not move it.
+fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            let mut path = String::with_capacity(v.len() + PATH_MAX_BYTES);
+            path.push_str(v);
+            Ok(path)
+        }
+    }
+    d.deserialize_str(Visitor)
 }
 
 impl Session {

@@ -86,10 +86,7 @@ fn write_serde(buf: &mut Vec<u8>, value: &impl Serialize) {
 /// Appends `s` as a JSON string: copied whole when it has nothing to escape, else
 /// escaped by serde_json.
 fn write_str(buf: &mut Vec<u8>, s: &str) {
-    // The bytes serde_json escapes: control characters, `"` and `\`. A fold without an
-    // early exit, so the compiler can check many bytes at a time.
-    let needs_escape = s.bytes().fold(false, |acc, b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if needs_escape {
+    if needs_escape(s.as_bytes()) {
         write_serde(buf, &s);
     } else {
         buf.reserve(s.len() + 2);
@@ -99,10 +96,51 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Whether `bytes` has a byte serde_json escapes: a control character, `"` or `\\`.
+/// Eight bytes at a time (SWAR on a `u64`), then the tail one by one.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    /// The high bit of each byte of `x` that is zero (exact where it matters: "any").
+    fn zero_bytes(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x & HIGHS
+    }
+    let chunks = bytes.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut found = 0u64;
+    for chunk in chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x20 (its high bit clear), `"` (0x22) or `\\` (0x5c).
+        found |= x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        found |= zero_bytes(x ^ (ONES * u64::from(b'"')));
+        found |= zero_bytes(x ^ (ONES * u64::from(b'\\')));
+    }
+    found != 0 || tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_escape_check_finds_every_byte_that_needs_escaping_at_every_offset() {
+        for len in 0..20 {
+            let plain = "aé日~ !#[]{}".repeat(3);
+            let base: Vec<u8> = plain.bytes().filter(|b| b.is_ascii()).cycle().take(len).collect();
+            assert!(!needs_escape(&base), "{base:?}");
+            for at in 0..len {
+                for b in 0u8..=255 {
+                    let mut bytes = base.clone();
+                    bytes[at] = b;
+                    let want = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&bytes), want, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn strings_are_written_as_serde_json_writes_them() {
