@@ -77,6 +77,122 @@ impl ObjectWriter {
     }
 }
 
+/// Reads the text [`ObjectWriter`] writes, strictly: no whitespace, strings without
+/// escapes, integers only. Every method gives `None` for anything else, and the caller
+/// then reads the text with serde_json, which has the last word (also on errors). So a
+/// `Some` must always be what serde_json reads from the same text.
+pub(crate) struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(text: &'a str) -> Reader<'a> {
+        Reader { text, at: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// Takes `byte` if it comes next.
+    pub(crate) fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// The end of the text.
+    pub(crate) fn end(&self) -> Option<()> {
+        (self.at == self.text.len()).then_some(())
+    }
+
+    /// A one-letter key and its colon: `"v":`.
+    pub(crate) fn key(&mut self) -> Option<u8> {
+        match self.text.as_bytes().get(self.at..self.at + 4)? {
+            [b'"', key, b'"', b':'] if key.is_ascii_alphabetic() => {
+                self.at += 4;
+                Some(*key)
+            }
+            _ => None,
+        }
+    }
+
+    /// A string without escapes or control characters.
+    pub(crate) fn str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let rest = self.text.as_bytes().get(self.at..)?;
+        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        // Both ends are ASCII bytes, so char boundaries.
+        let s = self.text.get(self.at..self.at + len)?;
+        self.at += len + 1;
+        Some(s)
+    }
+
+    /// A non-negative integer that fits a `u64`, without leading zeros.
+    pub(crate) fn uint(&mut self) -> Option<u64> {
+        let digits = self.text.as_bytes().get(self.at..)?;
+        let len = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+        if len == 0 || (len > 1 && digits[0] == b'0') {
+            return None;
+        }
+        let mut n = 0u64;
+        for &d in &digits[..len] {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        self.at += len;
+        Some(n)
+    }
+
+    /// An integer that fits an `i64` (not `-0`, nor `i64::MIN`).
+    pub(crate) fn int(&mut self) -> Option<i64> {
+        if self.eat(b'-').is_some() {
+            let n = i64::try_from(self.uint()?).ok()?;
+            (n != 0).then_some(-n)
+        } else {
+            i64::try_from(self.uint()?).ok()
+        }
+    }
+
+    /// A map of variables whose values are strings, integers, booleans or null.
+    pub(crate) fn map(&mut self) -> Option<Map<String, Value>> {
+        self.eat(b'{')?;
+        let mut map = Map::new();
+        if self.eat(b'}').is_some() {
+            return Some(map);
+        }
+        loop {
+            let name = self.str()?;
+            self.eat(b':')?;
+            let value = self.value()?;
+            map.insert(name.to_string(), value);
+            if self.eat(b'}').is_some() {
+                return Some(map);
+            }
+            self.eat(b',')?;
+        }
+    }
+
+    fn value(&mut self) -> Option<Value> {
+        let literal = |r: &mut Reader<'_>, word: &str, value: Value| {
+            let end = r.at + word.len();
+            (r.text.get(r.at..end)? == word).then(|| {
+                r.at = end;
+                value
+            })
+        };
+        match self.peek()? {
+            b'"' => Some(Value::String(self.str()?.to_string())),
+            b't' => literal(self, "true", Value::Bool(true)),
+            b'f' => literal(self, "false", Value::Bool(false)),
+            b'n' => literal(self, "null", Value::Null),
+            b'-' => Some(Value::from(self.int()?)),
+            _ => Some(Value::from(self.uint()?)),
+        }
+    }
+}
+
 /// Appends `value` as serde_json writes it. Writing into a `Vec` cannot fail, and nothing
 /// written here has map keys that are not strings.
 fn write_serde(buf: &mut Vec<u8>, value: &impl Serialize) {
