@@ -24,13 +24,17 @@ impl ObjectWriter {
 
     /// Starts a field; `key` must need no escaping (the state's keys are letters).
     fn key(&mut self, key: &str) {
-        if !self.empty {
-            self.buf.push(b',');
-        }
+        let start = usize::from(self.empty);
         self.empty = false;
-        self.buf.push(b'"');
-        self.buf.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(b"\":");
+        if let &[k] = key.as_bytes() {
+            // One letter, as every key of the state: five fixed bytes, copied inline.
+            self.buf.extend_from_slice(&[b',', b'"', k, b'"', b':'][start..]);
+        } else {
+            self.buf.extend_from_slice(&b","[start..]);
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(b"\":");
+        }
     }
 
     /// A string field.
@@ -120,8 +124,8 @@ impl<'a> Reader<'a> {
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let rest = self.text.as_bytes().get(self.at..)?;
-        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if rest[len] != b'"' {
+        let len = plain_len(rest);
+        if rest.get(len) != Some(&b'"') {
             return None;
         }
         // Both ends are ASCII bytes, so char boundaries.
@@ -213,27 +217,37 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether `bytes` has a byte serde_json escapes: a control character, `"` or `\\`.
-/// Eight bytes at a time (SWAR on a `u64`), then the tail one by one.
 fn needs_escape(bytes: &[u8]) -> bool {
+    plain_len(bytes) < bytes.len()
+}
+
+/// The index of the first byte serde_json escapes (a control character, `"` or `\\`),
+/// or the length when there is none. Eight bytes at a time (SWAR on a `u64`: the lowest
+/// flagged byte is exact, as a borrow only runs upwards from a match), then the tail.
+fn plain_len(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    /// The high bit of each byte of `x` that is zero (exact where it matters: "any").
+    /// The high bit of each byte of `x` that is zero (the lowest one exactly).
     fn zero_bytes(x: u64) -> u64 {
         x.wrapping_sub(ONES) & !x & HIGHS
     }
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let mut found = 0u64;
-    for chunk in chunks {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
         // A byte below 0x20 (its high bit clear), `"` (0x22) or `\\` (0x5c).
-        found |= x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-        found |= zero_bytes(x ^ (ONES * u64::from(b'"')));
-        found |= zero_bytes(x ^ (ONES * u64::from(b'\\')));
+        let found = (x.wrapping_sub(ONES * 0x20) & !x & HIGHS)
+            | zero_bytes(x ^ (ONES * u64::from(b'"')))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
     }
-    found != 0 || tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    let tail = chunks.remainder();
+    at + tail.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\').unwrap_or(tail.len())
 }
 
 #[cfg(test)]
@@ -255,6 +269,23 @@ mod tests {
                     assert_eq!(needs_escape(&bytes), want, "byte {b:#x} at {at} of {len}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_plain_length_stops_at_the_first_byte_to_escape() {
+        for len in 0..20 {
+            for first in 0..len {
+                for second in first..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[second] = b'\\';
+                    bytes[first] = b'"';
+                    assert_eq!(plain_len(&bytes), first, "{bytes:?}");
+                    bytes[first] = 0x1f;
+                    assert_eq!(plain_len(&bytes), first, "{bytes:?}");
+                }
+            }
+            assert_eq!(plain_len(&vec![0xffu8; len]), len);
         }
     }
 
