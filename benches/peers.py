@@ -27,10 +27,10 @@ LINE_RE = re.compile(r"^peer=(\S+) conversations=(\d+) turns=(\d+) seconds=([\d.
 
 # name -> (default N, description)
 CONFIGS = {
-    "flowcore-lead": (150_000, "flowcore, lead.json, state through serde_json"),
+    "flowcore-lead": (150_000, "flowcore, lead.json, state through JSON"),
     "seed-lead": (150_000, "python-seed, lead.json"),
     "bb-phonedb": (16_000, "builderbot, lead, per-phone JSON DB, 32 in flight"),
-    "flowcore-big": (12_000, "flowcore, big.json, state through serde_json"),
+    "flowcore-big": (12_000, "flowcore, big.json, state through JSON"),
     "seed-big": (1_200, "python-seed, big.json"),
 }
 # (flowcore config, peer config, target ratio)

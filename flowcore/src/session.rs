@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::compile::{CallFlow, CompiledFlow, EffectSpec, Inner, Interactive, Kind, MessageSpec, Node, SetValue, Wait};
 use crate::datetime::{Local, WEEKDAYS};
 use crate::flow_set::{FlowSet, MAX_CALL_DEPTH};
-use crate::state_json::ObjectWriter;
+use crate::state_json::{ObjectWriter, Reader};
 use crate::template::Template;
 use crate::value::Scope;
 use crate::{
@@ -258,7 +258,7 @@ pub struct Session {
     wake_at: Option<Timestamp>,
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     last_active: Option<Timestamp>,
-    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty", deserialize_with = "de_path")]
     path: String,
     #[serde(rename = "m", default = "default_max_steps", skip_serializing_if = "is_default_max_steps")]
     max_steps: u32,
@@ -358,6 +358,25 @@ fn de_version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
+/// Reads the path with room for a turn's new node ids, so appending them does not move it.
+fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            let mut path = String::with_capacity(v.len() + PATH_MAX_BYTES);
+            path.push_str(v);
+            Ok(path)
+        }
+    }
+    d.deserialize_str(Visitor)
+}
+
 impl Session {
     /// A new session on `flow`, not started yet: the first inbound message starts it.
     pub fn new(flow: &CompiledFlow, options: SessionOptions) -> Session {
@@ -390,6 +409,9 @@ impl Session {
     /// assert_eq!(err, SessionError::UnsupportedVersion { found: 9, supported: 1 });
     /// ```
     pub fn from_json(text: &str) -> Result<Session, SessionError> {
+        if let Some(session) = Session::from_compact(text) {
+            return Ok(session);
+        }
         serde_json::from_str(text).map_err(|e| {
             #[derive(Deserialize)]
             struct Peek {
@@ -402,6 +424,82 @@ impl Session {
                 _ => SessionError::InvalidState { message: e.to_string() },
             }
         })
+    }
+
+    /// Reads the common state the way [`Session::to_json`] writes it, without serde: the
+    /// keys in its order, no whitespace, strings without escapes, variables that are
+    /// strings, integers, booleans or null, no call stack. `None` for anything else
+    /// (including every malformed text), which serde_json then reads, or rejects.
+    fn from_compact(text: &str) -> Option<Session> {
+        let mut r = Reader::new(text);
+        r.eat(b'{')?;
+        if r.key()? != b'v' || r.uint()? != u64::from(STATE_VERSION) {
+            return None;
+        }
+        r.eat(b',')?;
+        if r.key()? != b'f' {
+            return None;
+        }
+        let flow = r.str()?.to_string();
+        r.eat(b',')?;
+        if r.key()? != b's' {
+            return None;
+        }
+        let status = match r.str()? {
+            "new" => SessionStatus::NotStarted,
+            "input" => SessionStatus::WaitingForInput,
+            "effect" => SessionStatus::WaitingForEffect,
+            "sleep" => SessionStatus::Sleeping,
+            "human" => SessionStatus::HandedOff,
+            "end" => SessionStatus::Ended,
+            _ => return None,
+        };
+        let mut s = Session {
+            version: STATE_VERSION,
+            flow,
+            status,
+            node: None,
+            vars: Map::new(),
+            initial: Map::new(),
+            retries: 0,
+            pending: None,
+            effects_issued: 0,
+            rng: 0,
+            wake_at: None,
+            last_active: None,
+            path: String::new(),
+            max_steps: DEFAULT_MAX_STEPS,
+            ttl_millis: DEFAULT_TTL_MILLIS,
+            calls: Vec::new(),
+        };
+        // The optional keys, in the order `to_json` writes them; each at most once.
+        const ORDER: &[u8] = b"ndirekgwtpmx";
+        let mut next = 0;
+        while r.eat(b',').is_some() {
+            let key = r.key()?;
+            next += ORDER.get(next..)?.iter().position(|&k| k == key)? + 1;
+            match key {
+                b'n' => s.node = Some(NodeId::from(r.str()?)),
+                b'd' => s.vars = r.map()?,
+                b'i' => s.initial = r.map()?,
+                b'r' => s.retries = u32::try_from(r.uint()?).ok()?,
+                b'e' => s.pending = Some(EffectId(r.uint()?)),
+                b'k' => s.effects_issued = r.uint()?,
+                b'g' => s.rng = r.uint()?,
+                b'w' => s.wake_at = Some(Timestamp::from_unix_millis(r.int()?)),
+                b't' => s.last_active = Some(Timestamp::from_unix_millis(r.int()?)),
+                b'p' => {
+                    let path = r.str()?;
+                    s.path = String::with_capacity(path.len() + PATH_MAX_BYTES);
+                    s.path.push_str(path);
+                }
+                b'm' => s.max_steps = u32::try_from(r.uint()?).ok()?,
+                _ => s.ttl_millis = r.uint()?,
+            }
+        }
+        r.eat(b'}')?;
+        r.end()?;
+        Some(s)
     }
 
     /// The state as compact JSON (what [`Session::from_json`] reads): the same text as
@@ -1420,6 +1518,75 @@ fn effect_kind(spec: &EffectSpec, scope: &Scope<'_>) -> EffectKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// States `from_compact` reads: every optional field, each kind of variable it takes.
+    fn compact_states() -> Vec<String> {
+        let flow =
+            crate::Flow::from_json(r#"{"id":"lead","nodes":[{"id":"s","type":"start"}]}"#).unwrap().compile().unwrap();
+        let vars = serde_json::json!({"a": "x", "b": 0, "c": -12, "d": 18446744073709551615u64, "e": true,
+            "f": false, "g": null, "h": "", "ação": "日本"});
+        let options =
+            SessionOptions { seed: 9, variables: vars.as_object().unwrap().clone(), max_steps: 7, ttl_millis: 5 };
+        let mut full = Session::new(&flow, options);
+        full.node = Some(NodeId::from("ask_1"));
+        full.retries = 2;
+        full.pending = Some(EffectId(3));
+        full.effects_issued = 4;
+        full.wake_at = Some(Timestamp::from_unix_millis(-5));
+        full.last_active = Some(Timestamp::from_unix_millis(1_700_000_000_123));
+        full.path = "s>ask_1".into();
+        let plain = Session::new(&flow, SessionOptions::default());
+        let mut states = vec![full.to_json(), plain.to_json()];
+        for status in [SessionStatus::WaitingForInput, SessionStatus::Ended, SessionStatus::HandedOff] {
+            full.status = status;
+            states.push(full.to_json());
+        }
+        states
+    }
+
+    /// The fast reader and serde agree on what it reads, and it reads what `to_json` writes.
+    #[test]
+    fn the_compact_reader_reads_what_to_json_writes() {
+        for text in compact_states() {
+            let session = Session::from_compact(&text).unwrap_or_else(|| panic!("not read: {text}"));
+            assert_eq!(serde_json::from_str::<Session>(&text).unwrap(), session, "{text}");
+            assert_eq!(session.to_json(), text);
+        }
+    }
+
+    /// Every one-byte change or cut of a compact state: whatever the fast reader accepts,
+    /// serde_json reads the same; what it refuses, `from_json` still decides as before.
+    #[test]
+    fn the_compact_reader_never_accepts_what_serde_reads_otherwise() {
+        let bytes = b"{}[]\",: \t\n-+.0123456789eEvfsndirekgwtpmxcztruefalsenul\x01\x7f";
+        for text in compact_states() {
+            for at in 0..=text.len() {
+                let mut variants = vec![String::from_utf8_lossy(&text.as_bytes()[..at]).into_owned()];
+                for &b in bytes.iter() {
+                    let mut v = text.as_bytes().to_vec();
+                    if at < v.len() {
+                        v[at] = b;
+                    } else {
+                        v.push(b);
+                    }
+                    variants.push(String::from_utf8_lossy(&v).into_owned());
+                    let mut inserted = text.as_bytes().to_vec();
+                    inserted.insert(at, b);
+                    variants.push(String::from_utf8_lossy(&inserted).into_owned());
+                }
+                if at < text.len() {
+                    let mut removed = text.as_bytes().to_vec();
+                    removed.remove(at);
+                    variants.push(String::from_utf8_lossy(&removed).into_owned());
+                }
+                for v in variants {
+                    if let Some(session) = Session::from_compact(&v) {
+                        assert_eq!(serde_json::from_str::<Session>(&v).ok(), Some(session), "{v}");
+                    }
+                }
+            }
+        }
+    }
 
     /// `to_json` writes each field itself; with every field set away from its default,
     /// it must still write what the serde attributes write.
