@@ -1,8 +1,9 @@
-//! RFC 3339 times for `@now`, and the clock a conversation runs on.
+//! RFC 3339 times for `@now`, the clock a conversation runs on, and how a driver feeds a
+//! turn on it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flowcore::Timestamp;
+use flowcore::{EffectId, Input, Output, Session, SessionStatus, Timestamp};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -71,6 +72,61 @@ impl VirtualClock {
             self.skipped_millis = self.skipped_millis.saturating_add(gap);
         }
     }
+}
+
+/// How many delays in a row are skipped before the driver stops and waits for input, so a
+/// flow that only ever sleeps cannot spin forever.
+const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
+
+/// Feeds `input` through `turn`, then a tick for each delay it leads to, skipped in virtual
+/// time so their outputs follow at once; a tick first moves the clock to the session's
+/// wake-up. `turn` is one call to the engine (`handle` or `handle_in`, plus whatever the
+/// driver records about it). Every driver of `flowctl` and `.chat` files runs turns this way.
+///
+/// ```
+/// use flowcore::{Flow, Input, Session, SessionOptions, Timestamp};
+/// use flowcore_examples::transcript::{feed_skipping_delays, VirtualClock};
+/// let flow = Flow::from_json(r#"{"id":"f","nodes":[{"id":"s","type":"start"},
+///   {"id":"d","type":"delay","data":{"seconds":60}},{"id":"m","type":"message","data":{"content":"oi"}}],
+///   "edges":[{"id":"a","source":"s","target":"d"},{"id":"b","source":"d","target":"m"}]}"#)?.compile().unwrap();
+/// let mut session = Session::new(&flow, SessionOptions::default());
+/// let mut clock = VirtualClock::new(Some(Timestamp::from_unix_seconds(0)));
+/// let outputs = feed_skipping_delays(&mut session, &mut clock, Input::text("oi"), |session, input, now| {
+///     session.handle(&flow, input, now).map(|turn| turn.outputs)
+/// })?;
+/// assert_eq!(outputs.len(), 2, "the message after the delay, then the end");
+/// assert_eq!(clock.now(), Timestamp::from_unix_seconds(60));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn feed_skipping_delays<E>(
+    session: &mut Session,
+    clock: &mut VirtualClock,
+    input: Input,
+    mut turn: impl FnMut(&mut Session, Input, Timestamp) -> Result<Vec<Output>, E>,
+) -> Result<Vec<Output>, E> {
+    if input == Input::Tick {
+        if let Some(wake_at) = session.wake_at() {
+            clock.advance_to(wake_at);
+        }
+    }
+    let mut outputs = turn(session, input, clock.now())?;
+    for _ in 0..MAX_CONSECUTIVE_DELAYS {
+        if session.status() != SessionStatus::Sleeping {
+            break;
+        }
+        let Some(wake_at) = session.wake_at() else { break };
+        clock.advance_to(wake_at);
+        outputs.extend(turn(session, Input::Tick, clock.now())?);
+    }
+    Ok(outputs)
+}
+
+/// The effect a session waits for after `outputs`: the last one that expects a result.
+pub fn awaited_effect(outputs: &[Output]) -> Option<EffectId> {
+    outputs.iter().rev().find_map(|output| match output {
+        Output::Effect(request) if request.expects_result() => Some(request.id),
+        _ => None,
+    })
 }
 
 fn system_now() -> Timestamp {

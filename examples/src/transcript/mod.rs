@@ -43,7 +43,7 @@ mod parse;
 mod render;
 mod run;
 
-pub use clock::{format_rfc3339, parse_rfc3339, VirtualClock};
+pub use clock::{awaited_effect, feed_skipping_delays, format_rfc3339, parse_rfc3339, VirtualClock};
 pub use coverage::{Coverage, CoverageReport, Edge, Tally};
 pub use export::{chat_from_log, ChatExport};
 pub use inbound::{inbound_line, parse_inbound, Inbound, InboundError};

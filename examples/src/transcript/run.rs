@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 
 use flowcore::{
-    CompiledFlow, EffectId, EffectOutcome, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus,
+    CompiledFlow, EffectId, EffectOutcome, FlowSet, Input, Output, Session, SessionError, SessionOptions,
+    SessionStatus, Timestamp,
 };
 
-use super::clock::VirtualClock;
+use super::clock::{awaited_effect, feed_skipping_delays, VirtualClock};
 use super::coverage::Coverage;
 use super::inbound::Inbound;
 use super::parse::{ChatConversation, ChatFile, StepKind};
@@ -19,10 +20,6 @@ const NO_RESULT: &str = "flowctl test: no effect_result line was given";
 /// How many effects in a row one line may fail before it is read, bounding a flow whose
 /// failure edges lead from effect to effect in a loop.
 const MAX_UNANSWERED_EFFECTS: usize = 100;
-
-/// How many delays in a row are skipped in virtual time before the runner stops, so a flow
-/// that only ever sleeps cannot spin forever.
-const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
 
 /// Runs `.chat` files against one flow and adds up their coverage.
 ///
@@ -245,20 +242,10 @@ impl Live<'_, '_> {
 
     /// One input, then the delays it leads to, skipped in virtual time.
     fn feed(&mut self, input: Input) -> Result<(), SessionError> {
-        if input == Input::Tick {
-            if let Some(wake_at) = self.session.wake_at() {
-                self.clock.advance_to(wake_at);
-            }
-        }
-        let mut outputs = self.turn(input)?;
-        for _ in 0..MAX_CONSECUTIVE_DELAYS {
-            if self.session.status() != SessionStatus::Sleeping {
-                break;
-            }
-            let Some(wake_at) = self.session.wake_at() else { break };
-            self.clock.advance_to(wake_at);
-            outputs.extend(self.turn(Input::Tick)?);
-        }
+        let (flow, flows, coverage) = (self.flow, self.flows, &mut *self.coverage);
+        let outputs = feed_skipping_delays(&mut self.session, &mut self.clock, input, |session, input, now| {
+            turn(session, flow, flows, coverage, input, now)
+        })?;
         self.awaited = match self.session.status() {
             SessionStatus::WaitingForEffect => awaited_effect(&outputs),
             _ => None,
@@ -270,32 +257,31 @@ impl Live<'_, '_> {
         }
         Ok(())
     }
-
-    /// One call to the engine, its nodes added to the coverage.
-    fn turn(&mut self, input: Input) -> Result<Vec<Output>, SessionError> {
-        let waiting = matches!(
-            self.session.status(),
-            SessionStatus::WaitingForInput | SessionStatus::WaitingForEffect | SessionStatus::Sleeping
-        );
-        let waited_at = if waiting { self.session.current_node().map(str::to_string) } else { None };
-        self.session.clear_path();
-        let in_root = self.session.current_flow_id() == self.flow.id();
-        let turn = match self.flows {
-            Some(flows) => self.session.handle_in(flows, input, self.clock.now())?,
-            None => self.session.handle(self.flow, input, self.clock.now())?,
-        };
-        // The path names the nodes of the flow the turn ended in; only the tested flow's count.
-        if in_root && self.session.current_flow_id() == self.flow.id() {
-            self.coverage.record_turn(waited_at.as_deref(), self.session.path());
-        }
-        Ok(turn.outputs)
-    }
 }
 
-/// The effect the session waits for: the last one in `outputs` that expects a result.
-fn awaited_effect(outputs: &[Output]) -> Option<EffectId> {
-    outputs.iter().rev().find_map(|output| match output {
-        Output::Effect(request) if request.expects_result() => Some(request.id),
-        _ => None,
-    })
+/// One call to the engine, its nodes added to the coverage.
+fn turn(
+    session: &mut Session,
+    flow: &CompiledFlow,
+    flows: Option<&FlowSet>,
+    coverage: &mut Coverage,
+    input: Input,
+    now: Timestamp,
+) -> Result<Vec<Output>, SessionError> {
+    let waiting = matches!(
+        session.status(),
+        SessionStatus::WaitingForInput | SessionStatus::WaitingForEffect | SessionStatus::Sleeping
+    );
+    let waited_at = if waiting { session.current_node().map(str::to_string) } else { None };
+    session.clear_path();
+    let in_root = session.current_flow_id() == flow.id();
+    let turn = match flows {
+        Some(flows) => session.handle_in(flows, input, now)?,
+        None => session.handle(flow, input, now)?,
+    };
+    // The path names the nodes of the flow the turn ended in; only the tested flow's count.
+    if in_root && session.current_flow_id() == flow.id() {
+        coverage.record_turn(waited_at.as_deref(), session.path());
+    }
+    Ok(turn.outputs)
 }

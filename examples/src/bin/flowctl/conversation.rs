@@ -1,15 +1,11 @@
 //! One conversation with a compiled flow, as `run` and `chat` drive it.
 
-use flowcore::{CompiledFlow, EffectId, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
-use flowcore_examples::transcript::VirtualClock;
+use flowcore::{CompiledFlow, FlowSet, Input, Output, Session, SessionError, SessionOptions, SessionStatus};
+use flowcore_examples::transcript::{feed_skipping_delays, VirtualClock};
 
 use crate::clock;
 use crate::load::flow_set;
 use crate::{Failure, RunOptions};
-
-/// How many delays in a row are skipped before the driver stops and waits for input, so a
-/// flow that only ever sleeps cannot spin forever.
-const MAX_CONSECUTIVE_DELAYS: usize = 1_000;
 
 /// A session plus the clock it runs on, in the set of the flow and its `--with` flows.
 pub(crate) struct Conversation {
@@ -39,34 +35,15 @@ impl Conversation {
     /// Feeds one input. Delays are skipped in virtual time, so their outputs follow at once;
     /// a tick first moves the clock to the session's wake-up time.
     pub(crate) fn send(&mut self, input: Input) -> Result<Vec<Output>, SessionError> {
-        if input == Input::Tick {
-            if let Some(wake_at) = self.session.wake_at() {
-                self.clock.advance_to(wake_at);
-            }
-        }
-        let mut outputs = self.session.handle_in(&self.flows, input, self.clock.now())?.outputs;
-        for _ in 0..MAX_CONSECUTIVE_DELAYS {
-            if self.session.status() != SessionStatus::Sleeping {
-                break;
-            }
-            let Some(wake_at) = self.session.wake_at() else { break };
-            self.clock.advance_to(wake_at);
-            outputs.extend(self.session.handle_in(&self.flows, Input::Tick, self.clock.now())?.outputs);
-        }
-        Ok(outputs)
+        let flows = &self.flows;
+        feed_skipping_delays(&mut self.session, &mut self.clock, input, |session, input, now| {
+            session.handle_in(flows, input, now).map(|turn| turn.outputs)
+        })
     }
 
     /// Lets time pass up to the session's next wake-up (an idle timeout) and feeds a tick.
     pub(crate) fn tick(&mut self) -> Result<Vec<Output>, SessionError> {
         self.send(Input::Tick)
-    }
-
-    /// The effect the session is waiting for, if any.
-    pub(crate) fn awaited_effect(outputs: &[Output]) -> Option<EffectId> {
-        outputs.iter().rev().find_map(|output| match output {
-            Output::Effect(request) if request.expects_result() => Some(request.id),
-            _ => None,
-        })
     }
 
     /// Whether the session is waiting for an effect's result.

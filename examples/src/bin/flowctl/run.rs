@@ -13,7 +13,7 @@ use std::io::{self, BufRead, Write};
 use std::path::Path;
 
 use flowcore::{EffectId, EffectKind, EffectOutcome, Input, Message, NodeId, Output};
-use flowcore_examples::transcript::{parse_inbound, Inbound};
+use flowcore_examples::transcript::{awaited_effect, parse_inbound, Inbound};
 use serde::Serialize;
 use serde_json::json;
 
@@ -43,7 +43,7 @@ pub(crate) fn run(path: &Path, options: &RunOptions) -> Result<u8, Failure> {
             let outputs =
                 conversation.send(input).map_err(|err| Failure::unreadable(format!("line {line_number}: {err}")))?;
             write_outputs(&mut out, &outputs)?;
-            *awaited = if conversation.waits_for_effect() { Conversation::awaited_effect(&outputs) } else { None };
+            *awaited = if conversation.waits_for_effect() { awaited_effect(&outputs) } else { None };
             Ok(())
         };
         let inbound = parse_inbound(line.trim_end_matches('\r'))
