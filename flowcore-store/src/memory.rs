@@ -1,21 +1,19 @@
 //! The in-memory backend: the reference implementation of the store traits.
 //!
-//! Every table is a plain `Vec` of rows behind one mutex and every query is a linear scan,
-//! so that each method can be checked against its trait's docs. Nothing survives the
-//! process: it serves tests and single-process development, and passes the same
+//! Every table is a plain `Vec` of the rows the traits return, behind one mutex, and every
+//! query is a linear scan, so that each method can be read against its trait's docs. Nothing
+//! survives the process: it serves tests and single-process development, and passes the same
 //! conformance kit as the SQL backends.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
 
 use crate::error::{StoreError, StoreResult};
 use crate::metrics_tally::MetricsTally;
-use crate::state::{self, Session};
+use crate::state;
 use crate::traits::*;
 use crate::types::*;
 
@@ -35,65 +33,68 @@ pub struct MemoryStore {
     tables: Mutex<Tables>,
 }
 
+/// Every organization's rows together; each call filters by the organization it names.
 #[derive(Debug, Default)]
 struct Tables {
     closed: bool,
-    /// The last row id handed out: one sequence for rows of every kind, so that ids only
-    /// grow and are unique across the store.
+    /// The last row id handed out: one sequence for rows of every kind, so ids are unique
+    /// across the store and grow with insertion order.
     last_id: i64,
-    orgs: BTreeMap<String, Org>,
-}
-
-/// One organization's rows, kept apart so that no call reaches another tenant's.
-#[derive(Debug, Default)]
-struct Org {
-    sessions: Vec<SessionRow>,
+    orgs: BTreeSet<String>,
+    sessions: Vec<(StoredSession, Option<String>)>,
     log: Vec<LogEntry>,
-    inbox: Vec<Queued<InboxData>>,
-    outbox: Vec<Queued<OutboxData>>,
+    inbox: Vec<Queued<InboxEvent>>,
+    outbox: Vec<Queued<OutboxMessage>>,
     flows: Vec<StoredFlow>,
 }
 
-#[derive(Debug)]
-struct SessionRow {
-    info: SessionInfo,
-    session: Session,
-    cohort: Option<String>,
-}
-
-/// An inbox or outbox row: the queue's columns, then those of its kind.
+/// An inbox or outbox row and when it was done or failed for good (what purge's retention
+/// is judged from).
 #[derive(Debug)]
 struct Queued<T> {
-    id: i64,
-    conversation: ConversationKey,
-    due_at: Timestamp,
-    status: QueueStatus,
-    attempts: i64,
-    lease_until: Option<Timestamp>,
-    retry_at: Option<Timestamp>,
-    last_error: Option<String>,
-    /// When it was done or failed for good: what purge's retention is judged from.
+    row: T,
     finished_at: Option<Timestamp>,
-    data: T,
 }
 
-#[derive(Debug)]
-struct InboxData {
-    message_id: String,
-    kind: InboxKind,
-    payload: serde_json::Value,
-    received_at: Timestamp,
+/// The queue columns inbox and outbox rows share, borrowed so that one claim, finish and
+/// reclaim serve both queues.
+struct Columns<'a> {
+    id: i64,
+    conversation: &'a ConversationKey,
+    due_at: Timestamp,
+    status: &'a mut QueueStatus,
+    attempts: &'a mut i64,
+    lease_until: &'a mut Option<Timestamp>,
+    retry_at: &'a mut Option<Timestamp>,
+    last_error: &'a mut Option<String>,
 }
 
-#[derive(Debug)]
-struct OutboxData {
-    payload: serde_json::Value,
-    inbox_id: Option<i64>,
-    wamid: Option<String>,
-    delivery: Option<DeliveryStatus>,
-    delivery_at: Option<Timestamp>,
-    sent_at: Option<Timestamp>,
+trait QueueRow: Clone {
+    const WHAT: &'static str;
+    fn columns(&mut self) -> Columns<'_>;
 }
+
+macro_rules! queue_row {
+    ($row:ty, $what:literal) => {
+        impl QueueRow for $row {
+            const WHAT: &'static str = $what;
+            fn columns(&mut self) -> Columns<'_> {
+                Columns {
+                    id: self.id,
+                    conversation: &self.conversation,
+                    due_at: self.due_at,
+                    status: &mut self.status,
+                    attempts: &mut self.attempts,
+                    lease_until: &mut self.lease_until,
+                    retry_at: &mut self.retry_at,
+                    last_error: &mut self.last_error,
+                }
+            }
+        }
+    };
+}
+queue_row!(InboxEvent, "inbox event");
+queue_row!(OutboxMessage, "outbox message");
 
 impl MemoryStore {
     /// An empty store.
@@ -113,390 +114,330 @@ impl MemoryStore {
             Err(_) => Err(StoreError::Database("an earlier call panicked inside the memory store".into())),
         }
     }
+
+    /// The tables, once `org_id` is known to be registered.
+    fn org(&self, org_id: &str) -> StoreResult<MutexGuard<'_, Tables>> {
+        let tables = self.lock()?;
+        tables.known(org_id)?;
+        Ok(tables)
+    }
 }
 
 impl Tables {
-    fn org(&self, org_id: &str) -> StoreResult<&Org> {
-        self.orgs.get(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
-    }
-
-    fn org_mut(&mut self, org_id: &str) -> StoreResult<&mut Org> {
-        self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))
-    }
-
-    /// The organization's rows and the last id, to add rows with.
-    fn org_and_ids(&mut self, org_id: &str) -> StoreResult<(&mut Org, &mut i64)> {
-        let org = self.orgs.get_mut(org_id).ok_or_else(|| StoreError::UnknownOrganization(org_id.to_owned()))?;
-        Ok((org, &mut self.last_id))
-    }
-
-    /// The organizations a claim or a reclaim covers: the one named, or every one.
-    fn scope(&mut self, org_id: Option<&str>) -> StoreResult<Vec<&mut Org>> {
-        match org_id {
-            Some(org_id) => Ok(vec![self.org_mut(org_id)?]),
-            None => Ok(self.orgs.values_mut().collect()),
+    fn known(&self, org_id: &str) -> StoreResult<()> {
+        if self.orgs.contains(org_id) {
+            return Ok(());
         }
+        Err(StoreError::UnknownOrganization(org_id.to_owned()))
     }
 
-    fn claimed_inbox(&mut self, org_id: &str, claim: Claim) -> StoreResult<&mut Queued<InboxData>> {
-        claimed_row(&mut self.org_mut(org_id)?.inbox, "inbox event", claim)
+    /// Checks the organization a claim or a reclaim names, if it names one.
+    fn scope(&self, org_id: Option<&str>) -> StoreResult<()> {
+        org_id.map_or(Ok(()), |org_id| self.known(org_id))
     }
 
-    fn claimed_outbox(&mut self, org_id: &str, claim: Claim) -> StoreResult<&mut Queued<OutboxData>> {
-        claimed_row(&mut self.org_mut(org_id)?.outbox, "outbox message", claim)
+    fn next_id(&mut self) -> i64 {
+        self.last_id += 1;
+        self.last_id
     }
+
+    fn active(&mut self, key: &SessionKey) -> Option<&mut StoredSession> {
+        let mut sessions = self.sessions.iter_mut().map(|(s, _)| s);
+        sessions.find(|s| s.status == SessionStatus::Active && s.key == *key)
+    }
+
+    /// The active sessions whose key passes `keep`, most recently updated first.
+    fn active_infos(&self, keep: impl Fn(&SessionKey) -> bool) -> Vec<SessionInfo> {
+        let active = self.sessions.iter().filter(|(s, _)| s.status == SessionStatus::Active && keep(&s.key));
+        let mut infos: Vec<SessionInfo> = active.map(|(s, _)| info(s)).collect();
+        infos.sort_by_key(|info| std::cmp::Reverse((info.updated_at, info.id)));
+        infos
+    }
+
+    /// Checks a compare-and-set write: a conflict unless the active session's version (0 for
+    /// none) is the one expected.
+    fn check_write(&mut self, write: &SessionWrite) -> StoreResult<()> {
+        let found = self.active(&write.key).map(|s| s.version);
+        if found.unwrap_or(0) == write.expected_version {
+            return Ok(());
+        }
+        Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found })
+    }
+
+    /// Applies a write [`check_write`](Tables::check_write) passed. An update keeps the
+    /// cohort the session started in; the flow version is the write's.
+    fn apply_write(&mut self, w: SessionWrite) -> SavedSession {
+        let closed_at = (w.status == SessionStatus::Closed).then_some(w.now);
+        if let Some(s) = self.active(&w.key) {
+            (s.version, s.flow_version, s.status, s.session) = (s.version + 1, w.flow_version, w.status, w.session);
+            (s.updated_at, s.closed_at) = (w.now, closed_at);
+            return SavedSession { id: s.id, version: s.version };
+        }
+        let id = self.next_id();
+        let (key, flow_version, status, session, now) = (w.key, w.flow_version, w.status, w.session, w.now);
+        let stored = StoredSession {
+            id,
+            key,
+            flow_version,
+            version: 1,
+            status,
+            session,
+            created_at: now,
+            updated_at: now,
+            closed_at,
+        };
+        self.sessions.push((stored, w.cohort));
+        SavedSession { id, version: 1 }
+    }
+
+    fn append_log(&mut self, entries: impl IntoIterator<Item = NewLogEntry>) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for NewLogEntry { conversation, flow_id, direction, content, node_id, wamid, at, metadata } in entries {
+            let id = self.next_id();
+            self.log.push(LogEntry { id, conversation, flow_id, direction, content, node_id, wamid, at, metadata });
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Inserts an event unless its message id is already in the organization's inbox.
+    fn insert_inbox(&mut self, event: NewInboxEvent) -> InboxInsert {
+        let org_id = &event.conversation.org_id;
+        let mut same = self.inbox.iter().map(|q| &q.row);
+        if let Some(row) = same.find(|r| r.conversation.org_id == *org_id && r.message_id == event.message_id) {
+            return InboxInsert::Duplicate(row.id);
+        }
+        let NewInboxEvent { conversation, message_id, kind, payload, received_at, due_at } = event;
+        let (id, status) = (self.next_id(), QueueStatus::Pending);
+        let (attempts, lease_until, retry_at, last_error) = (0, None, None, None);
+        let row = InboxEvent {
+            id,
+            conversation,
+            message_id,
+            kind,
+            payload,
+            received_at,
+            due_at,
+            status,
+            attempts,
+            lease_until,
+            retry_at,
+            last_error,
+        };
+        self.inbox.push(Queued { row, finished_at: None });
+        InboxInsert::Inserted(id)
+    }
+
+    fn enqueue_outbox(&mut self, messages: impl IntoIterator<Item = NewOutboxMessage>) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for NewOutboxMessage { conversation, payload, due_at, inbox_id } in messages {
+            let id = self.next_id();
+            let row = OutboxMessage {
+                id,
+                conversation,
+                payload,
+                status: QueueStatus::Pending,
+                attempts: 0,
+                due_at,
+                retry_at: None,
+                lease_until: None,
+                wamid: None,
+                last_error: None,
+                inbox_id,
+                delivery: None,
+                delivery_at: None,
+                sent_at: None,
+            };
+            self.outbox.push(Queued { row, finished_at: None });
+            ids.push(id);
+        }
+        ids
+    }
+}
+
+fn info(s: &StoredSession) -> SessionInfo {
+    let (current_node, wake_at) = state::meta(&s.session);
+    let (id, key, flow_version, version, status) = (s.id, s.key.clone(), s.flow_version, s.version, s.status);
+    let (created_at, updated_at, closed_at) = (s.created_at, s.updated_at, s.closed_at);
+    SessionInfo { id, key, flow_version, version, status, current_node, wake_at, created_at, updated_at, closed_at }
 }
 
 /// Refuses a row of another organization than the call's.
-fn same_org(org_id: &str, row_org_id: &str) -> StoreResult<()> {
-    if org_id == row_org_id {
-        return Ok(());
+fn same_org<'a>(org_id: &str, mut row_orgs: impl Iterator<Item = &'a String>) -> StoreResult<()> {
+    match row_orgs.find(|row_org_id| *row_org_id != org_id) {
+        None => Ok(()),
+        Some(other) => {
+            Err(StoreError::InvalidInput(format!("row of organization {other:?} passed to organization {org_id:?}")))
+        }
     }
-    Err(StoreError::InvalidInput(format!("row of organization {row_org_id:?} passed to organization {org_id:?}")))
 }
 
 /// The rows of `page`, out of rows already in order.
-fn page<I: Iterator>(rows: I, page: Page) -> impl Iterator<Item = I::Item> {
-    rows.skip(usize::try_from(page.offset).unwrap_or(usize::MAX)).take(page.limit.min(Page::MAX_LIMIT) as usize)
+fn page<T>(rows: impl Iterator<Item = T>, page: Page) -> Vec<T> {
+    rows.skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+        .take(page.limit.min(Page::MAX_LIMIT) as usize)
+        .collect()
 }
 
-fn next_id(last_id: &mut i64) -> i64 {
-    *last_id += 1;
-    *last_id
-}
-
-fn before(now: Timestamp, span: Duration) -> Timestamp {
+fn before(now: Timestamp, span: std::time::Duration) -> Timestamp {
     Timestamp::from_unix_millis(now.as_unix_millis().saturating_sub(duration_ms(span)))
 }
 
-fn is_active(row: &SessionRow, key: &SessionKey) -> bool {
-    row.info.status == SessionStatus::Active && row.info.key == *key
+fn in_scope(org_id: Option<&str>, conversation: &ConversationKey) -> bool {
+    org_id.is_none_or(|org_id| conversation.org_id == org_id)
 }
 
-/// The active sessions whose key passes `keep`, most recently updated first.
-fn active_infos(sessions: &[SessionRow], keep: impl Fn(&SessionKey) -> bool) -> Vec<SessionInfo> {
-    let active = sessions.iter().filter(|row| row.info.status == SessionStatus::Active && keep(&row.info.key));
-    let mut infos: Vec<SessionInfo> = active.map(|row| row.info.clone()).collect();
-    infos.sort_by_key(|info| Reverse((info.updated_at, info.id)));
-    infos
-}
-
-/// Checks a compare-and-set write: the id of the active row it replaces (none for a new
-/// session), or a conflict when the stored version is not the one expected.
-fn check_session_write(sessions: &[SessionRow], write: &SessionWrite) -> StoreResult<Option<i64>> {
-    let current = sessions.iter().find(|row| is_active(row, &write.key));
-    let found = current.map(|row| row.info.version);
-    // Expecting 0 means "no active session yet"; stored versions start at 1.
-    if found.unwrap_or(0) != write.expected_version {
-        return Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found });
-    }
-    Ok(current.map(|row| row.info.id))
-}
-
-/// Applies a write that [`check_session_write`] passed, to the row it found or as a new one.
-fn apply_session_write(
-    rows: &mut Vec<SessionRow>,
-    last_id: &mut i64,
-    current: Option<i64>,
-    w: SessionWrite,
-) -> SavedSession {
-    let (current_node, wake_at) = state::meta(&w.session);
-    let closed_at = (w.status == SessionStatus::Closed).then_some(w.now);
-    if let Some(row) = current.and_then(|id| rows.iter_mut().find(|row| row.info.id == id)) {
-        // The cohort stays the one the session started in; the flow version is the write's
-        // (a runtime may move a session to a newer version of its flow).
-        let info = &mut row.info;
-        (info.version, info.status, info.current_node, info.wake_at, info.flow_version) =
-            (info.version + 1, w.status, current_node, wake_at, w.flow_version);
-        (info.updated_at, info.closed_at, row.session) = (w.now, closed_at, w.session);
-        return SavedSession { id: info.id, version: info.version };
-    }
-    let id = next_id(last_id);
-    let (key, flow_version, status, created_at, updated_at) = (w.key, w.flow_version, w.status, w.now, w.now);
-    let info = SessionInfo {
-        id,
-        key,
-        flow_version,
-        version: 1,
-        status,
-        current_node,
-        wake_at,
-        created_at,
-        updated_at,
-        closed_at,
-    };
-    rows.push(SessionRow { info, session: w.session, cohort: w.cohort });
-    SavedSession { id, version: 1 }
-}
-
-fn stored_session(row: &SessionRow) -> StoredSession {
-    let SessionInfo { id, ref key, flow_version, version, status, created_at, updated_at, closed_at, .. } = row.info;
-    let (key, session) = (key.clone(), row.session.clone());
-    StoredSession { id, key, flow_version, version, status, session, created_at, updated_at, closed_at }
-}
-
-fn append_log(log: &mut Vec<LogEntry>, last_id: &mut i64, entries: impl IntoIterator<Item = NewLogEntry>) -> Vec<i64> {
-    let mut new_ids = Vec::new();
-    for NewLogEntry { conversation, flow_id, direction, content, node_id, wamid, at, metadata } in entries {
-        let id = next_id(last_id);
-        new_ids.push(id);
-        log.push(LogEntry { id, conversation, flow_id, direction, content, node_id, wamid, at, metadata });
-    }
-    new_ids
-}
-
-/// Whether `e` counts against `conversation`'s rate limit in a window opened at `since`.
-fn counts_against_limit(e: &LogEntry, conversation: &ConversationKey, since: Timestamp) -> bool {
-    let refused = e.metadata.get(RATE_LIMITED) == Some(&serde_json::Value::Bool(true));
-    e.conversation == *conversation && e.direction == Direction::Inbound && e.at > since && !refused
-}
-
-impl<T> Queued<T> {
-    fn new(id: i64, conversation: ConversationKey, due_at: Timestamp, data: T) -> Self {
-        let status = QueueStatus::Pending;
-        let (lease_until, retry_at, last_error, finished_at) = (None, None, None, None);
-        Queued { id, conversation, due_at, status, attempts: 0, lease_until, retry_at, last_error, finished_at, data }
-    }
-
-    fn is_open(&self) -> bool {
-        matches!(self.status, QueueStatus::Pending | QueueStatus::Claimed)
-    }
-
-    /// Out under a lease still live at `now` (a lease ending at `now` still holds).
-    fn is_leased_at(&self, now: Timestamp) -> bool {
-        self.status == QueueStatus::Claimed && self.lease_until.is_some_and(|until| until >= now)
-    }
-
-    /// Whether a claim at `now` may take it, were it the first open row of a free
-    /// conversation: due, not waiting for a retry, not out under a live lease.
-    fn is_claimable_at(&self, now: Timestamp) -> bool {
-        self.due_at <= now
-            && match self.status {
-                QueueStatus::Pending => self.retry_at.is_none_or(|at| at <= now),
-                QueueStatus::Claimed => !self.is_leased_at(now),
-                QueueStatus::Done | QueueStatus::Failed => false,
-            }
-    }
-
-    fn claim(&mut self, lease_until: Timestamp) {
-        (self.status, self.attempts, self.lease_until) = (QueueStatus::Claimed, self.attempts + 1, Some(lease_until));
-    }
-
-    fn finish(&mut self, status: QueueStatus, now: Timestamp, error: Option<&str>) {
-        (self.status, self.lease_until, self.finished_at) = (status, None, Some(now));
-        if let Some(error) = error {
-            self.last_error = Some(error.to_owned());
+/// Claims what `request` may take, in `(due_at, id)` order: per conversation only its first
+/// unfinished row, when that row is due, not waiting for a retry, and its conversation neither
+/// has a row out under a live lease nor is in `busy` already.
+fn claim<T: QueueRow>(rows: &mut [Queued<T>], request: &ClaimRequest, mut busy: BTreeSet<ConversationKey>) -> Vec<T> {
+    let now = request.now;
+    let mut open = Vec::new();
+    for (i, q) in rows.iter_mut().enumerate() {
+        let c = q.row.columns();
+        if !in_scope(request.org_id.as_deref(), c.conversation) {
+            continue;
+        }
+        // A lease ending at `now` still holds.
+        if *c.status == QueueStatus::Claimed && c.lease_until.is_some_and(|until| until >= now) {
+            busy.insert(c.conversation.clone());
+        }
+        if matches!(c.status, QueueStatus::Pending | QueueStatus::Claimed) {
+            open.push((c.due_at, c.id, i));
         }
     }
-
-    fn retry(&mut self, retry_at: Timestamp, error: &str) {
-        (self.status, self.lease_until, self.retry_at) = (QueueStatus::Pending, None, Some(retry_at));
-        self.last_error = Some(error.to_owned());
-    }
-}
-
-/// The conversations with a row out under a lease live at `now`.
-fn leased_conversations<T>(rows: &[Queued<T>], now: Timestamp) -> BTreeSet<&ConversationKey> {
-    rows.iter().filter(|row| row.is_leased_at(now)).map(|row| &row.conversation).collect()
-}
-
-/// What a claim at `now` may take, as `(due_at, id)`: each conversation's first open row in
-/// `(due_at, id)` order, when it is claimable and its conversation neither has a row out
-/// under a live lease nor is `held` back.
-fn claimable<T>(rows: &[Queued<T>], now: Timestamp, held: &BTreeSet<&ConversationKey>) -> Vec<(Timestamp, i64)> {
-    let busy = leased_conversations(rows, now);
-    let mut heads: BTreeMap<&ConversationKey, &Queued<T>> = BTreeMap::new();
-    for row in rows.iter().filter(|row| row.is_open()) {
-        let head = heads.entry(&row.conversation).or_insert(row);
-        if (row.due_at, row.id) < (head.due_at, head.id) {
-            *head = row;
+    open.sort_unstable();
+    let (mut heads, mut claimed) = (BTreeSet::new(), Vec::new());
+    for (due_at, _, i) in open {
+        let c = rows[i].row.columns();
+        let head = heads.insert(c.conversation.clone());
+        if !head || busy.contains(c.conversation) || due_at > now || c.retry_at.is_some_and(|at| at > now) {
+            continue;
         }
+        if claimed.len() >= request.limit.min(Page::MAX_LIMIT) as usize {
+            break;
+        }
+        (*c.status, *c.attempts, *c.lease_until) = (QueueStatus::Claimed, *c.attempts + 1, Some(request.lease_until()));
+        claimed.push(rows[i].row.clone());
     }
-    let free = |head: &&Queued<T>| !busy.contains(&head.conversation) && !held.contains(&head.conversation);
-    heads.into_values().filter(|head| head.is_claimable_at(now) && free(head)).map(|h| (h.due_at, h.id)).collect()
-}
-
-/// Claims the earliest `request.limit` rows, in `(due_at, id)` order, that [`claimable`]
-/// finds in `queues` (each with the conversations it must pass over). Ids are unique across
-/// the store, so they name the rows chosen whatever their organization.
-fn claim<T, R>(
-    queues: Vec<(&mut Vec<Queued<T>>, BTreeSet<&ConversationKey>)>,
-    request: &ClaimRequest,
-    output: impl Fn(&Queued<T>) -> R,
-) -> Vec<R> {
-    let mut candidates: Vec<(Timestamp, i64)> =
-        queues.iter().flat_map(|(rows, held)| claimable(rows, request.now, held)).collect();
-    candidates.sort_unstable();
-    candidates.truncate(request.limit.min(Page::MAX_LIMIT) as usize);
-    let chosen: BTreeSet<i64> = candidates.into_iter().map(|(_, id)| id).collect();
-    let mut claimed = BTreeMap::new();
-    for row in queues.into_iter().flat_map(|(rows, _)| rows.iter_mut()).filter(|row| chosen.contains(&row.id)) {
-        row.claim(request.lease_until());
-        claimed.insert((row.due_at, row.id), output(row));
-    }
-    claimed.into_values().collect()
+    claimed
 }
 
 /// The row `claim` names, if the claim still holds: `NotFound` when the organization has no
 /// such row, `LeaseLost` when it was finished, reclaimed or claimed again since.
-fn claimed_row<'a, T>(rows: &'a mut [Queued<T>], what: &'static str, claim: Claim) -> StoreResult<&'a mut Queued<T>> {
-    let not_found = || StoreError::NotFound { what, id: claim.id.to_string() };
-    let row = rows.iter_mut().find(|row| row.id == claim.id).ok_or_else(not_found)?;
-    if row.status != QueueStatus::Claimed || row.attempts != claim.attempt {
+fn claimed<'a, T: QueueRow>(rows: &'a mut [Queued<T>], org_id: &str, claim: Claim) -> StoreResult<&'a mut Queued<T>> {
+    let what = T::WHAT;
+    let ours = |q: &mut Queued<T>| q.row.columns().id == claim.id && q.row.columns().conversation.org_id == org_id;
+    let i = rows.iter_mut().position(ours).ok_or_else(|| StoreError::NotFound { what, id: claim.id.to_string() })?;
+    let q = &mut rows[i];
+    let c = q.row.columns();
+    if *c.status != QueueStatus::Claimed || *c.attempts != claim.attempt {
         return Err(StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt });
     }
-    Ok(row)
+    Ok(q)
+}
+
+/// Finishes a claimed row for good (done or failed) at `now`.
+fn finish<T: QueueRow>(q: &mut Queued<T>, status: QueueStatus, now: Timestamp, error: Option<&str>) {
+    let c = q.row.columns();
+    (*c.status, *c.lease_until) = (status, None);
+    if let Some(error) = error {
+        *c.last_error = Some(error.to_owned());
+    }
+    q.finished_at = Some(now);
+}
+
+/// Puts a claimed row back, not to be claimed before `retry_at`.
+fn retry<T: QueueRow>(q: &mut Queued<T>, retry_at: Timestamp, error: &str) {
+    let c = q.row.columns();
+    (*c.status, *c.lease_until, *c.retry_at) = (QueueStatus::Pending, None, Some(retry_at));
+    *c.last_error = Some(error.to_owned());
 }
 
 /// Returns rows whose lease ended before `now` to pending; the count.
-fn reclaim<T>(rows: &mut [Queued<T>], now: Timestamp) -> u64 {
+fn reclaim<T: QueueRow>(rows: &mut [Queued<T>], org_id: Option<&str>, now: Timestamp) -> u64 {
     let mut reclaimed = 0;
-    for row in rows.iter_mut().filter(|row| row.status == QueueStatus::Claimed) {
-        if row.lease_until.is_some_and(|until| until < now) {
-            (row.status, row.lease_until) = (QueueStatus::Pending, None);
+    for q in rows {
+        let c = q.row.columns();
+        if in_scope(org_id, c.conversation)
+            && *c.status == QueueStatus::Claimed
+            && c.lease_until.is_some_and(|u| u < now)
+        {
+            (*c.status, *c.lease_until) = (QueueStatus::Pending, None);
             reclaimed += 1;
         }
     }
     reclaimed
 }
 
-/// Deletes rows finished before `cutoff` (open rows have no finish time); the count.
-fn purge_finished<T>(rows: &mut Vec<Queued<T>>, cutoff: Timestamp) -> u64 {
-    let len = rows.len();
-    rows.retain(|row| row.finished_at.is_none_or(|at| at >= cutoff));
-    (len - rows.len()) as u64
-}
-
-/// Inserts an event unless its message id is already in the (organization's) inbox.
-fn insert_inbox(inbox: &mut Vec<Queued<InboxData>>, last_id: &mut i64, event: NewInboxEvent) -> InboxInsert {
-    if let Some(row) = inbox.iter().find(|row| row.data.message_id == event.message_id) {
-        return InboxInsert::Duplicate(row.id);
-    }
-    let NewInboxEvent { conversation, message_id, kind, payload, received_at, due_at } = event;
-    let id = next_id(last_id);
-    inbox.push(Queued::new(id, conversation, due_at, InboxData { message_id, kind, payload, received_at }));
-    InboxInsert::Inserted(id)
-}
-
-fn enqueue_outbox(
-    outbox: &mut Vec<Queued<OutboxData>>,
-    last_id: &mut i64,
-    messages: impl IntoIterator<Item = NewOutboxMessage>,
-) -> Vec<i64> {
-    let mut new_ids = Vec::new();
-    for NewOutboxMessage { conversation, payload, due_at, inbox_id } in messages {
-        let id = next_id(last_id);
-        new_ids.push(id);
-        let data = OutboxData { payload, inbox_id, wamid: None, delivery: None, delivery_at: None, sent_at: None };
-        outbox.push(Queued::new(id, conversation, due_at, data));
-    }
-    new_ids
+/// Deletes the organization's rows finished before `cutoff`; the count.
+fn purge_finished<T: QueueRow>(rows: &mut Vec<Queued<T>>, org_id: &str, cutoff: Timestamp) -> u64 {
+    let before = rows.len();
+    rows.retain_mut(|q| q.row.columns().conversation.org_id != org_id || q.finished_at.is_none_or(|at| at >= cutoff));
+    (before - rows.len()) as u64
 }
 
 /// Records a delivery status unless a higher one is recorded already.
-fn merge_delivery(data: &mut OutboxData, status: DeliveryStatus, at: Timestamp) {
-    if data.delivery.is_none_or(|recorded| recorded.rank() < status.rank()) {
-        (data.delivery, data.delivery_at) = (Some(status), Some(at));
-    }
-}
-
-fn inbox_event(row: &Queued<InboxData>) -> InboxEvent {
-    InboxEvent {
-        id: row.id,
-        conversation: row.conversation.clone(),
-        message_id: row.data.message_id.clone(),
-        kind: row.data.kind,
-        payload: row.data.payload.clone(),
-        received_at: row.data.received_at,
-        due_at: row.due_at,
-        status: row.status,
-        attempts: row.attempts,
-        lease_until: row.lease_until,
-        retry_at: row.retry_at,
-        last_error: row.last_error.clone(),
-    }
-}
-
-fn outbox_message(row: &Queued<OutboxData>) -> OutboxMessage {
-    OutboxMessage {
-        id: row.id,
-        conversation: row.conversation.clone(),
-        payload: row.data.payload.clone(),
-        status: row.status,
-        attempts: row.attempts,
-        due_at: row.due_at,
-        retry_at: row.retry_at,
-        lease_until: row.lease_until,
-        wamid: row.data.wamid.clone(),
-        last_error: row.last_error.clone(),
-        inbox_id: row.data.inbox_id,
-        delivery: row.data.delivery,
-        delivery_at: row.data.delivery_at,
-        sent_at: row.data.sent_at,
+fn merge_delivery(row: &mut OutboxMessage, status: DeliveryStatus, at: Timestamp) {
+    if row.delivery.is_none_or(|recorded| recorded.rank() < status.rank()) {
+        (row.delivery, row.delivery_at) = (Some(status), Some(at));
     }
 }
 
 #[async_trait]
 impl Organizations for MemoryStore {
     async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
-        self.lock()?.orgs.entry(org_id.to_owned()).or_default();
+        self.lock()?.orgs.insert(org_id.to_owned());
         Ok(())
     }
 
     async fn organization_exists(&self, org_id: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.orgs.contains_key(org_id))
+        Ok(self.lock()?.orgs.contains(org_id))
     }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load_session(&self, key: &SessionKey) -> StoreResult<Option<StoredSession>> {
-        let tables = self.lock()?;
-        Ok(tables.org(&key.org_id)?.sessions.iter().find(|row| is_active(row, key)).map(stored_session))
+        Ok(self.org(&key.org_id)?.active(key).cloned())
     }
 
     async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
-        let tables = self.lock()?;
-        Ok(active_infos(&tables.org(&conversation.org_id)?.sessions, |key| key.conversation() == *conversation))
+        Ok(self.org(&conversation.org_id)?.active_infos(|key| key.conversation() == *conversation))
     }
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
-        let mut tables = self.lock()?;
-        let (org, last_id) = tables.org_and_ids(&write.key.org_id)?;
-        let current = check_session_write(&org.sessions, &write)?;
-        Ok(apply_session_write(&mut org.sessions, last_id, current, write))
+        let mut tables = self.org(&write.key.org_id)?;
+        tables.check_write(&write)?;
+        Ok(tables.apply_write(write))
     }
 
     async fn close_session(&self, key: &SessionKey, now: Timestamp) -> StoreResult<bool> {
-        let mut tables = self.lock()?;
-        let Some(row) = tables.org_mut(&key.org_id)?.sessions.iter_mut().find(|row| is_active(row, key)) else {
-            return Ok(false);
-        };
-        let info = &mut row.info;
-        (info.status, info.version, info.updated_at, info.closed_at) =
-            (SessionStatus::Closed, info.version + 1, now, Some(now));
+        let mut tables = self.org(&key.org_id)?;
+        let Some(s) = tables.active(key) else { return Ok(false) };
+        (s.status, s.version, s.updated_at, s.closed_at) = (SessionStatus::Closed, s.version + 1, now, Some(now));
         Ok(true)
     }
 
     async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
-        let tables = self.lock()?;
-        Ok(self::page(active_infos(&tables.org(org_id)?.sessions, |_| true).into_iter(), page).collect())
+        Ok(self::page(self.org(org_id)?.active_infos(|key| key.org_id == org_id).into_iter(), page))
     }
 
     async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport> {
-        let mut tables = self.lock()?;
-        let org = tables.org_mut(org_id)?;
+        let mut tables = self.org(org_id)?;
         let (expired_before, retained_after) = (before(now, policy.session_ttl), before(now, policy.retention));
         let mut report = PurgeReport::default();
-        org.sessions.retain(|SessionRow { info, .. }| {
-            let expired = info.status == SessionStatus::Active && info.updated_at < expired_before;
-            let retired = info.status == SessionStatus::Closed && info.closed_at.is_some_and(|at| at < retained_after);
+        tables.sessions.retain(|(s, _)| {
+            let ours = s.key.org_id == org_id;
+            let expired = ours && s.status == SessionStatus::Active && s.updated_at < expired_before;
+            let retired =
+                ours && s.status == SessionStatus::Closed && s.closed_at.is_some_and(|at| at < retained_after);
             report.expired_sessions += u64::from(expired);
             report.closed_sessions += u64::from(retired);
             !(expired || retired)
         });
-        report.inbox_rows = purge_finished(&mut org.inbox, retained_after);
-        report.outbox_rows = purge_finished(&mut org.outbox, retained_after);
+        report.inbox_rows = purge_finished(&mut tables.inbox, org_id, retained_after);
+        report.outbox_rows = purge_finished(&mut tables.outbox, org_id, retained_after);
         Ok(report)
     }
 }
@@ -504,31 +445,33 @@ impl SessionStore for MemoryStore {
 #[async_trait]
 impl MessageLog for MemoryStore {
     async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
-        let mut tables = self.lock()?;
-        let (org, last_id) = tables.org_and_ids(org_id)?;
-        entries.iter().try_for_each(|e| same_org(org_id, &e.conversation.org_id))?;
-        Ok(append_log(&mut org.log, last_id, entries.iter().cloned()))
+        let mut tables = self.org(org_id)?;
+        same_org(org_id, entries.iter().map(|e| &e.conversation.org_id))?;
+        Ok(tables.append_log(entries.iter().cloned()))
     }
 
     async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
-        let tables = self.lock()?;
-        let log = &tables.org(&conversation.org_id)?.log;
-        Ok(self::page(log.iter().filter(|e| e.conversation == *conversation), page).cloned().collect())
+        let tables = self.org(&conversation.org_id)?;
+        Ok(self::page(tables.log.iter().filter(|e| e.conversation == *conversation).cloned(), page))
     }
 
     async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
         let tables = self.lock()?;
         let count = |(conversation, since): &(ConversationKey, Timestamp)| {
-            let log = &tables.org(&conversation.org_id)?.log;
-            Ok((log.iter().filter(|e| counts_against_limit(e, conversation, *since)).count() as u64).min(at_most))
+            tables.known(&conversation.org_id)?;
+            let refused = |e: &LogEntry| e.metadata.get(RATE_LIMITED) == Some(&serde_json::Value::Bool(true));
+            let counted = tables.log.iter().filter(|e| {
+                e.conversation == *conversation && e.direction == Direction::Inbound && e.at > *since && !refused(e)
+            });
+            Ok((counted.count() as u64).min(at_most))
         };
         windows.iter().map(count).collect()
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
-        let tables = self.lock()?;
+        let tables = self.org(org_id)?;
         let mut summaries: BTreeMap<&ConversationKey, ConversationSummary> = BTreeMap::new();
-        for e in &tables.org(org_id)?.log {
+        for e in tables.log.iter().filter(|e| e.conversation.org_id == org_id) {
             let summary = summaries.entry(&e.conversation).or_insert_with(|| ConversationSummary {
                 conversation: e.conversation.clone(),
                 message_count: 0,
@@ -541,22 +484,21 @@ impl MessageLog for MemoryStore {
         }
         // Latest activity first; the sort is stable, so ties stay in conversation order.
         let mut list: Vec<ConversationSummary> = summaries.into_values().collect();
-        list.sort_by_key(|summary| Reverse(summary.last_message_at));
-        Ok(self::page(list.into_iter(), page).collect())
+        list.sort_by_key(|summary| std::cmp::Reverse(summary.last_message_at));
+        Ok(self::page(list.into_iter(), page))
     }
 
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
-        let tables = self.lock()?;
-        let org = tables.org(org_id)?;
+        let tables = self.org(org_id)?;
         let (from, to) = query.bounds();
         let in_window = |t: Timestamp| (from..to).contains(&t.as_unix_millis());
         let day_of = |t: Timestamp| t.as_unix_millis().div_euclid(DAY_MS);
         let mut tally = MetricsTally::default();
-        for SessionRow { info, cohort, .. } in org.sessions.iter().filter(|row| in_window(row.info.created_at)) {
-            let active = info.status == SessionStatus::Active;
-            tally.sessions(&info.key.flow_id, cohort.as_deref(), day_of(info.created_at), active, 1);
+        for (s, cohort) in tables.sessions.iter().filter(|(s, _)| s.key.org_id == org_id && in_window(s.created_at)) {
+            let active = s.status == SessionStatus::Active;
+            tally.sessions(&s.key.flow_id, cohort.as_deref(), day_of(s.created_at), active, 1);
         }
-        for e in org.log.iter().filter(|e| in_window(e.at)) {
+        for e in tables.log.iter().filter(|e| e.conversation.org_id == org_id && in_window(e.at)) {
             tally.messages(e.flow_id.as_deref(), day_of(e.at), e.direction == Direction::Inbound, 1);
         }
         Ok(tally.finish())
@@ -566,21 +508,22 @@ impl MessageLog for MemoryStore {
 #[async_trait]
 impl Inbox for MemoryStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
-        let mut tables = self.lock()?;
-        let (org, last_id) = tables.org_and_ids(&event.conversation.org_id)?;
-        Ok(insert_inbox(&mut org.inbox, last_id, event))
+        Ok(self.org(&event.conversation.org_id)?.insert_inbox(event))
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
         let mut tables = self.lock()?;
+        tables.scope(request.org_id.as_deref())?;
         // A conversation waits while one of its replies is out with a sender.
-        let queues = tables.scope(request.org_id.as_deref())?.into_iter();
-        let queues = queues.map(|org| (&mut org.inbox, leased_conversations(&org.outbox, request.now)));
-        Ok(claim(queues.collect(), request, inbox_event))
+        let out = tables.outbox.iter().map(|q| &q.row);
+        let sending =
+            out.filter(|m| m.status == QueueStatus::Claimed && m.lease_until.is_some_and(|u| u >= request.now));
+        let busy = sending.map(|m| m.conversation.clone()).collect();
+        Ok(claim(&mut tables.inbox, request, busy))
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
-        self.lock()?.claimed_inbox(org_id, claim)?.finish(QueueStatus::Done, now, None);
+        finish(claimed(&mut self.org(org_id)?.inbox, org_id, claim)?, QueueStatus::Done, now, None);
         Ok(())
     }
 
@@ -592,60 +535,64 @@ impl Inbox for MemoryStore {
         retry_at: Option<Timestamp>,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let mut tables = self.lock()?;
-        let row = tables.claimed_inbox(org_id, claim)?;
+        let mut tables = self.org(org_id)?;
+        let q = claimed(&mut tables.inbox, org_id, claim)?;
         match retry_at {
-            Some(at) => row.retry(at, error),
-            None => row.finish(QueueStatus::Failed, now, Some(error)),
+            Some(at) => retry(q, at, error),
+            None => finish(q, QueueStatus::Failed, now, Some(error)),
         }
         Ok(())
     }
 
     async fn reclaim_inbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
-        Ok(self.lock()?.scope(org_id)?.into_iter().map(|org| reclaim(&mut org.inbox, now)).sum())
+        let mut tables = self.lock()?;
+        tables.scope(org_id)?;
+        Ok(reclaim(&mut tables.inbox, org_id, now))
     }
 
     async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
-        Ok(self.lock()?.org(org_id)?.inbox.iter().find(|row| row.id == id).map(inbox_event))
+        let tables = self.org(org_id)?;
+        Ok(tables.inbox.iter().map(|q| &q.row).find(|r| r.id == id && r.conversation.org_id == org_id).cloned())
     }
 }
 
 #[async_trait]
 impl Outbox for MemoryStore {
     async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
-        let mut tables = self.lock()?;
-        let (org, last_id) = tables.org_and_ids(org_id)?;
-        messages.iter().try_for_each(|m| same_org(org_id, &m.conversation.org_id))?;
-        Ok(enqueue_outbox(&mut org.outbox, last_id, messages.iter().cloned()))
+        let mut tables = self.org(org_id)?;
+        same_org(org_id, messages.iter().map(|m| &m.conversation.org_id))?;
+        Ok(tables.enqueue_outbox(messages.iter().cloned()))
     }
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
         let mut tables = self.lock()?;
-        let queues = tables.scope(request.org_id.as_deref())?.into_iter();
-        Ok(claim(queues.map(|org| (&mut org.outbox, BTreeSet::new())).collect(), request, outbox_message))
+        tables.scope(request.org_id.as_deref())?;
+        Ok(claim(&mut tables.outbox, request, BTreeSet::new()))
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
-        let mut tables = self.lock()?;
-        let row = tables.claimed_outbox(org_id, claim)?;
-        row.finish(QueueStatus::Done, now, None);
-        (row.data.wamid, row.data.sent_at) = (Some(wamid.to_owned()), Some(now));
-        merge_delivery(&mut row.data, DeliveryStatus::Sent, now);
+        let mut tables = self.org(org_id)?;
+        let q = claimed(&mut tables.outbox, org_id, claim)?;
+        finish(q, QueueStatus::Done, now, None);
+        (q.row.wamid, q.row.sent_at) = (Some(wamid.to_owned()), Some(now));
+        merge_delivery(&mut q.row, DeliveryStatus::Sent, now);
         Ok(())
     }
 
     async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
-        self.lock()?.claimed_outbox(org_id, claim)?.retry(retry_at, error);
+        retry(claimed(&mut self.org(org_id)?.outbox, org_id, claim)?, retry_at, error);
         Ok(())
     }
 
     async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
-        self.lock()?.claimed_outbox(org_id, claim)?.finish(QueueStatus::Failed, now, Some(error));
+        finish(claimed(&mut self.org(org_id)?.outbox, org_id, claim)?, QueueStatus::Failed, now, Some(error));
         Ok(())
     }
 
     async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
-        Ok(self.lock()?.scope(org_id)?.into_iter().map(|org| reclaim(&mut org.outbox, now)).sum())
+        let mut tables = self.lock()?;
+        tables.scope(org_id)?;
+        Ok(reclaim(&mut tables.outbox, org_id, now))
     }
 
     async fn record_delivery(
@@ -655,43 +602,45 @@ impl Outbox for MemoryStore {
         status: DeliveryStatus,
         at: Timestamp,
     ) -> StoreResult<bool> {
-        let mut tables = self.lock()?;
+        let mut tables = self.org(org_id)?;
         let mut found = false;
-        for row in tables.org_mut(org_id)?.outbox.iter_mut().filter(|row| row.data.wamid.as_deref() == Some(wamid)) {
-            merge_delivery(&mut row.data, status, at);
-            found = true;
+        for q in tables.outbox.iter_mut() {
+            if q.row.conversation.org_id == org_id && q.row.wamid.as_deref() == Some(wamid) {
+                merge_delivery(&mut q.row, status, at);
+                found = true;
+            }
         }
         Ok(found)
     }
 
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
-        Ok(self.lock()?.org(org_id)?.outbox.iter().find(|row| row.id == id).map(outbox_message))
+        let tables = self.org(org_id)?;
+        Ok(tables.outbox.iter().map(|q| &q.row).find(|r| r.id == id && r.conversation.org_id == org_id).cloned())
     }
 }
 
 #[async_trait]
 impl FlowStore for MemoryStore {
     async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
-        let mut tables = self.lock()?;
-        let flows = &mut tables.org_mut(org_id)?.flows;
-        let version = flows.iter().filter(|f| f.flow_id == flow_id).map(|f| f.version).max().unwrap_or(0) + 1;
+        let mut tables = self.org(org_id)?;
+        let versions = tables.flows.iter().filter(|f| f.org_id == org_id && f.flow_id == flow_id);
+        let version = versions.map(|f| f.version).max().unwrap_or(0) + 1;
         let (org_id, flow_id, definition) = (org_id.to_owned(), flow_id.to_owned(), definition.to_owned());
-        flows.push(StoredFlow { org_id, flow_id, version, definition, published_at: now });
+        tables.flows.push(StoredFlow { org_id, flow_id, version, definition, published_at: now });
         Ok(version)
     }
 
     async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
-        let tables = self.lock()?;
-        let flows = tables.org(org_id)?.flows.iter();
-        let asked = flows.filter(|f| f.flow_id == flow_id && version.is_none_or(|v| f.version == v));
-        Ok(asked.max_by_key(|f| f.version).cloned())
+        let tables = self.org(org_id)?;
+        let asked = tables.flows.iter().filter(|f| f.org_id == org_id && f.flow_id == flow_id);
+        Ok(asked.filter(|f| version.is_none_or(|v| f.version == v)).max_by_key(|f| f.version).cloned())
     }
 
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {
-        let tables = self.lock()?;
+        let tables = self.org(org_id)?;
         // Versions are published in order, so the last of each flow id is its latest.
         let mut latest: BTreeMap<&str, &StoredFlow> = BTreeMap::new();
-        for flow in &tables.org(org_id)?.flows {
+        for flow in tables.flows.iter().filter(|f| f.org_id == org_id) {
             latest.insert(&flow.flow_id, flow);
         }
         Ok(latest.into_values().cloned().collect())
@@ -704,27 +653,24 @@ impl Store for MemoryStore {
     /// left to a claim (`claim_replies_until` and `claim_next_until` are ignored), as the
     /// trait allows.
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
-        let mut tables = self.lock()?;
-        let (org, last_id) = tables.org_and_ids(&commit.org_id)?;
-        let mut row_orgs = (commit.session.iter().map(|w| &w.key.org_id))
+        let mut tables = self.org(&commit.org_id)?;
+        let row_orgs = (commit.session.iter().map(|w| &w.key.org_id))
             .chain(commit.log.iter().map(|e| &e.conversation.org_id))
             .chain(commit.outbox.iter().map(|m| &m.conversation.org_id))
             .chain(commit.schedule.iter().map(|s| &s.conversation.org_id));
-        row_orgs.try_for_each(|row_org_id| same_org(&commit.org_id, row_org_id))?;
-        let current = match &commit.session {
-            Some(write) => check_session_write(&org.sessions, write)?,
-            None => None,
-        };
-        let done = commit.inbox_done.map(|claim| claimed_row(&mut org.inbox, "inbox event", claim)).transpose()?;
-        // Everything checked: from here on nothing fails.
-        if let Some(row) = done {
-            row.finish(QueueStatus::Done, commit.now, None);
+        same_org(&commit.org_id, row_orgs)?;
+        if let Some(write) = &commit.session {
+            tables.check_write(write)?;
+        }
+        if let Some(claim) = commit.inbox_done {
+            // Everything else is checked: from here on nothing fails.
+            finish(claimed(&mut tables.inbox, &commit.org_id, claim)?, QueueStatus::Done, commit.now, None);
         }
         Ok(CommitOutcome {
-            session: commit.session.map(|write| apply_session_write(&mut org.sessions, last_id, current, write)),
-            log_ids: append_log(&mut org.log, last_id, commit.log),
-            outbox_ids: enqueue_outbox(&mut org.outbox, last_id, commit.outbox),
-            scheduled: commit.schedule.into_iter().map(|event| insert_inbox(&mut org.inbox, last_id, event)).collect(),
+            session: commit.session.map(|write| tables.apply_write(write)),
+            log_ids: tables.append_log(commit.log),
+            outbox_ids: tables.enqueue_outbox(commit.outbox),
+            scheduled: commit.schedule.into_iter().map(|event| tables.insert_inbox(event)).collect(),
             claimed_replies: Vec::new(),
             claimed_next: None,
         })
@@ -747,6 +693,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn t(seconds: i64) -> Timestamp {
         Timestamp::from_unix_seconds(1_700_000_000 + seconds)
