@@ -230,25 +230,9 @@ impl Tables {
 
     fn enqueue_outbox(&mut self, messages: impl IntoIterator<Item = NewOutboxMessage>) -> Vec<i64> {
         let mut ids = Vec::new();
-        for NewOutboxMessage { conversation, payload, due_at, inbox_id } in messages {
+        for message in messages {
             let id = self.next_id();
-            let row = OutboxMessage {
-                id,
-                conversation,
-                payload,
-                status: QueueStatus::Pending,
-                attempts: 0,
-                due_at,
-                retry_at: None,
-                lease_until: None,
-                wamid: None,
-                last_error: None,
-                inbox_id,
-                delivery: None,
-                delivery_at: None,
-                sent_at: None,
-            };
-            self.outbox.push(Queued { row, finished_at: None });
+            self.outbox.push(Queued { row: OutboxMessage::pending(id, message), finished_at: None });
             ids.push(id);
         }
         ids

@@ -8,10 +8,8 @@ use flowcore::Timestamp;
 use crate::state::Session;
 use serde::{Deserialize, Serialize};
 
-/// One conversation: an organization's business number talking to one contact.
-///
-/// Inbox rows, log rows and outbox rows are keyed by it; a conversation is handled by one
-/// worker at a time.
+/// One conversation: an organization's business number talking to one contact. Inbox, log and
+/// outbox rows are keyed by it; a conversation is handled by one worker at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConversationKey {
     /// The organization (tenant).
@@ -38,12 +36,7 @@ impl ConversationKey {
 
     /// The key of this conversation's session in `flow_id`.
     pub fn session(&self, flow_id: impl Into<String>) -> SessionKey {
-        SessionKey {
-            org_id: self.org_id.clone(),
-            business_number_id: self.business_number_id.clone(),
-            contact_id: self.contact_id.clone(),
-            flow_id: flow_id.into(),
-        }
+        SessionKey::new(&self.org_id, &self.business_number_id, &self.contact_id, flow_id)
     }
 }
 
@@ -53,10 +46,8 @@ impl fmt::Display for ConversationKey {
     }
 }
 
-/// The key of a session: (organization, business number, contact, flow).
-///
-/// At most one *active* session exists per key; closed ones are kept (for history and
-/// metrics) until purged.
+/// The key of a session: (organization, business number, contact, flow). At most one *active*
+/// session exists per key; closed ones are kept (for history and metrics) until purged.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionKey {
     /// The organization (tenant).
@@ -87,11 +78,7 @@ impl SessionKey {
 
     /// The conversation this session belongs to.
     pub fn conversation(&self) -> ConversationKey {
-        ConversationKey {
-            org_id: self.org_id.clone(),
-            business_number_id: self.business_number_id.clone(),
-            contact_id: self.contact_id.clone(),
-        }
+        ConversationKey::new(&self.org_id, &self.business_number_id, &self.contact_id)
     }
 }
 
@@ -111,23 +98,29 @@ pub enum SessionStatus {
     Closed,
 }
 
-impl SessionStatus {
-    /// The stored spelling: `"active"` or `"closed"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Active => "active",
-            SessionStatus::Closed => "closed",
-        }
-    }
+/// `as_str` (the stored spelling) and `parse` (its inverse, reading an unknown spelling as
+/// the variant after `else`) for the enums stored as text.
+macro_rules! spelled {
+    ($enum:ident { $($variant:ident => $text:literal),+ } else $fallback:ident) => {
+        impl $enum {
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $text),+
+                }
+            }
 
-    pub(crate) fn parse(s: &str) -> SessionStatus {
-        if s == "active" {
-            SessionStatus::Active
-        } else {
-            SessionStatus::Closed
+            pub(crate) fn parse(s: &str) -> $enum {
+                match s {
+                    $($text => $enum::$variant,)+
+                    _ => $enum::$fallback,
+                }
+            }
         }
-    }
+    };
 }
+
+spelled!(SessionStatus { Active => "active", Closed => "closed" } else Closed);
 
 /// A session as stored: the engine's state plus its bookkeeping.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,16 +176,13 @@ pub struct SessionInfo {
 pub struct SessionWrite {
     /// The session's key.
     pub key: SessionKey,
-    /// The version the caller loaded ([`StoredSession::version`]); `0` creates a new session
-    /// and fails with a conflict if an active one exists for the key.
+    /// The version the caller loaded ([`StoredSession::version`]); `0` creates the session.
     pub expected_version: i64,
-    /// The flow version the session runs on, recorded on create and on update: callers pass
-    /// the loaded [`StoredSession::flow_version`] to keep it, a newer one to move the session
-    /// (which a runtime does only when the session's state fits that version).
+    /// The flow version the session runs on from this save: the loaded
+    /// [`StoredSession::flow_version`] keeps it, a newer one moves the session.
     pub flow_version: i64,
-    /// The group the session is counted in by [`Metrics::per_cohort`], such as the A/B
-    /// test variant its contact was assigned. Recorded on create, ignored on update: a
-    /// session stays in the cohort it started in.
+    /// The group [`Metrics::per_cohort`] counts the session in (an A/B test variant, say).
+    /// Recorded on create, ignored on update: a session stays in the cohort it started in.
     pub cohort: Option<String>,
     /// The new state.
     pub session: Session,
@@ -254,9 +244,8 @@ impl Default for Page {
 pub struct PurgePolicy {
     /// An active session not saved for this long is expired and deleted (default 24 h).
     pub session_ttl: Duration,
-    /// Closed sessions, and finished inbox and outbox rows, older than this are deleted
-    /// (default 30 days). Inbox rows are the duplicate filter, so keep this longer than
-    /// Meta's webhook retry window (7 days).
+    /// Closed sessions and finished queue rows older than this are deleted (default 30 days).
+    /// Inbox rows are the duplicate filter: keep it longer than Meta's webhook retries last.
     pub retention: Duration,
 }
 
@@ -289,23 +278,7 @@ pub enum Direction {
     Outbound,
 }
 
-impl Direction {
-    /// The stored spelling: `"in"` or `"out"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "in",
-            Direction::Outbound => "out",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Direction {
-        if s == "in" {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        }
-    }
-}
+spelled!(Direction { Inbound => "in", Outbound => "out" } else Outbound);
 
 /// A logged message's content: plain text or structured JSON (buttons, lists, media, …).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -337,10 +310,9 @@ impl Content {
     }
 }
 
-/// The metadata key that marks an inbound message a rate limit refused: an entry logged with
-/// `{"rate_limited": true}` in its metadata is history, but does not count against the limit
-/// (see [`MessageLog::inbound_counts`](crate::MessageLog::inbound_counts)), so a contact who
-/// keeps writing is let through again once the messages that did count leave the window.
+/// The metadata key that marks an inbound message a rate limit refused: it stays history but
+/// does not count against the limit ([`MessageLog::inbound_counts`](crate::MessageLog::inbound_counts)),
+/// so a contact who keeps writing is let through once the counted messages leave the window.
 ///
 /// ```
 /// use flowcore_store::RATE_LIMITED;
@@ -493,23 +465,7 @@ pub enum InboxKind {
     WakeUp,
 }
 
-impl InboxKind {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboxKind::Message => "message",
-            InboxKind::WakeUp => "wake_up",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> InboxKind {
-        if s == "wake_up" {
-            InboxKind::WakeUp
-        } else {
-            InboxKind::Message
-        }
-    }
-}
+spelled!(InboxKind { WakeUp => "wake_up", Message => "message" } else Message);
 
 /// An inbound event to insert.
 #[derive(Clone, Debug, PartialEq)]
@@ -604,26 +560,7 @@ pub enum QueueStatus {
     Failed,
 }
 
-impl QueueStatus {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueStatus::Pending => "pending",
-            QueueStatus::Claimed => "claimed",
-            QueueStatus::Done => "done",
-            QueueStatus::Failed => "failed",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> QueueStatus {
-        match s {
-            "pending" => QueueStatus::Pending,
-            "claimed" => QueueStatus::Claimed,
-            "done" => QueueStatus::Done,
-            _ => QueueStatus::Failed,
-        }
-    }
-}
+spelled!(QueueStatus { Pending => "pending", Claimed => "claimed", Done => "done", Failed => "failed" } else Failed);
 
 /// A claim on an inbox or outbox row: the row id and the attempt it was claimed for.
 ///
@@ -798,24 +735,31 @@ pub struct OutboxMessage {
 }
 
 impl OutboxMessage {
-    /// `reply`, just written as row `id` and claimed (its first attempt) until `lease_until`.
-    pub(crate) fn claimed_on_insert(id: i64, reply: &NewOutboxMessage, lease_until: Timestamp) -> OutboxMessage {
+    /// `reply`, just written as row `id`: pending, never claimed.
+    pub(crate) fn pending(id: i64, reply: NewOutboxMessage) -> OutboxMessage {
+        let NewOutboxMessage { conversation, payload, due_at, inbox_id } = reply;
         OutboxMessage {
             id,
-            conversation: reply.conversation.clone(),
-            payload: reply.payload.clone(),
-            status: QueueStatus::Claimed,
-            attempts: 1,
-            due_at: reply.due_at,
+            conversation,
+            payload,
+            status: QueueStatus::Pending,
+            attempts: 0,
+            due_at,
             retry_at: None,
-            lease_until: Some(lease_until),
+            lease_until: None,
             wamid: None,
             last_error: None,
-            inbox_id: reply.inbox_id,
+            inbox_id,
             delivery: None,
             delivery_at: None,
             sent_at: None,
         }
+    }
+
+    /// `reply`, just written as row `id` and claimed (its first attempt) until `lease_until`.
+    pub(crate) fn claimed_on_insert(id: i64, reply: &NewOutboxMessage, lease_until: Timestamp) -> OutboxMessage {
+        let (status, attempts, lease_until) = (QueueStatus::Claimed, 1, Some(lease_until));
+        OutboxMessage { status, attempts, lease_until, ..OutboxMessage::pending(id, reply.clone()) }
     }
 
     /// The claim to pass to `mark_sent` / `reschedule_outbox` / `fail_outbox`.
@@ -839,16 +783,13 @@ pub struct StoredFlow {
     pub published_at: Timestamp,
 }
 
-/// One atomic unit of work: everything one engine turn produced.
-///
-/// [`Store::commit`](crate::Store::commit) writes all of it or none of it: the session save
-/// is version-checked, and a conflict (or a lost inbox lease) leaves every other part
+/// One atomic unit of work: everything one engine turn produced. [`Store::commit`](crate::Store::commit)
+/// writes all of it or none of it: a version conflict or a lost inbox lease leaves every part
 /// unwritten, the inbox row still claimed.
 ///
-/// There is no `Default`: a commit always names its organization and its time, because
-/// `now` becomes the inbox row's finish time, which retention purging reads (a default
-/// epoch would let the next purge delete the row that filters duplicates). Start from
-/// [`Commit::new`] and fill in the parts.
+/// There is no `Default`: `now` becomes the inbox row's finish time, which retention purging
+/// reads, so a default epoch would purge the row that filters duplicates. Start from
+/// [`Commit::new`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Commit {
     /// The organization every part belongs to (parts of another organization are refused).
@@ -865,26 +806,19 @@ pub struct Commit {
     pub schedule: Vec<NewInboxEvent>,
     /// The inbox row this turn handled, marked done.
     pub inbox_done: Option<Claim>,
-    /// Claim the replies for the caller until this time, when their conversation has no
-    /// earlier unfinished reply and all of them are due by `now`, as a claim would (saving
-    /// the sender a claim per reply). The caller then sends them in order, one after the
-    /// other: [`CommitOutcome::claimed_replies`]. A backend may leave them to a claim
-    /// instead (the memory backend does, and SQLite for a unit that schedules wake-ups).
+    /// Claim the replies for the caller until this time, as a claim would: when their
+    /// conversation has no earlier unfinished reply and all are due by `now`. The caller sends
+    /// them in order ([`CommitOutcome::claimed_replies`]). A backend may leave them to a claim.
     pub claim_replies_until: Option<Timestamp>,
-    /// Claim the conversation's next inbox event for the caller until this time, as the
-    /// handled row (`inbox_done`) is marked done: when that event is due by `now`, is not
-    /// waiting for a retry and is its conversation's first unfinished one, as a claim would
-    /// (saving a claim and the head's own hand-off). It comes back as
-    /// [`CommitOutcome::claimed_next`]. Unlike a claim, it does not wait for this turn's
-    /// replies to be sent: the caller should send them before it runs the claimed event's
-    /// turn. A backend may leave the event to a claim instead (the memory backend does, and
-    /// the SQL backends for a unit that schedules wake-ups).
+    /// Claim the conversation's next inbox event for the caller until this time, as a claim
+    /// would, as `inbox_done` is marked done ([`CommitOutcome::claimed_next`]). Unlike a
+    /// claim it does not wait for this turn's replies: the caller sends them before it runs
+    /// the claimed event's turn. A backend may leave the event to a claim.
     pub claim_next_until: Option<Timestamp>,
 }
 
 impl Commit {
-    /// An empty commit of `org_id` at `now`: add the session save, log, outbox, wake-ups
-    /// and the handled inbox row with struct update syntax.
+    /// An empty commit of `org_id` at `now`, to fill in with struct update syntax.
     ///
     /// ```
     /// use flowcore::Timestamp;
