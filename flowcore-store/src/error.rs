@@ -1,18 +1,11 @@
 //! The store's error type.
 
-/// Why a store operation failed.
-///
-/// Every variant is something a caller can act on: a [`Conflict`](StoreError::Conflict) means
-/// "reload and run the turn again", [`LeaseLost`](StoreError::LeaseLost) means "another worker
-/// owns this row now, drop your result", [`CorruptState`](StoreError::CorruptState) and
-/// [`IncompatibleState`](StoreError::IncompatibleState) name the one session that cannot be
-/// resumed (nothing else is affected), [`Closed`](StoreError::Closed) means the store was shut
-/// down. No operation panics on bad stored data.
+/// Why a store operation failed, as something a caller can act on (reload after a
+/// [`Conflict`](StoreError::Conflict), drop the result after a [`LeaseLost`](StoreError::LeaseLost)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// A compare-and-set save found a different version than the caller expected: someone
-    /// else saved this session first (or it was closed or purged). Nothing was written.
+    /// A compare-and-set save found another version than expected; nothing was written.
     #[error("version conflict on session {key}: expected version {expected}, found {found:?}")]
     Conflict {
         /// The session's key, as `org/business/contact/flow`.
@@ -22,12 +15,10 @@ pub enum StoreError {
         /// The version actually stored for the active session, `None` when there is none.
         found: Option<i64>,
     },
-    /// The organization was never registered with
-    /// [`Organizations::register_organization`](crate::Organizations::register_organization).
+    /// The organization was never [registered](crate::Organizations::register_organization).
     #[error("unknown organization {0:?}")]
     UnknownOrganization(String),
-    /// A row addressed by id does not exist in this organization (it may exist in another
-    /// one: organizations never see each other's rows).
+    /// A row addressed by id does not exist in this organization.
     #[error("{what} {id} not found")]
     NotFound {
         /// The kind of row: `"inbox event"`, `"outbox message"`, `"flow"`, …
@@ -35,8 +26,7 @@ pub enum StoreError {
         /// The id that was looked up.
         id: String,
     },
-    /// The claim this call refers to is no longer held: its lease expired and the row was
-    /// claimed again (or finished) by someone else. The caller must drop its result.
+    /// The claim is no longer held: the row was claimed again, reclaimed or finished since.
     #[error("lease lost on {what} {id} (attempt {attempt})")]
     LeaseLost {
         /// `"inbox event"` or `"outbox message"`.
@@ -64,8 +54,7 @@ pub enum StoreError {
         /// The newest schema version this release understands.
         supported: i64,
     },
-    /// A stored session cannot run on its flow version any more (for example its current
-    /// node no longer exists). Only this session is affected; close it and start again.
+    /// A stored session cannot run on its flow version any more (its node is gone, say).
     #[error("session {session_id} does not fit flow {flow_id} v{flow_version}: {reason}")]
     IncompatibleState {
         /// The session row's id.
@@ -89,8 +78,7 @@ pub enum StoreError {
     /// The database reported an error (connection lost, disk full, …).
     #[error("database error: {0}")]
     Database(String),
-    /// A database URL this crate cannot open (unknown scheme or a backend feature that is
-    /// not compiled in).
+    /// A database URL this crate cannot open (unknown scheme or backend not compiled in).
     #[error("unsupported database url {0:?}")]
     UnsupportedUrl(String),
 }

@@ -1,15 +1,14 @@
 //! Durable storage for flowcore conversations: nothing accepted is ever lost.
 //!
-//! The pipeline this crate serves (see the project's DESIGN.md):
+//! The pipeline this crate serves:
 //!
-//! 1. a webhook's messages go into the **inbox**, keyed by Meta's message id (duplicates are
-//!    reported, not inserted), and only then does the server answer `200 OK`;
+//! 1. a webhook's messages go into the **inbox**, deduplicated by Meta's message id, before
+//!    the server answers `200 OK`;
 //! 2. workers **claim** inbox rows: one conversation at a time, in order, under a lease;
 //! 3. the engine runs; the new **session** state (version-checked), the **log** rows and the
-//!    replies for the **outbox** are written in one [`Store::commit`], which also marks the
-//!    inbox row done — all or nothing;
-//! 4. a sender claims outbox rows, marks them sent (with Meta's `wamid`), reschedules them with
-//!    backoff or fails them for good; delivery statuses are merged by wamid.
+//!    **outbox** replies are written, and the inbox row marked done, in one [`Store::commit`];
+//! 4. a sender claims outbox rows and marks them sent, rescheduled or failed; delivery
+//!    statuses are merged by wamid.
 //!
 //! # The traits
 //!
@@ -23,8 +22,7 @@
 //! | [`FlowStore`] | flow definitions by id and version (sessions keep the version they started on unless a save moves them) |
 //! | [`Store`] | all of the above plus the atomic unit of work [`Store::commit`]; use it as `Arc<dyn Store>` |
 //!
-//! All traits are `async_trait`, object-safe and runtime-agnostic in their signatures (the
-//! SQL backends run on tokio through sqlx).
+//! All traits are `async_trait` and object-safe (the SQL backends run on tokio through sqlx).
 //!
 //! # Features
 //!
@@ -73,8 +71,6 @@
 //! assert_eq!(state.current_node(), Some("ask"));
 //! let outcome = store
 //!     .commit(Commit {
-//!         org_id: "acme".into(),
-//!         now,
 //!         session: Some(SessionWrite {
 //!             key: key.clone(),
 //!             expected_version: loaded.map_or(0, |s| s.version),
@@ -100,10 +96,8 @@
 //!             due_at: now,
 //!             inbox_id: Some(job.id),
 //!         }],
-//!         schedule: vec![],
 //!         inbox_done: Some(job.claim()),
-//!         claim_replies_until: None, // or claim them for this sender as they are written
-//!         claim_next_until: None,    // or claim the conversation's next event for this worker
+//!         ..Commit::new("acme", now)
 //!     })
 //!     .await?;
 //! assert_eq!(outcome.session.map(|s| s.version), Some(1));
@@ -118,9 +112,8 @@
 //!
 //! # Conformance kit
 //!
-//! With the `testkit` feature, [`testkit::run_suite`] runs every contract check (including the
-//! concurrency ones) against a store factory; this crate's own tests run it on all three
-//! backends.
+//! With the `testkit` feature, [`testkit::run_suite`] runs every contract check against a
+//! store factory; this crate's tests run it on all three backends.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 

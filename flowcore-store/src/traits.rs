@@ -7,9 +7,8 @@ use flowcore::{CompiledFlow, Timestamp};
 use crate::error::{StoreError, StoreResult};
 use crate::types::*;
 
-/// The organizations (tenants) the store knows. Every other call names one; a call naming
-/// an unregistered organization fails with
-/// [`StoreError::UnknownOrganization`](crate::StoreError::UnknownOrganization).
+/// The organizations (tenants) the store knows. Every other call names one, and fails with
+/// [`UnknownOrganization`](crate::StoreError::UnknownOrganization) for one never registered.
 #[async_trait]
 pub trait Organizations: Send + Sync {
     /// Registers an organization (idempotent).
@@ -19,17 +18,15 @@ pub trait Organizations: Send + Sync {
     async fn organization_exists(&self, org_id: &str) -> StoreResult<bool>;
 }
 
-/// Conversation state: one active session per (organization, business number, contact, flow),
-/// saved with compare-and-set.
+/// Conversation state: one active session per [`SessionKey`], saved with compare-and-set.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// The active session for `key`, if any. A row that cannot be decoded is a
     /// [`CorruptState`](crate::StoreError::CorruptState) error for this key only.
     async fn load_session(&self, key: &SessionKey) -> StoreResult<Option<StoredSession>>;
 
-    /// [`load_session`](SessionStore::load_session), then [`check_session`] against `flow`
-    /// (the compiled flow version the session runs on): a state whose node no longer exists
-    /// is [`StoreError::IncompatibleState`], for this session only.
+    /// [`load_session`](SessionStore::load_session), then [`check_session`] against `flow`, the
+    /// compiled flow version the session runs on.
     async fn load_session_checked(&self, key: &SessionKey, flow: &CompiledFlow) -> StoreResult<Option<StoredSession>> {
         let Some(stored) = self.load_session(key).await? else { return Ok(None) };
         check_session(&stored, flow)?;
@@ -37,9 +34,7 @@ pub trait SessionStore: Send + Sync {
     }
 
     /// The conversation's most recently saved active session (of any flow), with its state:
-    /// what a worker resumes when the contact writes again. One read where
-    /// [`conversation_sessions`](SessionStore::conversation_sessions) +
-    /// [`load_session`](SessionStore::load_session) take two; backends may override it.
+    /// what a worker resumes when the contact writes again. Backends may read it at once.
     async fn active_session(&self, conversation: &ConversationKey) -> StoreResult<Option<StoredSession>> {
         let sessions = self.conversation_sessions(conversation).await?;
         let Some(newest) = sessions.into_iter().find(|s| s.status == SessionStatus::Active) else { return Ok(None) };
@@ -47,8 +42,7 @@ pub trait SessionStore: Send + Sync {
     }
 
     /// [`active_session`](SessionStore::active_session) for each of `conversations`, in
-    /// their order: what a batch of claimed events resumes. The default reads them one by
-    /// one; backends may read them together.
+    /// their order: what a batch of claimed events resumes. Backends may read them together.
     async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
         let mut sessions = Vec::with_capacity(conversations.len());
         for conversation in conversations {
@@ -61,8 +55,7 @@ pub trait SessionStore: Send + Sync {
     async fn conversation_sessions(&self, conversation: &ConversationKey) -> StoreResult<Vec<SessionInfo>>;
 
     /// Saves a session if its stored version is still `write.expected_version` (0 = no active
-    /// session yet), returning the new version. Otherwise nothing is written and the result
-    /// is [`StoreError::Conflict`](crate::StoreError::Conflict).
+    /// session yet); otherwise writes nothing: [`Conflict`](crate::StoreError::Conflict).
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession>;
 
     /// Closes the active session for `key` (whatever its version). False when there was none.
@@ -71,9 +64,8 @@ pub trait SessionStore: Send + Sync {
     /// The organization's active sessions, most recently updated first.
     async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>>;
 
-    /// Deletes active sessions not saved within `policy.session_ttl` of `now`, closed sessions
-    /// closed more than `policy.retention` ago, and finished inbox and outbox rows older than
-    /// the retention.
+    /// Deletes active sessions not saved within `policy.session_ttl` of `now`, and closed
+    /// sessions and finished inbox and outbox rows older than `policy.retention`.
     async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport>;
 }
 
@@ -86,15 +78,10 @@ pub trait MessageLog: Send + Sync {
     /// A conversation's messages, oldest first.
     async fn history(&self, conversation: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>>;
 
-    /// For each `(conversation, since)`: how many inbound messages the conversation has
-    /// logged with a time after `since` that count against a rate limit — every
-    /// [`Direction::Inbound`](crate::Direction::Inbound) entry except those whose metadata
-    /// marks them refused ([`RATE_LIMITED`](crate::RATE_LIMITED) `true`). The counts come
-    /// in the order asked, each at most `at_most`: a limit only needs to know whether it is
-    /// reached, so the read stops there however many messages a flood logged.
-    ///
-    /// The count is read from the shared log, so a limit checked against it holds across
-    /// every server instance on the store, and across restarts.
+    /// For each `(conversation, since)`, in the order asked: how many inbound entries logged
+    /// after `since` count against a rate limit (all but those marked
+    /// [`RATE_LIMITED`](crate::RATE_LIMITED)), at most `at_most` (a limit only asks whether it
+    /// is reached). Read from the shared log, it holds across instances and restarts.
     async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>>;
 
     /// The organization's conversations with message counts, latest activity first.
@@ -104,8 +91,7 @@ pub trait MessageLog: Send + Sync {
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics>;
 }
 
-/// The inbox: inbound events (and scheduled wake-ups), deduplicated by message id, handed to
-/// workers one conversation at a time, in order.
+/// The inbox: inbound events and wake-ups, deduplicated, handed out one conversation at a time.
 #[async_trait]
 pub trait Inbox: Send + Sync {
     /// Inserts an event unless its message id is already in the organization's inbox.
@@ -115,20 +101,17 @@ pub trait Inbox: Send + Sync {
     /// order, and only if no other event of that conversation is claimed under a live lease.
     /// Claims whose lease expired are claimable again (with a new attempt number).
     ///
-    /// A conversation also waits while one of its outbox messages is claimed under a live
-    /// lease (a sender has it): its next turn then runs after that reply is sent, so the
-    /// turn's own replies find no earlier one unfinished and can be claimed as they are
-    /// committed (see [`Commit::claim_replies_until`](crate::Commit::claim_replies_until)).
-    /// A reply waiting for a retry does not hold the conversation back.
+    /// A conversation also waits while one of its replies is claimed under a live lease (a
+    /// sender has it), so its next turn runs after that reply is sent. A reply waiting for a
+    /// retry does not hold it back.
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>>;
 
     /// Marks a claimed event done.
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()>;
 
     /// Records a failed attempt: with `retry_at` the event is retried then (still blocking
-    /// later events of its conversation, to keep order); without, it is failed for good and
-    /// `now` is recorded as its finish time (what [`purge`](SessionStore::purge)'s retention
-    /// is judged from).
+    /// later events of its conversation, to keep order); without, it is failed for good at
+    /// `now`, the time [`purge`](SessionStore::purge)'s retention is judged from.
     async fn fail_inbox(
         &self,
         org_id: &str,
@@ -145,8 +128,7 @@ pub trait Inbox: Send + Sync {
     async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>>;
 }
 
-/// The outbox: replies waiting to be sent, claimed like the inbox (one conversation at a time,
-/// in order), then marked sent, rescheduled or failed; delivery statuses merged by wamid.
+/// The outbox: replies, claimed like the inbox, then marked sent, rescheduled or failed.
 #[async_trait]
 pub trait Outbox: Send + Sync {
     /// Enqueues replies (all of `org_id`), returning their ids in order.
@@ -161,15 +143,14 @@ pub trait Outbox: Send + Sync {
     /// Puts a claimed reply back to be retried at `retry_at` (the caller's backoff).
     async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()>;
 
-    /// Marks a claimed reply permanently failed (never retried), finished at `now` (what
-    /// [`purge`](SessionStore::purge)'s retention is judged from).
+    /// Marks a claimed reply permanently failed (never retried), finished at `now`.
     async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()>;
 
     /// Returns claimed replies whose lease ended before `now` to pending; the count.
     async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64>;
 
-    /// Merges a delivery status reported for `wamid` (a lower status never replaces a higher
-    /// one). False when no reply of this organization has that wamid.
+    /// Merges a delivery status reported for `wamid` (a lower one never replaces a higher one);
+    /// false when no reply of this organization has that wamid.
     async fn record_delivery(
         &self,
         org_id: &str,
@@ -182,8 +163,7 @@ pub trait Outbox: Send + Sync {
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>>;
 }
 
-/// Flow definitions by id, versioned: publishing adds a version; a session runs on the
-/// version its saves name (the one it started on, unless the host moves it).
+/// Flow definitions by id; each publish adds a version, and a session runs on the one it names.
 #[async_trait]
 pub trait FlowStore: Send + Sync {
     /// Publishes `definition` (JSON text) as the next version of `flow_id`; the new version.
@@ -196,17 +176,13 @@ pub trait FlowStore: Send + Sync {
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>>;
 
     /// Every version of `flow_id`, newest first; empty when the organization has no such
-    /// flow. The default reads them one by one with [`get_flow`](FlowStore::get_flow);
-    /// backends may read them together.
+    /// flow. Backends may read them together.
     async fn list_flow_versions(&self, org_id: &str, flow_id: &str) -> StoreResult<Vec<StoredFlow>> {
         let Some(latest) = self.get_flow(org_id, flow_id, None).await? else { return Ok(Vec::new()) };
-        let mut versions = Vec::with_capacity(usize::try_from(latest.version).unwrap_or(0));
+        let mut versions = vec![latest.clone()];
         for version in (1..latest.version).rev() {
-            if let Some(older) = self.get_flow(org_id, flow_id, Some(version)).await? {
-                versions.push(older);
-            }
+            versions.extend(self.get_flow(org_id, flow_id, Some(version)).await?);
         }
-        versions.insert(0, latest);
         Ok(versions)
     }
 }
@@ -217,13 +193,11 @@ pub trait Store: Organizations + SessionStore + MessageLog + Inbox + Outbox + Fl
     /// Commits one engine turn atomically (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome>;
 
-    /// Asks the backend for a trivial answer, through the same connections the other calls
-    /// use: what a readiness probe needs, since other calls may answer from what the store
-    /// remembers. An error says the database cannot be reached now (or the store is closed).
+    /// Asks the backend for a trivial answer through the connections the other calls use (a
+    /// readiness probe); an error says the database cannot be reached (or the store is closed).
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Closes the store; every later call fails with
-    /// [`StoreError::Closed`](crate::StoreError::Closed).
+    /// Closes the store; every later call fails with [`Closed`](crate::StoreError::Closed).
     async fn close(&self);
 
     /// The backend's name: `"memory"`, `"sqlite"`, `"postgres"` or a host's own.
