@@ -174,18 +174,10 @@ impl Tables {
             return SavedSession { id: s.id, version: s.version };
         }
         let id = self.next_id();
-        let (key, flow_version, status, session, now) = (w.key, w.flow_version, w.status, w.session, w.now);
-        let stored = StoredSession {
-            id,
-            key,
-            flow_version,
-            version: 1,
-            status,
-            session,
-            created_at: now,
-            updated_at: now,
-            closed_at,
-        };
+        let (key, flow_version, version, status, session) = (w.key, w.flow_version, 1, w.status, w.session);
+        let (created_at, updated_at) = (w.now, w.now);
+        let stored =
+            StoredSession { id, key, flow_version, version, status, session, created_at, updated_at, closed_at };
         self.sessions.push((stored, w.cohort));
         SavedSession { id, version: 1 }
     }
@@ -248,12 +240,8 @@ fn info(s: &StoredSession) -> SessionInfo {
 
 /// Refuses a row of another organization than the call's.
 fn same_org<'a>(org_id: &str, mut row_orgs: impl Iterator<Item = &'a String>) -> StoreResult<()> {
-    match row_orgs.find(|row_org_id| *row_org_id != org_id) {
-        None => Ok(()),
-        Some(other) => {
-            Err(StoreError::InvalidInput(format!("row of organization {other:?} passed to organization {org_id:?}")))
-        }
-    }
+    let Some(other) = row_orgs.find(|row_org_id| *row_org_id != org_id) else { return Ok(()) };
+    Err(StoreError::InvalidInput(format!("row of organization {other:?} passed to organization {org_id:?}")))
 }
 
 /// The rows of `page`, out of rows already in order.

@@ -26,11 +26,8 @@ impl MetricsTally {
         f.conversations_total += n;
         f.conversations_active += active;
         if let Some(cohort) = cohort {
-            if !self.cohorts.contains_key(cohort) {
-                let counts = CohortMetrics { cohort: cohort.to_owned(), ..Default::default() };
-                self.cohorts.insert(cohort.to_owned(), counts);
-            }
-            let c = self.cohorts.get_mut(cohort).expect("inserted above");
+            let new = || CohortMetrics { cohort: cohort.to_owned(), ..Default::default() };
+            let c = self.cohorts.entry(cohort.to_owned()).or_insert_with(new);
             c.conversations_total += n;
             c.conversations_active += active;
         }
@@ -62,11 +59,8 @@ impl MetricsTally {
         }
     }
 
-    /// The flow's counts, allocating its key only the first time.
     fn flow(&mut self, flow_id: &str) -> &mut FlowMetrics {
-        if !self.flows.contains_key(flow_id) {
-            self.flows.insert(flow_id.to_owned(), FlowMetrics { flow_id: flow_id.to_owned(), ..Default::default() });
-        }
-        self.flows.get_mut(flow_id).expect("inserted above")
+        let new = || FlowMetrics { flow_id: flow_id.to_owned(), ..Default::default() };
+        self.flows.entry(flow_id.to_owned()).or_insert_with(new)
     }
 }

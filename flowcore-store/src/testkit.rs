@@ -31,18 +31,12 @@ use crate::*;
 pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One conformance case: a name and the check, run on a fresh store.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Case {
     /// The case's name.
     pub name: &'static str,
     /// The check.
     pub run: fn(Arc<dyn Store>) -> CaseFuture,
-}
-
-impl std::fmt::Debug for Case {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Case").field("name", &self.name).finish()
-    }
 }
 
 macro_rules! cases {
