@@ -607,7 +607,7 @@ async fn message_log_history_and_listing(store: Arc<dyn Store>) {
         node_id: None,
         ..log_entry(&c2, Direction::Outbound, "", t(100), None)
     };
-    store.append_log(ORG_A, &[structured.clone()]).await.unwrap();
+    store.append_log(ORG_A, std::slice::from_ref(&structured)).await.unwrap();
 
     let page1 = store.history(&c1, Page::first(4)).await.unwrap();
     assert_eq!(page1.iter().map(|e| e.content.clone()).collect::<Vec<_>>(), texts(&["u0", "b0", "u1", "b1"]));
