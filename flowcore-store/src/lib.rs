@@ -120,6 +120,7 @@
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod group_commit;
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres"))]
 mod metrics_tally;
 mod open;
 mod state;
