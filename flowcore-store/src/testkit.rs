@@ -490,8 +490,7 @@ async fn session_listing_and_close(store: Arc<dyn Store>) {
     assert!(store.load_session(&survey).await.unwrap().is_none());
 }
 
-/// `active_session` is the conversation's most recently saved active session, with its
-/// state, and nothing of another conversation or organization.
+/// `active_session` is the conversation's most recently saved active session, with its state.
 async fn active_session_is_the_newest(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
     let active = || {
@@ -515,8 +514,7 @@ async fn active_session_is_the_newest(store: Arc<dyn Store>) {
     fails!(store.active_session(&chat("nobody", "c1")).await, UnknownOrganization(_));
 }
 
-/// `active_sessions` answers, for each conversation in the order given (repeats included),
-/// what `active_session` answers, across organizations and never mixing them up.
+/// `active_sessions` answers, in the order asked (repeats included), what `active_session` does.
 async fn active_sessions_read_many_conversations_at_once(store: Arc<dyn Store>) {
     let (a1, a2, a3, b1) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"), chat(ORG_A, "c3"), chat(ORG_B, "c1"));
     let saves = [(&a1, "lead", "a1-lead", 1), (&a1, "other", "a1-other", 2), (&a2, "lead", "a2-lead", 3)];
@@ -569,8 +567,7 @@ async fn session_purge(store: Arc<dyn Store>) {
     assert!(store.load_session(&fresh).await.unwrap().is_none());
 }
 
-/// A row failed for good is finished when it failed (the `now` passed), not when its lease
-/// would have ended: retention purging is judged from that time.
+/// Retention of a row failed for good is judged from when it failed, not from its lease's end.
 async fn purge_failed_rows_by_failure_time(store: Arc<dyn Store>) {
     let long_lease = Duration::from_secs(60 * DAY as u64);
     let c = chat(ORG_A, "c1");
@@ -667,9 +664,8 @@ async fn message_log_metrics(store: Arc<dyn Store>) {
     assert_eq!(store.metrics(ORG_B, MetricsQuery::default()).await.unwrap(), Metrics::default());
 }
 
-/// Sessions are counted per cohort, the one each was created in: saved alone or in units of
-/// work committed together, kept through updates that name none, left out when they have
-/// none, and windowed by creation time like every session count.
+/// Sessions are counted in the cohort they were created in, however they were saved, and
+/// windowed by creation time like every session count.
 async fn session_cohorts_in_metrics(store: Arc<dyn Store>) {
     let cohort_write = |c: &ConversationKey, flow: &str, cohort: Option<&str>, now: Timestamp| SessionWrite {
         cohort: cohort.map(str::to_owned),
@@ -704,8 +700,7 @@ async fn session_cohorts_in_metrics(store: Arc<dyn Store>) {
     assert_eq!(per_cohort(window), [("ab/survey".to_owned(), 2, 1)]);
 }
 
-/// Inbound counts for a rate limit: inbound entries after each window's start, per
-/// conversation and in the order asked; outbound entries and refused ones do not count.
+/// Inbound counts for a rate limit, per window in the order asked; refused entries do not count.
 async fn message_log_inbound_counts(store: Arc<dyn Store>) {
     let (c1, c2) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"));
     let marked = |at, refused| NewLogEntry {
@@ -735,8 +730,7 @@ async fn message_log_inbound_counts(store: Arc<dyn Store>) {
     assert!(store.inbound_counts(&[], 5).await.unwrap().is_empty());
 }
 
-/// A repeated message id is reported as a duplicate of the first row and not inserted, also
-/// after the row was handled.
+/// A repeated message id is a duplicate of the first row, also after that row was handled.
 async fn inbox_deduplicates(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
     let first = store.insert_inbox(message(&c, "wamid.1", t(0))).await.unwrap();
@@ -867,8 +861,7 @@ async fn inbox_lease_expiry_and_reclaim(store: Arc<dyn Store>) {
     assert_eq!(claim_in(&*store, t(103)).await[0].message_id, "m2");
 }
 
-/// A conversation's next event waits while one of its replies is claimed under a live
-/// lease (a sender has it out), not while one waits for a retry.
+/// A conversation's next event waits while a sender has one of its replies out, not for retries.
 async fn inbox_waits_for_replies_out(store: Arc<dyn Store>) {
     let (c1, c2) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"));
     let out = claimed_reply(&*store, &c1, t(0), Duration::from_secs(10)).await;
@@ -899,8 +892,7 @@ async fn inbox_waits_for_replies_out(store: Arc<dyn Store>) {
     assert_eq!(message_ids(&claim_in(&*store, t(21)).await), ["m4"]);
 }
 
-/// Many workers on one inbox: every event handled exactly once, one at a time per
-/// conversation, in order.
+/// Many workers on one inbox: each event once, one at a time per conversation, in order.
 async fn inbox_many_workers_in_order(store: Arc<dyn Store>) {
     for i in 0..15 {
         for c in 0..6 {
@@ -1043,8 +1035,7 @@ async fn flows_concurrent_publish(store: Arc<dyn Store>) {
     assert_eq!(store.list_flows(ORG_A).await.unwrap().len(), 1);
 }
 
-/// Listing a flow's versions: all of them, newest first, each exactly as published;
-/// another organization's flow of the same id is not among them.
+/// A flow's versions: all of them, newest first, exactly as published, of this organization only.
 async fn flows_version_listing(store: Arc<dyn Store>) {
     assert!(store.list_flow_versions(ORG_A, "lead").await.unwrap().is_empty());
     for (i, text) in [r#"{"v":1}"#, r#"{"v":2}"#, r#"{"v":1}"#].iter().enumerate() {
@@ -1061,8 +1052,7 @@ async fn flows_version_listing(store: Arc<dyn Store>) {
     assert!(store.list_flow_versions(ORG_B, "survey").await.unwrap().is_empty());
 }
 
-/// A session whose node no longer exists in the flow it is checked against is a typed
-/// error for that session only.
+/// A session whose node is gone from the flow it is checked against is a typed error for it alone.
 async fn session_on_changed_flow(store: Arc<dyn Store>) {
     let v1 = store.publish_flow(ORG_A, "lead", SAMPLE_FLOW, t(0)).await.unwrap();
     let (key, other) = (chat(ORG_A, "c1").session("lead"), chat(ORG_A, "c2").session("lead"));
@@ -1171,9 +1161,8 @@ async fn commit_races_one_winner(store: Arc<dyn Store>) {
     assert_eq!(claim_out(&*store, t(100), LEASE).await.len(), 1);
 }
 
-/// The common turn (no wake-ups; backends may take a faster path for it): every part lands,
-/// ids come back in order, and a stale version, an existing session for a "new" one or a lost
-/// lease leaves nothing at all.
+/// The common turn (no wake-ups; backends may take a faster path for it): every part lands in
+/// order, and a stale version, a "new" session that exists or a lost lease leaves nothing.
 async fn commit_without_wake_ups(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
     let key = c.session("lead");
@@ -1220,11 +1209,9 @@ async fn commit_without_wake_ups(store: Arc<dyn Store>) {
     assert_eq!(store.history(&c, Page::default()).await.unwrap().len(), 6);
 }
 
-/// Replies a commit claims for its caller ([`Commit::claim_replies_until`]; a backend may
-/// leave them to a claim instead) are claimed as a claim would: first attempt, until the
-/// lease, in order, only where their conversation has no earlier unfinished reply, and not
-/// claimed again while the lease holds. The commits run at once, so that grouping backends
-/// write them together.
+/// Replies a commit claims for its caller ([`Commit::claim_replies_until`]) are claimed as a
+/// claim would claim them, and not again while the lease holds. The commits run at once, so
+/// that grouping backends write them together.
 async fn commit_claims_replies_for_the_caller(store: Arc<dyn Store>) {
     let lease = t(70);
     let chats: Vec<ConversationKey> = (0..6).map(|i| chat(ORG_A, &format!("c{i}"))).collect();
@@ -1268,10 +1255,8 @@ async fn commit_claims_replies_for_the_caller(store: Arc<dyn Store>) {
     }
 }
 
-/// The next inbox event a commit claims for its caller ([`Commit::claim_next_until`]; a
-/// backend may leave it to a claim instead) is its conversation's next one, claimed as a
-/// claim would: first attempt, until the lease, and only once it is due. A claim passes over
-/// it while the lease holds, and its own turn commits. The commits run at once.
+/// The next event a commit claims for its caller ([`Commit::claim_next_until`]) is claimed as
+/// a claim would claim it, passed over while the lease holds, and its own turn commits.
 async fn commit_claims_the_next_event_for_the_caller(store: Arc<dyn Store>) {
     let lease = t(70);
     let chats: Vec<ConversationKey> = (0..4).map(|i| chat(ORG_A, &format!("c{i}"))).collect();
@@ -1316,8 +1301,7 @@ async fn commit_claims_the_next_event_for_the_caller(store: Arc<dyn Store>) {
     }
 }
 
-/// Many tasks' writes at once (a backend may group them into shared transactions): each
-/// write gets its own result, and one that fails takes nothing else down with it.
+/// Many writes at once (a backend may group them): each gets its own result, failures alone.
 async fn concurrent_writes_keep_their_own_results(store: Arc<dyn Store>) {
     const CHATS: usize = 12;
     for i in 0..CHATS {
