@@ -8,8 +8,7 @@ use flowcore::Timestamp;
 use crate::state::Session;
 use serde::{Deserialize, Serialize};
 
-/// One conversation: an organization's business number talking to one contact. Inbox, log and
-/// outbox rows are keyed by it; a conversation is handled by one worker at a time.
+/// One conversation: a business number and a contact; inbox, log and outbox rows are keyed by it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConversationKey {
     /// The organization (tenant).
@@ -27,11 +26,8 @@ impl ConversationKey {
         business_number_id: impl Into<String>,
         contact_id: impl Into<String>,
     ) -> Self {
-        ConversationKey {
-            org_id: org_id.into(),
-            business_number_id: business_number_id.into(),
-            contact_id: contact_id.into(),
-        }
+        let (org_id, business_number_id, contact_id) = (org_id.into(), business_number_id.into(), contact_id.into());
+        ConversationKey { org_id, business_number_id, contact_id }
     }
 
     /// The key of this conversation's session in `flow_id`.
@@ -46,8 +42,7 @@ impl fmt::Display for ConversationKey {
     }
 }
 
-/// The key of a session: (organization, business number, contact, flow). At most one *active*
-/// session exists per key; closed ones are kept (for history and metrics) until purged.
+/// A session's key: (organization, business number, contact, flow), with one *active* session at most.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionKey {
     /// The organization (tenant).
@@ -68,12 +63,8 @@ impl SessionKey {
         contact_id: impl Into<String>,
         flow_id: impl Into<String>,
     ) -> Self {
-        SessionKey {
-            org_id: org_id.into(),
-            business_number_id: business_number_id.into(),
-            contact_id: contact_id.into(),
-            flow_id: flow_id.into(),
-        }
+        let (org_id, business_number_id, contact_id) = (org_id.into(), business_number_id.into(), contact_id.into());
+        SessionKey { org_id, business_number_id, contact_id, flow_id: flow_id.into() }
     }
 
     /// The conversation this session belongs to.
@@ -98,10 +89,10 @@ pub enum SessionStatus {
     Closed,
 }
 
-/// `as_str` (the stored spelling) and `parse` (its inverse, reading an unknown spelling as
-/// the variant after `else`) for the enums stored as text.
+/// `as_str` (the stored spelling) and `spelled` (its inverse) for the enums stored as text;
+/// with `else`, also `parse`, which reads an unknown spelling as that variant.
 macro_rules! spelled {
-    ($enum:ident { $($variant:ident => $text:literal),+ } else $fallback:ident) => {
+    ($enum:ident { $($variant:ident => $text:literal),+ } $(else $fallback:ident)?) => {
         impl $enum {
             /// The stored spelling.
             pub fn as_str(self) -> &'static str {
@@ -110,12 +101,13 @@ macro_rules! spelled {
                 }
             }
 
-            pub(crate) fn parse(s: &str) -> $enum {
-                match s {
-                    $($text => $enum::$variant,)+
-                    _ => $enum::$fallback,
-                }
+            fn spelled(s: &str) -> Option<$enum> {
+                [$($enum::$variant),+].into_iter().find(|v| v.as_str() == s)
             }
+
+            $(pub(crate) fn parse(s: &str) -> $enum {
+                $enum::spelled(s).unwrap_or($enum::$fallback)
+            })?
         }
     };
 }
@@ -129,8 +121,7 @@ pub struct StoredSession {
     pub id: i64,
     /// Its key.
     pub key: SessionKey,
-    /// The flow version this session runs on: the one it started on, unless a runtime
-    /// moved it to a newer one (see `RuntimeOptions::move_to_latest`).
+    /// The flow version it runs on: the one it started on, unless a save moved it.
     pub flow_version: i64,
     /// The compare-and-set version: pass it as [`SessionWrite::expected_version`] to save.
     pub version: i64,
@@ -146,7 +137,7 @@ pub struct StoredSession {
     pub closed_at: Option<Timestamp>,
 }
 
-/// A session's bookkeeping without its state (what listings return; never fails to decode).
+/// A session's bookkeeping without its state: what listings return, so they never fail to decode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
     /// The session row's id.
@@ -159,7 +150,7 @@ pub struct SessionInfo {
     pub version: i64,
     /// Active or closed.
     pub status: SessionStatus,
-    /// The node the session waits at, if any (from the engine's state when it was saved).
+    /// The node the session waits at, if any.
     pub current_node: Option<String>,
     /// When the session wants to be woken up, if it waits for a timer.
     pub wake_at: Option<Timestamp>,
@@ -178,8 +169,7 @@ pub struct SessionWrite {
     pub key: SessionKey,
     /// The version the caller loaded ([`StoredSession::version`]); `0` creates the session.
     pub expected_version: i64,
-    /// The flow version the session runs on from this save: the loaded
-    /// [`StoredSession::flow_version`] keeps it, a newer one moves the session.
+    /// The flow version from this save on: the loaded one keeps it, a newer one moves the session.
     pub flow_version: i64,
     /// The group [`Metrics::per_cohort`] counts the session in (an A/B test variant, say).
     /// Recorded on create, ignored on update: a session stays in the cohort it started in.
@@ -310,15 +300,9 @@ impl Content {
     }
 }
 
-/// The metadata key that marks an inbound message a rate limit refused: it stays history but
-/// does not count against the limit ([`MessageLog::inbound_counts`](crate::MessageLog::inbound_counts)),
+/// The metadata key (set to `true`) that marks an inbound message a rate limit refused: it stays
+/// history but is not counted by [`MessageLog::inbound_counts`](crate::MessageLog::inbound_counts),
 /// so a contact who keeps writing is let through once the counted messages leave the window.
-///
-/// ```
-/// use flowcore_store::RATE_LIMITED;
-/// let metadata = serde_json::json!({ RATE_LIMITED: true });
-/// assert_eq!(metadata.to_string(), r#"{"rate_limited":true}"#);
-/// ```
 pub const RATE_LIMITED: &str = "rate_limited";
 
 /// A message-log row to append.
@@ -393,10 +377,7 @@ impl MetricsQuery {
     }
 }
 
-/// An organization's conversation and message counts.
-///
-/// Conversations are sessions: `conversations_total` counts sessions created in the window,
-/// `conversations_active` those of them still active. Messages count log rows in the window.
+/// An organization's counts: of sessions created in the window, and of log rows in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {
     /// Sessions created in the window.
@@ -409,8 +390,7 @@ pub struct Metrics {
     pub messages_out: u64,
     /// The same counts per flow, ordered by flow id (log rows without a flow are left out).
     pub per_flow: Vec<FlowMetrics>,
-    /// Sessions created in the window per [`SessionWrite::cohort`], ordered by cohort
-    /// (sessions without one are left out).
+    /// Sessions per [`SessionWrite::cohort`], ordered by cohort (sessions without one left out).
     pub per_cohort: Vec<CohortMetrics>,
     /// Counts per UTC day, ordered by day.
     pub per_day: Vec<DayMetrics>,
@@ -495,12 +475,8 @@ impl NewInboxEvent {
         received_at: Timestamp,
     ) -> Self {
         NewInboxEvent {
-            conversation,
-            message_id: message_id.into(),
             kind: InboxKind::Message,
-            payload,
-            received_at,
-            due_at: received_at,
+            ..NewInboxEvent::wake_up(conversation, message_id, payload, received_at, received_at)
         }
     }
 
@@ -562,11 +538,8 @@ pub enum QueueStatus {
 
 spelled!(QueueStatus { Pending => "pending", Claimed => "claimed", Done => "done", Failed => "failed" } else Failed);
 
-/// A claim on an inbox or outbox row: the row id and the attempt it was claimed for.
-///
-/// A later claim of the same row (after the lease expired) has a higher attempt, so a slow
-/// worker's late `done` fails with [`StoreError::LeaseLost`](crate::StoreError::LeaseLost)
-/// instead of finishing someone else's work.
+/// A claim on an inbox or outbox row. A later claim of the row has a higher attempt, so a slow
+/// worker's late `done` fails with [`StoreError::LeaseLost`](crate::StoreError::LeaseLost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Claim {
     /// The row id.
@@ -653,8 +626,7 @@ pub struct NewOutboxMessage {
     pub inbox_id: Option<i64>,
 }
 
-/// Meta's delivery statuses, merged monotonically: `sent < failed < delivered < read`.
-/// A later, lower status never replaces a higher one.
+/// Meta's delivery statuses, merged monotonically (`sent < failed < delivered < read`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
@@ -668,36 +640,17 @@ pub enum DeliveryStatus {
     Read,
 }
 
-impl DeliveryStatus {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Sent => "sent",
-            DeliveryStatus::Failed => "failed",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Read => "read",
-        }
-    }
+spelled!(DeliveryStatus { Sent => "sent", Failed => "failed", Delivered => "delivered", Read => "read" });
 
-    /// The merge rank (higher wins).
+impl DeliveryStatus {
+    /// The merge rank (higher wins): 1 for `Sent` up to 4 for `Read`, in declaration order.
     pub fn rank(self) -> i64 {
-        match self {
-            DeliveryStatus::Sent => 1,
-            DeliveryStatus::Failed => 2,
-            DeliveryStatus::Delivered => 3,
-            DeliveryStatus::Read => 4,
-        }
+        self as i64 + 1
     }
 
     /// Parses Meta's spelling (`sent`, `delivered`, `read`, `failed`).
     pub fn parse(s: &str) -> Option<DeliveryStatus> {
-        match s {
-            "sent" => Some(DeliveryStatus::Sent),
-            "failed" => Some(DeliveryStatus::Failed),
-            "delivered" => Some(DeliveryStatus::Delivered),
-            "read" => Some(DeliveryStatus::Read),
-            _ => None,
-        }
+        DeliveryStatus::spelled(s)
     }
 }
 
@@ -783,13 +736,10 @@ pub struct StoredFlow {
     pub published_at: Timestamp,
 }
 
-/// One atomic unit of work: everything one engine turn produced. [`Store::commit`](crate::Store::commit)
-/// writes all of it or none of it: a version conflict or a lost inbox lease leaves every part
-/// unwritten, the inbox row still claimed.
+/// Everything one engine turn produced, which [`Store::commit`](crate::Store::commit) writes all or none of.
 ///
-/// There is no `Default`: `now` becomes the inbox row's finish time, which retention purging
-/// reads, so a default epoch would purge the row that filters duplicates. Start from
-/// [`Commit::new`].
+/// No `Default`: `now` is the inbox row's finish time, which purging reads, so a default epoch
+/// would purge the row that filters duplicates. Start from [`Commit::new`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Commit {
     /// The organization every part belongs to (parts of another organization are refused).
@@ -819,14 +769,6 @@ pub struct Commit {
 
 impl Commit {
     /// An empty commit of `org_id` at `now`, to fill in with struct update syntax.
-    ///
-    /// ```
-    /// use flowcore::Timestamp;
-    /// use flowcore_store::Commit;
-    /// let commit = Commit { log: Vec::new(), ..Commit::new("acme", Timestamp::from_unix_seconds(1_700_000_000)) };
-    /// assert_eq!(commit.org_id, "acme");
-    /// assert!(commit.session.is_none() && commit.inbox_done.is_none());
-    /// ```
     pub fn new(org_id: impl Into<String>, now: Timestamp) -> Commit {
         Commit {
             org_id: org_id.into(),
@@ -853,11 +795,9 @@ pub struct CommitOutcome {
     pub outbox_ids: Vec<i64>,
     /// The scheduled inbox rows, in order.
     pub scheduled: Vec<InboxInsert>,
-    /// The replies claimed for the caller (see [`Commit::claim_replies_until`]), in the
-    /// order they must be sent.
+    /// The replies claimed for the caller ([`Commit::claim_replies_until`]), in sending order.
     pub claimed_replies: Vec<OutboxMessage>,
-    /// The conversation's next inbox event, claimed for the caller (see
-    /// [`Commit::claim_next_until`]).
+    /// The next inbox event, claimed for the caller ([`Commit::claim_next_until`]).
     pub claimed_next: Option<Box<InboxEvent>>,
 }
 
@@ -902,5 +842,8 @@ mod tests {
         assert!(DeliveryStatus::Failed > DeliveryStatus::Sent);
         assert_eq!(DeliveryStatus::parse("read"), Some(DeliveryStatus::Read));
         assert_eq!(DeliveryStatus::parse("bogus"), None);
+        assert_eq!(DeliveryStatus::Read.rank(), 4);
+        assert_eq!(QueueStatus::parse(QueueStatus::Claimed.as_str()), QueueStatus::Claimed);
+        assert_eq!(QueueStatus::parse("bogus"), QueueStatus::Failed);
     }
 }
