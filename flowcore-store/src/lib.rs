@@ -69,38 +69,18 @@
 //! let mut state = flowcore::Session::new(&flow, flowcore::SessionOptions::default());
 //! let turn = state.handle(&flow, flowcore::Input::text("oi"), now).unwrap(); // asks the name
 //! assert_eq!(state.current_node(), Some("ask"));
-//! let outcome = store
-//!     .commit(Commit {
-//!         session: Some(SessionWrite {
-//!             key: key.clone(),
-//!             expected_version: loaded.map_or(0, |s| s.version),
-//!             flow_version: 1,
-//!             cohort: None,
-//!             session: state,
-//!             status: SessionStatus::Active,
-//!             now,
-//!         }),
-//!         log: vec![NewLogEntry {
-//!             conversation: chat.clone(),
-//!             flow_id: Some("lead".into()),
-//!             direction: Direction::Inbound,
-//!             content: Content::Text("oi".into()),
-//!             node_id: None,
-//!             wamid: Some("wamid.1".into()),
-//!             at: now,
-//!             metadata: serde_json::Value::Null,
-//!         }],
-//!         outbox: vec![NewOutboxMessage {
-//!             conversation: chat.clone(),
-//!             payload: serde_json::to_value(&turn.outputs[0]).unwrap(), // Send(Text "Qual é o seu nome?")
-//!             due_at: now,
-//!             inbox_id: Some(job.id),
-//!         }],
-//!         inbox_done: Some(job.claim()),
-//!         ..Commit::new("acme", now)
-//!     })
-//!     .await?;
-//! assert_eq!(outcome.session.map(|s| s.version), Some(1));
+//! let expected_version = loaded.map_or(0, |s| s.version);
+//! let status = SessionStatus::Active;
+//! let session = SessionWrite { key, expected_version, flow_version: 1, cohort: None, session: state, status, now };
+//! let payload = serde_json::to_value(&turn.outputs[0]).unwrap(); // Send(Text "Qual é o seu nome?")
+//! let reply = NewOutboxMessage { conversation: chat.clone(), payload, due_at: now, inbox_id: Some(job.id) };
+//! let commit = Commit {
+//!     session: Some(session),
+//!     outbox: vec![reply], // and `log`: the turn's messages for the history
+//!     inbox_done: Some(job.claim()),
+//!     ..Commit::new("acme", now)
+//! };
+//! assert_eq!(store.commit(commit).await?.session.map(|s| s.version), Some(1));
 //!
 //! // 4. the sender
 //! let out = store.claim_outbox(&ClaimRequest::any(now, Duration::from_secs(30), 10)).await?;
@@ -109,8 +89,6 @@
 //! # Ok::<(), StoreError>(())
 //! # }).unwrap();
 //! ```
-//!
-//! # Conformance kit
 //!
 //! With the `testkit` feature, [`testkit::run_suite`] runs every contract check against a
 //! store factory; this crate's tests run it on all three backends.
@@ -152,8 +130,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use state::{Session, STATE_SCHEMA_VERSION};
-pub use traits::check_session;
-pub use traits::{FlowStore, Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
+pub use traits::{check_session, FlowStore, Inbox, MessageLog, Organizations, Outbox, SessionStore, Store};
 pub use types::{
     Claim, ClaimRequest, CohortMetrics, Commit, CommitOutcome, Content, ConversationKey, ConversationSummary,
     DayMetrics, DeliveryStatus, Direction, FlowMetrics, InboxEvent, InboxInsert, InboxKind, LogEntry, Metrics,
