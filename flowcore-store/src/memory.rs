@@ -1,9 +1,6 @@
-//! The in-memory backend: the reference implementation of the store traits.
-//!
-//! Every table is a plain `Vec` of the rows the traits return, behind one mutex, and every
-//! query is a linear scan, so that each method can be read against its trait's docs. Nothing
-//! survives the process: it serves tests and single-process development, and passes the same
-//! conformance kit as the SQL backends.
+//! The in-memory backend, the reference implementation: each table is a `Vec` of the rows the
+//! traits return, behind one mutex, and each query a linear scan, so that every method reads
+//! against its trait's docs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -17,17 +14,7 @@ use crate::state;
 use crate::traits::*;
 use crate::types::*;
 
-/// The in-memory store. Cheap to create; share it as `Arc<MemoryStore>` or `Arc<dyn Store>`.
-///
-/// ```
-/// use flowcore_store::{MemoryStore, Organizations};
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let store = MemoryStore::new();
-/// store.register_organization("acme").await?;
-/// assert!(store.organization_exists("acme").await?);
-/// # Ok::<(), flowcore_store::StoreError>(())
-/// # }).unwrap();
-/// ```
+/// The in-memory store: nothing survives the process. Share it as `Arc<dyn Store>`.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
@@ -48,16 +35,14 @@ struct Tables {
     flows: Vec<StoredFlow>,
 }
 
-/// An inbox or outbox row and when it was done or failed for good (what purge's retention
-/// is judged from).
+/// An inbox or outbox row and when it was finished for good (what retention is judged from).
 #[derive(Debug)]
 struct Queued<T> {
     row: T,
     finished_at: Option<Timestamp>,
 }
 
-/// The queue columns inbox and outbox rows share, borrowed so that one claim, finish and
-/// reclaim serve both queues.
+/// The queue columns inbox and outbox rows share, borrowed so one claim and finish serve both.
 struct Columns<'a> {
     id: i64,
     conversation: &'a ConversationKey,
@@ -102,8 +87,7 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// The tables, unless the store is closed. No method awaits while it holds them (the
-    /// guard is not `Send`, so the compiler would refuse one that did).
+    /// The tables, unless the store is closed. No method awaits holding them (the guard is not `Send`).
     fn lock(&self) -> StoreResult<MutexGuard<'_, Tables>> {
         match self.tables.lock() {
             Ok(tables) if !tables.closed => Ok(tables),
@@ -154,8 +138,7 @@ impl Tables {
         infos
     }
 
-    /// Checks a compare-and-set write: a conflict unless the active session's version (0 for
-    /// none) is the one expected.
+    /// A conflict unless the active session's version (0 for none) is the one expected.
     fn check_write(&mut self, write: &SessionWrite) -> StoreResult<()> {
         let found = self.active(&write.key).map(|s| s.version);
         if found.unwrap_or(0) == write.expected_version {
@@ -164,8 +147,7 @@ impl Tables {
         Err(StoreError::Conflict { key: write.key.to_string(), expected: write.expected_version, found })
     }
 
-    /// Applies a write [`check_write`](Tables::check_write) passed. An update keeps the
-    /// cohort the session started in; the flow version is the write's.
+    /// Applies a checked write; an update keeps the cohort the session started in.
     fn apply_write(&mut self, w: SessionWrite) -> SavedSession {
         let closed_at = (w.status == SessionStatus::Closed).then_some(w.now);
         if let Some(s) = self.active(&w.key) {
@@ -295,8 +277,7 @@ fn claim<T: QueueRow>(rows: &mut [Queued<T>], request: &ClaimRequest, mut busy: 
     claimed
 }
 
-/// The row `claim` names, if the claim still holds: `NotFound` when the organization has no
-/// such row, `LeaseLost` when it was finished, reclaimed or claimed again since.
+/// The row `claim` names: `NotFound` if the organization has none, `LeaseLost` if the claim ended.
 fn claimed<'a, T: QueueRow>(rows: &'a mut [Queued<T>], org_id: &str, claim: Claim) -> StoreResult<&'a mut Queued<T>> {
     let what = T::WHAT;
     let ours = |q: &mut Queued<T>| q.row.columns().id == claim.id && q.row.columns().conversation.org_id == org_id;
@@ -621,9 +602,7 @@ impl FlowStore for MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    /// Checks every part first, then writes them all. Replies and the next inbox event are
-    /// left to a claim (`claim_replies_until` and `claim_next_until` are ignored), as the
-    /// trait allows.
+    /// Checks every part, then writes them all; replies and the next event are left to a claim.
     async fn commit(&self, commit: Commit) -> StoreResult<CommitOutcome> {
         let mut tables = self.org(&commit.org_id)?;
         let row_orgs = (commit.session.iter().map(|w| &w.key.org_id))
@@ -685,8 +664,7 @@ mod tests {
         assert_eq!(claimed.iter().map(|e| e.message_id.as_str()).collect::<Vec<_>>(), ["m1", "m2", "m3"]);
     }
 
-    /// After a panic under the lock the store refuses calls instead of serving half-done
-    /// writes, and closing it still works.
+    /// After a panic under the lock the store refuses calls, and closing it still works.
     #[tokio::test]
     async fn a_poisoned_store_refuses_calls() {
         let store = MemoryStore::new();
