@@ -159,6 +159,13 @@ fn message(c: &ConversationKey, id: &str, at: Timestamp) -> NewInboxEvent {
     NewInboxEvent::message(c.clone(), id, json!({"id": id}), at)
 }
 
+/// org-a's `c1` and its `lead` session: the conversation most cases use.
+fn c1() -> (ConversationKey, SessionKey) {
+    let c = chat(ORG_A, "c1");
+    let key = c.session("lead");
+    (c, key)
+}
+
 fn texts(texts: &[&str]) -> Vec<Content> {
     texts.iter().map(|text| Content::Text((*text).to_owned())).collect()
 }
@@ -175,6 +182,22 @@ async fn claim_in(store: &dyn Store, now: Timestamp) -> Vec<InboxEvent> {
 /// Claims org-a's due replies, each for `lease`.
 async fn claim_out(store: &dyn Store, now: Timestamp, lease: Duration) -> Vec<OutboxMessage> {
     store.claim_outbox(&ClaimRequest::for_org(ORG_A, now, lease, 100)).await.expect("claim outbox")
+}
+
+/// Inserts the messages `(conversation, message id, at)`.
+async fn insert(store: &dyn Store, messages: &[(&ConversationKey, &str, i64)]) {
+    for (c, id, at) in messages {
+        store.insert_inbox(message(c, id, t(*at))).await.expect("insert");
+    }
+}
+
+/// Claims org-a's due inbox events, asserts their message ids and marks them done, all at `now`.
+async fn handle(store: &dyn Store, now: Timestamp, expected: &[&str]) {
+    let got = claim_in(store, now).await;
+    assert_eq!(message_ids(&got), expected);
+    for event in got {
+        store.complete_inbox(ORG_A, event.claim(), now).await.expect("complete");
+    }
 }
 
 /// Inserts a message of org-a's and claims it (the only one due): the claimed row.
@@ -608,10 +631,8 @@ async fn message_log_history_and_listing(store: Arc<dyn Store>) {
 
     let page1 = store.history(&c1, Page::first(4)).await.unwrap();
     assert_eq!(page1.iter().map(|e| e.content.clone()).collect::<Vec<_>>(), texts(&["u0", "b0", "u1", "b1"]));
-    assert_eq!(
-        (page1[0].id, page1[0].direction, &page1[0].metadata),
-        (ids[0], Direction::Inbound, &json!({"k": "u0"}))
-    );
+    let first = (page1[0].id, page1[0].direction, &page1[0].metadata);
+    assert_eq!(first, (ids[0], Direction::Inbound, &json!({"k": "u0"})));
     assert_eq!((page1[0].node_id.as_deref(), page1[0].flow_id.as_deref()), (Some("n1"), Some("lead")));
     assert_eq!(store.history(&c1, Page { offset: 8, limit: 4 }).await.unwrap().len(), 2);
     let h2 = store.history(&c2, Page::default()).await.unwrap();
@@ -650,11 +671,10 @@ async fn message_log_metrics(store: Arc<dyn Store>) {
     store.append_log(ORG_A, &log).await.unwrap();
     let m = store.metrics(ORG_A, MetricsQuery::default()).await.unwrap();
     assert_eq!((m.conversations_total, m.conversations_active, m.messages_in, m.messages_out), (3, 2, 3, 3));
-    let per_flow = m
-        .per_flow
-        .iter()
-        .map(|f| (f.flow_id.as_str(), f.conversations_total, f.conversations_active, f.messages_in, f.messages_out));
-    assert_eq!(per_flow.collect::<Vec<_>>(), [("lead", 2, 2, 2, 2), ("survey", 1, 0, 1, 0)]);
+    let flow = |f: &FlowMetrics| (f.flow_id.clone(), f.conversations_total, f.conversations_active, f.messages_in);
+    let per_flow = m.per_flow.iter().map(|f| (flow(f), f.messages_out));
+    let flows = [(("lead".to_owned(), 2, 2, 2), 2), (("survey".to_owned(), 1, 0, 1), 0)];
+    assert_eq!(per_flow.collect::<Vec<_>>(), flows);
     let per_day = m.per_day.iter().map(|d| (d.day.as_str(), d.conversations_started, d.messages_in, d.messages_out));
     let days = [("2023-11-14", 1, 1, 2), ("2023-11-15", 2, 1, 1), ("2023-11-16", 0, 1, 0)];
     assert_eq!(per_day.collect::<Vec<_>>(), days);
@@ -758,11 +778,8 @@ async fn inbox_parallel_duplicate_inserts(store: Arc<dyn Store>) {
         };
         let inserts = together((0..12).map(insert)).await;
         assert_eq!(inserts.iter().filter(|r| !r.is_duplicate()).count(), 1, "round {round}");
-        assert_eq!(
-            inserts.iter().map(|r| r.id()).collect::<HashSet<_>>().len(),
-            1,
-            "every duplicate names the one row"
-        );
+        let rows: HashSet<i64> = inserts.iter().map(|r| r.id()).collect();
+        assert_eq!(rows.len(), 1, "every duplicate names the one row");
     }
     assert_eq!(claim_in(&*store, t(10)).await.len(), 1, "one conversation: one claim at a time");
 }
@@ -770,9 +787,7 @@ async fn inbox_parallel_duplicate_inserts(store: Arc<dyn Store>) {
 /// Claims hand out the head of each conversation only, never two of one conversation.
 async fn inbox_order_and_exclusivity(store: Arc<dyn Store>) {
     let (c1, c2, c3) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"), chat(ORG_A, "c3"));
-    for (c, id, at) in [(&c1, "a1", 0), (&c1, "a2", 1), (&c1, "a3", 2), (&c2, "b1", 1)] {
-        store.insert_inbox(message(c, id, t(at))).await.unwrap();
-    }
+    insert(&*store, &[(&c1, "a1", 0), (&c1, "a2", 1), (&c1, "a3", 2), (&c2, "b1", 1)]).await;
     assert!(claim_in(&*store, t(-1)).await.is_empty(), "not yet due");
     let first = claim_in(&*store, t(5)).await;
     assert_eq!(message_ids(&first), ["a1", "b1"]);
@@ -800,9 +815,7 @@ async fn inbox_wake_ups(store: Arc<dyn Store>) {
     let w = store.insert_inbox(wake.clone()).await.unwrap();
     assert!(store.insert_inbox(wake).await.unwrap().is_duplicate());
     store.insert_inbox(message(&c, "m1", t(10))).await.unwrap();
-    let got = claim_in(&*store, t(20)).await;
-    assert_eq!(message_ids(&got), ["m1"]);
-    store.complete_inbox(ORG_A, got[0].claim(), t(20)).await.unwrap();
+    handle(&*store, t(20), &["m1"]).await;
     assert!(claim_in(&*store, t(3599)).await.is_empty());
     let got = claim_in(&*store, t(3600)).await;
     assert_eq!(got.len(), 1);
@@ -818,8 +831,7 @@ async fn inbox_wake_ups(store: Arc<dyn Store>) {
 /// Failures: retry later (blocking the conversation meanwhile, to keep order) or give up.
 async fn inbox_failures_and_retries(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
-    store.insert_inbox(message(&c, "m1", t(0))).await.unwrap();
-    store.insert_inbox(message(&c, "m2", t(1))).await.unwrap();
+    insert(&*store, &[(&c, "m1", 0), (&c, "m2", 1)]).await;
     let got = claim_in(&*store, t(2)).await;
     assert_eq!(got[0].message_id, "m1");
     store.fail_inbox(ORG_A, got[0].claim(), "engine busy", Some(t(60)), t(2)).await.unwrap();
@@ -840,8 +852,7 @@ async fn inbox_failures_and_retries(store: Arc<dyn Store>) {
 /// An expired lease makes the row claimable again; the old claim is then refused.
 async fn inbox_lease_expiry_and_reclaim(store: Arc<dyn Store>) {
     let c = chat(ORG_A, "c1");
-    store.insert_inbox(message(&c, "m1", t(0))).await.unwrap();
-    store.insert_inbox(message(&c, "m2", t(0))).await.unwrap();
+    insert(&*store, &[(&c, "m1", 0), (&c, "m2", 0)]).await;
     let first = store.claim_inbox(&ClaimRequest::for_org(ORG_A, t(0), Duration::from_secs(10), 10)).await.unwrap();
     assert_eq!(first.len(), 1);
     assert!(claim_in(&*store, t(10)).await.is_empty(), "within the lease nobody else gets the conversation");
@@ -865,26 +876,21 @@ async fn inbox_lease_expiry_and_reclaim(store: Arc<dyn Store>) {
 async fn inbox_waits_for_replies_out(store: Arc<dyn Store>) {
     let (c1, c2) = (chat(ORG_A, "c1"), chat(ORG_A, "c2"));
     let out = claimed_reply(&*store, &c1, t(0), Duration::from_secs(10)).await;
-    store.insert_inbox(message(&c1, "m1", t(0))).await.unwrap();
-    store.insert_inbox(message(&c2, "m2", t(0))).await.unwrap();
+    insert(&*store, &[(&c1, "m1", 0), (&c2, "m2", 0)]).await;
     // c1 waits for its reply; c2 has none out. Claims across organizations hold it back too.
     let got = store.claim_inbox(&ClaimRequest::any(t(1), LEASE, 10)).await.unwrap();
     assert_eq!(message_ids(&got), ["m2"]);
     store.complete_inbox(ORG_A, got[0].claim(), t(1)).await.unwrap();
     assert!(claim_in(&*store, t(10)).await.is_empty(), "the reply's lease lasts until t(10)");
     // Once the lease ran out, the sender is presumed gone: the turn goes ahead.
-    let got = claim_in(&*store, t(11)).await;
-    assert_eq!(message_ids(&got), ["m1"]);
-    store.complete_inbox(ORG_A, got[0].claim(), t(11)).await.unwrap();
+    handle(&*store, t(11), &["m1"]).await;
     // The next event goes as soon as the reply is marked sent.
     store.insert_inbox(message(&c1, "m3", t(12))).await.unwrap();
     let again = claim_out(&*store, t(12), LEASE).await;
     assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), [out.id]);
     assert!(claim_in(&*store, t(13)).await.is_empty());
     store.mark_sent(ORG_A, again[0].claim(), "wamid.r1", t(14)).await.unwrap();
-    let got = claim_in(&*store, t(14)).await;
-    assert_eq!(message_ids(&got), ["m3"]);
-    store.complete_inbox(ORG_A, got[0].claim(), t(14)).await.unwrap();
+    handle(&*store, t(14), &["m3"]).await;
     // A reply backing off after a failure does not hold the conversation back.
     let backing_off = claimed_reply(&*store, &c1, t(20), LEASE).await;
     store.reschedule_outbox(ORG_A, backing_off.claim(), t(100), "429").await.unwrap();
@@ -952,13 +958,8 @@ async fn outbox_delivery_statuses(store: Arc<dyn Store>) {
     assert!(!store.record_delivery(ORG_A, "wamid.unknown", DeliveryStatus::Read, t(2)).await.unwrap());
     assert!(store.record_delivery(ORG_A, "wamid.hi", DeliveryStatus::Delivered, t(2)).await.unwrap());
     assert_eq!(outbox_row(&*store, hi.id).await.delivery, Some(DeliveryStatus::Delivered));
-    let later = [
-        (DeliveryStatus::Read, 3),
-        (DeliveryStatus::Delivered, 4),
-        (DeliveryStatus::Sent, 5),
-        (DeliveryStatus::Failed, 6),
-    ];
-    for (status, at) in later {
+    let later = [DeliveryStatus::Read, DeliveryStatus::Delivered, DeliveryStatus::Sent, DeliveryStatus::Failed];
+    for (status, at) in later.into_iter().zip(3..) {
         assert!(store.record_delivery(ORG_A, "wamid.hi", status, t(at)).await.unwrap(), "{status:?}");
     }
     let row = outbox_row(&*store, hi.id).await;
@@ -974,12 +975,8 @@ async fn outbox_delivery_statuses(store: Arc<dyn Store>) {
 /// Parallel senders: every reply sent once, in order per conversation.
 async fn outbox_many_senders(store: Arc<dyn Store>) {
     for i in 0..12 {
-        for c in 0..5 {
-            store
-                .enqueue_outbox(ORG_A, &[reply(&chat(ORG_A, &format!("c{c}")), &format!("{i:03}"), t(0))])
-                .await
-                .unwrap();
-        }
+        let replies: Vec<_> = (0..5).map(|c| reply(&chat(ORG_A, &format!("c{c}")), &format!("{i:03}"), t(0))).collect();
+        store.enqueue_outbox(ORG_A, &replies).await.unwrap();
     }
     let sent = drain(&store, 6, true, ClaimRequest::for_org(ORG_A, t(1), LEASE, 3)).await;
     assert_eq!(sent.len(), 5);
@@ -1081,8 +1078,7 @@ async fn session_on_changed_flow(store: Arc<dyn Store>) {
 
 /// A successful commit writes every part; one with a part of another organization, none.
 async fn commit_all_or_nothing(store: Arc<dyn Store>) {
-    let c = chat(ORG_A, "c1");
-    let key = c.session("lead");
+    let (c, key) = c1();
     let ev = claimed(&*store, &c, "m1", t(1)).await;
     let out = store.commit(turn(&c, &key, 0, Some(ev.claim()), t(2))).await.unwrap();
     assert_eq!(out.session.map(|s| s.version), Some(1));
@@ -1112,8 +1108,7 @@ async fn commit_all_or_nothing(store: Arc<dyn Store>) {
 
 /// A version conflict leaves the inbox row claimed, and no log, outbox or wake-up rows.
 async fn commit_conflict_leaves_nothing(store: Arc<dyn Store>) {
-    let c = chat(ORG_A, "c1");
-    let key = c.session("lead");
+    let (c, key) = c1();
     store.save_session(write(&key, 0, "other-writer", t(0))).await.unwrap();
     store.save_session(write(&key, 1, "other-writer", t(0))).await.unwrap();
     let ev = claimed(&*store, &c, "m1", t(1)).await;
@@ -1134,8 +1129,7 @@ async fn commit_conflict_leaves_nothing(store: Arc<dyn Store>) {
 
 /// A lost inbox lease also refuses the whole commit (the session stays as it was).
 async fn commit_lost_lease_leaves_nothing(store: Arc<dyn Store>) {
-    let c = chat(ORG_A, "c1");
-    let key = c.session("lead");
+    let (c, key) = c1();
     store.insert_inbox(message(&c, "m1", t(0))).await.unwrap();
     let first = store.claim_inbox(&ClaimRequest::for_org(ORG_A, t(0), Duration::from_secs(1), 1)).await.unwrap();
     let second = claim_in(&*store, t(5)).await;
@@ -1150,8 +1144,7 @@ async fn commit_lost_lease_leaves_nothing(store: Arc<dyn Store>) {
 
 /// Racing commits on one session version: one lands, the rest leave no trace.
 async fn commit_races_one_winner(store: Arc<dyn Store>) {
-    let c = chat(ORG_A, "c1");
-    let key = c.session("lead");
+    let (c, key) = c1();
     store.save_session(write(&key, 0, "s", t(0))).await.unwrap();
     let commits = (0..8).map(|i| committing(&store, Commit { schedule: vec![], ..turn(&c, &key, 1, None, t(i)) }));
     let results = together(commits).await;
@@ -1164,8 +1157,7 @@ async fn commit_races_one_winner(store: Arc<dyn Store>) {
 /// The common turn (no wake-ups; backends may take a faster path for it): every part lands in
 /// order, and a stale version, a "new" session that exists or a lost lease leaves nothing.
 async fn commit_without_wake_ups(store: Arc<dyn Store>) {
-    let c = chat(ORG_A, "c1");
-    let key = c.session("lead");
+    let (c, key) = c1();
     let plain = |expected, claim, now| {
         let mut commit = Commit { schedule: vec![], ..turn(&c, &key, expected, claim, now) };
         commit.log.push(log_entry(&c, Direction::Outbound, "bot-2", now, Some("lead")));
