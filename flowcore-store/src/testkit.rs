@@ -240,10 +240,10 @@ fn saving(store: &Arc<dyn Store>, w: SessionWrite) -> impl Future<Output = Store
 
 fn committing(
     store: &Arc<dyn Store>,
-    commit: Commit,
+    unit: Commit,
 ) -> impl Future<Output = StoreResult<CommitOutcome>> + Send + 'static {
     let store = store.clone();
-    async move { store.commit(commit).await }
+    async move { store.commit(unit).await }
 }
 
 /// One engine turn on `key`: the session save, two log rows, a reply and a wake-up.
@@ -562,14 +562,13 @@ async fn active_sessions_read_many_conversations_at_once(store: Arc<dyn Store>) 
 /// Purge: expired active sessions (TTL from `now`), old closed sessions, old finished rows.
 async fn session_purge(store: Arc<dyn Store>) {
     let key = |contact| chat(ORG_A, contact).session("lead");
-    let (old, fresh, closed_long_ago, closed_recently) =
-        (key("old"), key("fresh"), key("closed-old"), key("closed-new"));
+    let (old, fresh, closed_old, closed_new) = (key("old"), key("fresh"), key("closed-old"), key("closed-new"));
     let b = chat(ORG_B, "old").session("lead");
-    for (key, at) in [(&old, 0), (&fresh, DAY), (&closed_long_ago, 0), (&closed_recently, 0), (&b, 0)] {
+    for (key, at) in [(&old, 0), (&fresh, DAY), (&closed_old, 0), (&closed_new, 0), (&b, 0)] {
         store.save_session(write(key, 0, "s", t(at))).await.unwrap();
     }
-    store.close_session(&closed_long_ago, t(1)).await.unwrap();
-    store.close_session(&closed_recently, t(25 * DAY)).await.unwrap();
+    store.close_session(&closed_old, t(1)).await.unwrap();
+    store.close_session(&closed_new, t(25 * DAY)).await.unwrap();
     // Finished inbox and outbox rows.
     let c = chat(ORG_A, "old");
     store.complete_inbox(ORG_A, claimed(&*store, &c, "m-old", t(0)).await.claim(), t(0)).await.unwrap();
