@@ -92,13 +92,6 @@ pub const SAMPLE_FLOW: &str = r#"{"id": "lead", "name": "Lead",
             {"id": "bye", "type": "end", "data": {"content": "Tchau, {{name}}!"}}],
   "edges": [{"id": "e1", "source": "s", "target": "ask"}, {"id": "e2", "source": "ask", "target": "bye"}]}"#;
 
-/// The same flow after an edit that renamed the question node (`ask` → `ask_name`).
-pub const SAMPLE_FLOW_V2: &str = r#"{"id": "lead", "name": "Lead",
-  "nodes": [{"id": "s", "type": "start"},
-            {"id": "ask_name", "type": "question", "data": {"content": "Nome?", "variableName": "name"}},
-            {"id": "bye", "type": "end", "data": {"content": "Tchau, {{name}}!"}}],
-  "edges": [{"id": "e1", "source": "s", "target": "ask_name"}, {"id": "e2", "source": "ask_name", "target": "bye"}]}"#;
-
 /// [`SAMPLE_FLOW`] compiled.
 pub fn sample_flow() -> flowcore::CompiledFlow {
     static FLOW: std::sync::OnceLock<flowcore::CompiledFlow> = std::sync::OnceLock::new();
@@ -1055,7 +1048,9 @@ async fn session_on_changed_flow(store: Arc<dyn Store>) {
     store.save_session(SessionWrite { flow_version: v1, ..write(&key, 0, "s", t(1)) }).await.unwrap();
     let info = &store.conversation_sessions(&key.conversation()).await.unwrap()[0];
     assert_eq!(info.current_node.as_deref(), Some("ask"));
-    let v2 = store.publish_flow(ORG_A, "lead", SAMPLE_FLOW_V2, t(2)).await.unwrap();
+    // An edit renames the question node (`ask` → `ask_name`) and its edges.
+    let edited = SAMPLE_FLOW.replace(r#""ask""#, r#""ask_name""#);
+    let v2 = store.publish_flow(ORG_A, "lead", &edited, t(2)).await.unwrap();
     let stored = |v| {
         let store = store.clone();
         async move { compile(&store.get_flow(ORG_A, "lead", Some(v)).await.unwrap().unwrap().definition) }
