@@ -125,7 +125,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod error;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(feature = "postgres")]
 mod group_commit;
 mod metrics_tally;
 mod open;
@@ -140,13 +140,13 @@ mod memory;
 mod postgres;
 #[cfg(feature = "runtime")]
 pub mod runtime;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(feature = "postgres")]
 mod sql_rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+#[cfg(all(test, feature = "postgres"))]
 mod unit_fixtures;
 
 pub use error::{StoreError, StoreResult};

@@ -67,18 +67,15 @@ async fn corrupt_state_is_a_typed_error_for_that_session_only() {
             .await
             .unwrap();
     }
-    sqlx::query("UPDATE sessions SET state = '{not json' WHERE contact_id = 'bad'")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE sessions SET state_schema = 99 WHERE contact_id = 'future'")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    sqlx::query(r#"UPDATE sessions SET state = '{"v":9,"f":"lead","s":"input"}' WHERE contact_id = 'engine-future'"#)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    // Damage the rows behind the store's back, through a connection of our own.
+    let db = rusqlite::Connection::open(dir.path().join("corrupt.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        r#"UPDATE sessions SET state = '{not json' WHERE contact_id = 'bad';
+           UPDATE sessions SET state_schema = 99 WHERE contact_id = 'future';
+           UPDATE sessions SET state = '{"v":9,"f":"lead","s":"input"}' WHERE contact_id = 'engine-future';"#,
+    )
+    .unwrap();
     let err = store.load_session(&engine_future).await.unwrap_err();
     assert!(matches!(err, StoreError::UnsupportedStateVersion { found: 9, supported: 1, .. }), "{err:?}");
     let err = store.load_session(&bad).await.unwrap_err();
