@@ -481,7 +481,15 @@ fn enqueue(
         let [org, number, contact] = key(&m.conversation);
         let until = lease(&m.conversation).map(Timestamp::as_unix_millis);
         let payload = m.payload.to_string();
-        ids.push(insert.insert(params![org, number, contact, payload, m.inbox_id, m.due_at.as_unix_millis(), until])?);
+        ids.push(insert.insert(params![
+            org,
+            number,
+            contact,
+            payload,
+            m.inbox_id,
+            m.due_at.as_unix_millis(),
+            until
+        ])?);
     }
     for c in distinct(messages.iter().map(|m| &m.conversation)) {
         refresh(db, &OUTBOX, c)?;
@@ -508,17 +516,46 @@ fn save_session(db: &Connection, w: &SessionWrite) -> StoreResult<SavedSession> 
     let (org, number, contact) = (&k.org_id, &k.business_number_id, &k.contact_id);
     let (node, wake_at) = state::meta(&w.session);
     let (now, state) = (w.now.as_unix_millis(), state::encode(&w.session));
-    let (wake_at, closed_at) = (wake_at.map(Timestamp::as_unix_millis), (w.status == SessionStatus::Closed).then_some(now));
+    let (wake_at, closed_at) =
+        (wake_at.map(Timestamp::as_unix_millis), (w.status == SessionStatus::Closed).then_some(now));
     let saved = |row: &Row<'_>| Ok(SavedSession { id: row.get(0)?, version: row.get(1)? });
     let (status, flow) = (w.status.as_str(), &k.flow_id);
     let saved = if w.expected_version == 0 {
         db.prepare_cached(INSERT_SESSION)?.query_row(
-            params![org, number, contact, flow, w.flow_version, status, STATE_SCHEMA_VERSION, state, node, wake_at, now, closed_at, w.cohort],
+            params![
+                org,
+                number,
+                contact,
+                flow,
+                w.flow_version,
+                status,
+                STATE_SCHEMA_VERSION,
+                state,
+                node,
+                wake_at,
+                now,
+                closed_at,
+                w.cohort
+            ],
             saved,
         )
     } else {
         db.prepare_cached(UPDATE_SESSION)?.query_row(
-            params![org, number, contact, flow, w.expected_version, status, STATE_SCHEMA_VERSION, state, node, wake_at, now, closed_at, w.flow_version],
+            params![
+                org,
+                number,
+                contact,
+                flow,
+                w.expected_version,
+                status,
+                STATE_SCHEMA_VERSION,
+                state,
+                node,
+                wake_at,
+                now,
+                closed_at,
+                w.flow_version
+            ],
             saved,
         )
     };
@@ -769,7 +806,9 @@ impl SessionStore for SqliteStore {
         let retained_after = now.saturating_sub(duration_ms(policy.retention));
         let org_id = org_id.to_owned();
         self.write(move |db| {
-            let delete = |sql, before: i64| -> StoreResult<u64> { Ok(db.prepare_cached(sql)?.execute(params![org_id, before])? as u64) };
+            let delete = |sql, before: i64| -> StoreResult<u64> {
+                Ok(db.prepare_cached(sql)?.execute(params![org_id, before])? as u64)
+            };
             let report = PurgeReport {
                 expired_sessions: delete(PURGE_EXPIRED, expired_before)?,
                 closed_sessions: delete(PURGE_CLOSED, retained_after)?,
@@ -853,7 +892,8 @@ impl MessageLog for SqliteStore {
             let mut messages = db.prepare_cached(METRICS_MESSAGES)?;
             let mut rows = messages.query(params![org_id, from, to, DAY_MS])?;
             while let Some(row) = rows.next()? {
-                let (flow, inbound): (Option<String>, bool) = (row.get("flow_id")?, row.get::<_, String>("direction")? == "in");
+                let (flow, inbound): (Option<String>, bool) =
+                    (row.get("flow_id")?, row.get::<_, String>("direction")? == "in");
                 tally.messages(flow.as_deref(), row.get("day")?, inbound, count(row, "n")?);
             }
             Ok(tally.finish())
@@ -952,8 +992,10 @@ impl Outbox for SqliteStore {
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
         self.check_org(org_id).await?;
         let org_id = org_id.to_owned();
-        self.read(move |db| Ok(db.prepare_cached(GET_OUTBOX)?.query_row(params![org_id, id], outbox_message).optional()?))
-            .await
+        self.read(move |db| {
+            Ok(db.prepare_cached(GET_OUTBOX)?.query_row(params![org_id, id], outbox_message).optional()?)
+        })
+        .await
     }
 }
 
@@ -968,8 +1010,10 @@ impl FlowStore for SqliteStore {
     async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
         self.check_org(org_id).await?;
         let (org_id, flow_id) = (org_id.to_owned(), flow_id.to_owned());
-        self.read(move |db| Ok(db.prepare_cached(GET_FLOW)?.query_row(params![org_id, flow_id, version], stored_flow).optional()?))
-            .await
+        self.read(move |db| {
+            Ok(db.prepare_cached(GET_FLOW)?.query_row(params![org_id, flow_id, version], stored_flow).optional()?)
+        })
+        .await
     }
 
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {

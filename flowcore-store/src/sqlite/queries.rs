@@ -29,34 +29,67 @@ macro_rules! queue {
         Queue {
             what: $what,
             refresh: concat!(
-                "INSERT INTO conversations (org_id, business_number_id, contact_id, ", $due, ", ", $lease, ")
+                "INSERT INTO conversations (org_id, business_number_id, contact_id, ",
+                $due,
+                ", ",
+                $lease,
+                ")
                  VALUES (?1, ?2, ?3,
-                   (SELECT max(due_at, coalesce(retry_at, due_at)) FROM ", $table, "
+                   (SELECT max(due_at, coalesce(retry_at, due_at)) FROM ",
+                $table,
+                "
                     WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
                       AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1),
-                   (SELECT max(lease_until) FROM ", $table, "
+                   (SELECT max(lease_until) FROM ",
+                $table,
+                "
                     WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
                       AND status IN ('pending', 'claimed') AND status = 'claimed'))
-                 ON CONFLICT DO UPDATE SET ", $due, " = excluded.", $due, ", ", $lease, " = excluded.", $lease
+                 ON CONFLICT DO UPDATE SET ",
+                $due,
+                " = excluded.",
+                $due,
+                ", ",
+                $lease,
+                " = excluded.",
+                $lease
             ),
             claimable: concat!(
                 "SELECT org_id, business_number_id, contact_id FROM conversations
-                 WHERE ", $due, " <= ?1 AND (?2 IS NULL OR org_id = ?2) AND coalesce(", $lease, " < ?1, true)", $held, "
-                 ORDER BY ", $due, " LIMIT ?3"
+                 WHERE ",
+                $due,
+                " <= ?1 AND (?2 IS NULL OR org_id = ?2) AND coalesce(",
+                $lease,
+                " < ?1, true)",
+                $held,
+                "
+                 ORDER BY ",
+                $due,
+                " LIMIT ?3"
             ),
             claim_head: concat!(
-                "UPDATE ", $table, " SET status = 'claimed', attempts = attempts + 1, lease_until = ?5
-                 WHERE id = (SELECT id FROM ", $table, "
+                "UPDATE ",
+                $table,
+                " SET status = 'claimed', attempts = attempts + 1, lease_until = ?5
+                 WHERE id = (SELECT id FROM ",
+                $table,
+                "
                              WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
                                AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1)
                    AND EXISTS (SELECT 1 FROM conversations
                                WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-                                 AND ", $due, " <= ?4 AND coalesce(", $lease, " < ?4, true))
+                                 AND ",
+                $due,
+                " <= ?4 AND coalesce(",
+                $lease,
+                " < ?4, true))
                  RETURNING *"
             ),
             exists: concat!("SELECT 1 FROM ", $table, " WHERE org_id = ?1 AND id = ?2"),
             reclaim: concat!(
-                "UPDATE ", $table, " SET status = 'pending', lease_until = NULL
+                "UPDATE ",
+                $table,
+                " SET status = 'pending', lease_until = NULL
                  WHERE status = 'claimed' AND lease_until < ?1 AND (?2 IS NULL OR org_id = ?2)
                  RETURNING org_id, business_number_id, contact_id"
             ),
@@ -74,7 +107,11 @@ pub(super) static OUTBOX: Queue = queue!("outbox", "outbox message", "outbox_due
 macro_rules! finish {
     ($table:literal, $set:literal) => {
         concat!(
-            "UPDATE ", $table, " SET ", $set, " WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3
+            "UPDATE ",
+            $table,
+            " SET ",
+            $set,
+            " WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3
              RETURNING org_id, business_number_id, contact_id"
         )
     };
@@ -112,7 +149,8 @@ pub(super) const RECORD_DELIVERY: &str = "UPDATE outbox SET delivery = ?3, deliv
      WHERE org_id = ?1 AND wamid = ?2 AND delivery_rank < ?4";
 pub(super) const OUTBOX_WAMID: &str = "SELECT 1 FROM outbox WHERE org_id = ?1 AND wamid = ?2";
 
-pub(super) const REGISTER_ORG: &str = "INSERT INTO organizations (id, created_at) VALUES (?1, 0) ON CONFLICT DO NOTHING";
+pub(super) const REGISTER_ORG: &str =
+    "INSERT INTO organizations (id, created_at) VALUES (?1, 0) ON CONFLICT DO NOTHING";
 pub(super) const ORG_EXISTS: &str = "SELECT 1 FROM organizations WHERE id = ?1";
 
 /// Creates session `?1`–`?4` unless one is active: flow version `?5`, status `?6`, state
