@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Params, Row, ToSql, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::error::{StoreError, StoreResult};
@@ -28,9 +28,6 @@ use crate::types::*;
 use queries::*;
 
 mod queries;
-
-/// The schema version [`SCHEMA`] writes.
-const SCHEMA_VERSION: i64 = 1;
 
 /// The most requests one write transaction takes: bounds how long a webhook's insert waits
 /// behind the transaction running when it arrives.
@@ -46,13 +43,12 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// `synchronous=FULL` (the default): a commit is on disk before it returns, so it survives
     /// a power loss, not only a crash of the process. `false` gives `synchronous=NORMAL`,
-    /// which in WAL mode may lose the last commits on a power loss (never corrupting the file)
-    /// and is faster: see BENCHMARKS.md.
+    /// faster, which in WAL mode may lose the last commits on a power loss (never corrupting).
     pub synchronous_full: bool,
     /// How often a background thread copies the WAL into the database file (a passive
-    /// checkpoint on its own connection, which never makes a writer wait). `None` leaves it to
-    /// SQLite's automatic checkpoints, which run inside a committing write and stall it, and
-    /// every write queued behind it, for the copy and its fsync.
+    /// checkpoint on its own connection, which never makes a writer wait; default 50 ms).
+    /// `None` leaves it to SQLite's automatic checkpoints, which run inside a committing
+    /// write and stall it, and every write queued behind it, for the copy and its fsync.
     pub checkpoint_interval: Option<Duration>,
     /// Let a commit checkpoint the WAL itself once it holds this many pages: with background
     /// checkpoints, only a backstop for a WAL that outgrows them (default 10,000).
@@ -107,43 +103,50 @@ impl SqliteStore {
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
         }
         migrate(&mut writer)?;
-        let (queue, jobs) = mpsc::channel::<Job>();
-        let writer = Lane::start(queue, vec![Box::new(move || write_loop(&writer, &jobs))])?;
-        let readers = if memory {
-            None
-        } else {
-            let (queue, jobs) = mpsc::channel::<Job>();
+        let (queue, jobs) = mpsc::channel();
+        spawn(move || write_loop(&writer, &jobs))?;
+        let writer = Lane(Mutex::new(Some(queue)));
+        let mut readers = None;
+        if !memory {
+            let (queue, jobs) = mpsc::channel();
             let jobs = Arc::new(Mutex::new(jobs));
-            let mut threads: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
             for _ in 0..options.read_connections.max(1) {
-                let (connection, jobs) = (connect(&path, &options, false, true)?, jobs.clone());
-                threads.push(Box::new(move || read_loop(&connection, &jobs)));
+                let (reader, jobs) = (connect(&path, &options, false, true)?, jobs.clone());
+                spawn(move || read_loop(&reader, &jobs))?;
             }
-            Some(Lane::start(queue, threads)?)
-        };
-        let checkpoints = match options.checkpoint_interval {
-            Some(every) if !memory => {
-                let (queue, stop) = mpsc::channel::<Job>();
-                let connection = connect(&path, &options, false, false)?;
-                Some(Lane::start(queue, vec![Box::new(move || checkpoint_loop(&connection, every, &stop))])?)
-            }
-            _ => None,
-        };
+            readers = Some(Lane(Mutex::new(Some(queue))));
+        }
+        let mut checkpoints = None;
+        if let Some(every) = options.checkpoint_interval.filter(|_| !memory) {
+            let ((queue, stop), db) = (mpsc::channel(), connect(&path, &options, false, false)?);
+            spawn(move || checkpoint_loop(&db, every, &stop))?;
+            checkpoints = Some(Lane(Mutex::new(Some(queue))));
+        }
         Ok(SqliteStore { writer, readers, checkpoints, known_orgs: RwLock::default() })
     }
 
-    async fn read<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        self.readers.as_ref().unwrap_or(&self.writer).run(work).await
+    /// Where reads go.
+    fn reader(&self) -> &Lane {
+        self.readers.as_ref().unwrap_or(&self.writer)
     }
 
-    async fn write<T: Send + 'static>(
+    /// Runs `work` on `lane` for organization `org_id`, once that is known to exist.
+    async fn on<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        lane: &Lane,
+        org_id: &str,
+        work: impl FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.writer.run(work).await
+        self.check_org(org_id).await?;
+        let org_id = org_id.to_owned();
+        lane.run(move |db| work(db, &org_id)).await
+    }
+
+    async fn check_orgs<'a>(&self, conversations: impl Iterator<Item = &'a ConversationKey>) -> StoreResult<()> {
+        for org_id in conversations.map(|c| &c.org_id).collect::<HashSet<_>>() {
+            self.check_org(org_id).await?;
+        }
+        Ok(())
     }
 
     async fn check_org(&self, org_id: &str) -> StoreResult<()> {
@@ -151,7 +154,7 @@ impl SqliteStore {
             return Ok(());
         }
         let id = org_id.to_owned();
-        if !self.read(move |db| Ok(db.prepare_cached(ORG_EXISTS)?.exists([id])?)).await? {
+        if !self.reader().run(move |db| Ok(db.prepare_cached(ORG_EXISTS)?.exists([id])?)).await? {
             return Err(StoreError::UnknownOrganization(org_id.to_owned()));
         }
         self.known_orgs.write().unwrap_or_else(PoisonError::into_inner).insert(org_id.to_owned());
@@ -167,31 +170,31 @@ impl SqliteStore {
         if let Some(org) = &request.org_id {
             self.check_org(org).await?;
         }
-        let request = request.clone();
-        self.write(move |db| {
-            let (now, lease) = (request.now.as_unix_millis(), request.lease_until().as_unix_millis());
-            let limit = request.limit.min(Page::MAX_LIMIT);
-            let mut claimed = Vec::new();
-            for c in all(db, queue.claimable, params![now, request.org_id, limit], conversation)? {
-                claimed.extend(claim_head(db, queue, &c, now, lease, decode)?);
-            }
-            Ok(claimed)
-        })
-        .await
+        let (now, lease) = (request.now.as_unix_millis(), request.lease_until().as_unix_millis());
+        let (org_id, limit) = (request.org_id.clone(), request.limit.min(Page::MAX_LIMIT));
+        self.writer
+            .run(move |db| {
+                let mut claimed = Vec::new();
+                for c in all(db, queue.claimable, params![now, org_id, limit], conversation)? {
+                    claimed.extend(claim_head(db, queue, &c, now, lease, decode)?);
+                }
+                Ok(claimed)
+            })
+            .await
     }
 
     async fn finish(
         &self,
         queue: &'static Queue,
         sql: &'static str,
-        org_id: &str,
+        org: &str,
         claim: Claim,
         at: Timestamp,
         text: Option<&str>,
     ) -> StoreResult<()> {
-        self.check_org(org_id).await?;
-        let (org_id, text) = (org_id.to_owned(), text.map(str::to_owned));
-        self.write(move |db| finish(db, queue, sql, &org_id, claim, at, text.as_deref()).map(drop)).await
+        let text = text.map(str::to_owned);
+        self.on(&self.writer, org, move |db, org| finish(db, queue, sql, org, claim, at, text.as_deref()).map(drop))
+            .await
     }
 
     async fn reclaim(&self, queue: &'static Queue, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
@@ -199,20 +202,18 @@ impl SqliteStore {
             self.check_org(org).await?;
         }
         let org_id = org_id.map(str::to_owned);
-        self.write(move |db| {
-            let freed = all(db, queue.reclaim, params![now.as_unix_millis(), org_id], conversation)?;
-            for c in distinct(&freed) {
-                refresh(db, queue, c)?;
-            }
-            Ok(freed.len() as u64)
-        })
-        .await
+        self.writer
+            .run(move |db| {
+                let freed = all(db, queue.reclaim, params![now.as_unix_millis(), org_id], conversation)?;
+                distinct(&freed).into_iter().try_for_each(|c| refresh(db, queue, c))?;
+                Ok(freed.len() as u64)
+            })
+            .await
     }
 }
 
 /// Work for a connection's thread. Given the connection (or why the transaction could not
-/// start), it runs and tells whether it succeeded; its caller hears the result once the
-/// transaction ended.
+/// start), it runs and tells whether it succeeded; its caller hears once the transaction ended.
 type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> Answer + Send>;
 
 struct Answer {
@@ -221,31 +222,17 @@ struct Answer {
     send: Box<dyn FnOnce(Option<&StoreError>) + Send>,
 }
 
-/// Threads with connections of their own, fed by one queue; closed when the queue goes.
+/// The queue of threads with connections of their own; they end once it is closed and they
+/// have run what it held.
 #[derive(Debug)]
-struct Lane {
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
-    /// One per thread: resolves when the thread has ended.
-    ended: Mutex<Vec<oneshot::Receiver<()>>>,
+struct Lane(Mutex<Option<mpsc::Sender<Job>>>);
+
+fn spawn(run: impl FnOnce() + Send + 'static) -> StoreResult<()> {
+    let thread = std::thread::Builder::new().name("flowcore-sqlite".into()).spawn(run);
+    thread.map(drop).map_err(|e| StoreError::Database(format!("cannot start a thread: {e}")))
 }
 
 impl Lane {
-    fn start(queue: mpsc::Sender<Job>, threads: Vec<Box<dyn FnOnce() + Send>>) -> StoreResult<Lane> {
-        let mut ended = Vec::new();
-        for run in threads {
-            let (end, on_end) = oneshot::channel::<()>();
-            std::thread::Builder::new()
-                .name("flowcore-sqlite".into())
-                .spawn(move || {
-                    run();
-                    drop(end);
-                })
-                .map_err(|e| StoreError::Database(format!("cannot start a sqlite thread: {e}")))?;
-            ended.push(on_end);
-        }
-        Ok(Lane { queue: Mutex::new(Some(queue)), ended: Mutex::new(ended) })
-    }
-
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -263,23 +250,13 @@ impl Lane {
             };
             Answer { ok, send: Box::new(send) }
         });
-        let sent = match &*self.queue.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some(queue) => queue.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(StoreError::Closed);
-        }
+        let queue = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        queue.ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
         result.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Lets the threads finish what is queued, and waits for them.
-    async fn close(&self) {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let ended = std::mem::take(&mut *self.ended.lock().unwrap_or_else(PoisonError::into_inner));
-        for thread in ended {
-            let _ = thread.await;
-        }
+    fn close(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
@@ -312,15 +289,13 @@ fn write_loop(db: &Connection, jobs: &mpsc::Receiver<Job>) {
 }
 
 fn read_loop(db: &Connection, jobs: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { return };
+    while let Ok(job) = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv() {
         (job(Ok(db)).send)(None);
     }
 }
 
-/// Passive checkpoints until the store closes. A checkpoint that cannot finish (a reader
-/// still needs old frames) continues next time; SQLite's own remain the backstop.
+/// Passive checkpoints until the store closes. One that cannot finish (a reader still needs
+/// old frames) goes on next time; SQLite's automatic ones remain the backstop.
 fn checkpoint_loop(db: &Connection, every: Duration, stop: &mpsc::Receiver<Job>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         let _ = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -330,10 +305,9 @@ fn checkpoint_loop(db: &Connection, every: Duration, stop: &mpsc::Receiver<Job>)
 fn connect(path: &str, options: &SqliteOptions, memory: bool, read_only: bool) -> StoreResult<Connection> {
     let db = match (memory, read_only) {
         (true, _) => Connection::open_in_memory()?,
-        (false, true) => Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )?,
+        (false, true) => {
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?
+        }
         (false, false) => Connection::open(path)?,
     };
     db.busy_timeout(options.busy_timeout)?;
@@ -352,14 +326,9 @@ fn connect(path: &str, options: &SqliteOptions, memory: bool, read_only: bool) -
 fn migrate(db: &mut Connection) -> StoreResult<()> {
     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match tx.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))? {
-        0 => tx
-            .execute_batch(SCHEMA)
-            .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
-            .map_err(|e| StoreError::Migration(e.to_string()))?,
+        0 => tx.execute_batch(SCHEMA).map_err(|e| StoreError::Migration(e.to_string()))?,
         SCHEMA_VERSION => {}
-        newer => {
-            return Err(StoreError::Migration(format!("schema version {newer}, this release knows {SCHEMA_VERSION}")))
-        }
+        newer => return Err(StoreError::Migration(format!("schema {newer}, this release knows {SCHEMA_VERSION}"))),
     }
     Ok(tx.commit()?)
 }
@@ -382,6 +351,10 @@ fn key(c: &ConversationKey) -> [&str; 3] {
     [&c.org_id, &c.business_number_id, &c.contact_id]
 }
 
+fn session_key(k: &SessionKey) -> [&str; 4] {
+    [&k.org_id, &k.business_number_id, &k.contact_id, &k.flow_id]
+}
+
 /// Each conversation once, in the order first seen.
 fn distinct<'a>(keys: impl IntoIterator<Item = &'a ConversationKey>) -> Vec<&'a ConversationKey> {
     let mut seen = HashSet::new();
@@ -390,10 +363,7 @@ fn distinct<'a>(keys: impl IntoIterator<Item = &'a ConversationKey>) -> Vec<&'a 
 
 fn same_org<'a>(org_id: &str, mut keys: impl Iterator<Item = &'a ConversationKey>) -> StoreResult<()> {
     match keys.find(|c| c.org_id != org_id) {
-        Some(c) => Err(StoreError::InvalidInput(format!(
-            "row for organization {:?} passed to organization {org_id:?}",
-            c.org_id
-        ))),
+        Some(c) => Err(StoreError::InvalidInput(format!("row for organization {:?} passed to {org_id:?}", c.org_id))),
         None => Ok(()),
     }
 }
@@ -402,12 +372,22 @@ fn same_org<'a>(org_id: &str, mut keys: impl Iterator<Item = &'a ConversationKey
 fn all<T>(
     db: &Connection,
     sql: &str,
-    values: impl rusqlite::Params,
+    values: impl Params,
     decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> StoreResult<Vec<T>> {
     let mut query = db.prepare_cached(sql)?;
     let rows = query.query_map(values, decode)?.collect::<rusqlite::Result<_>>()?;
     Ok(rows)
+}
+
+/// The first row `sql` answers for `values`, if any.
+fn one<T>(
+    db: &Connection,
+    sql: &str,
+    values: impl Params,
+    decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Option<T>> {
+    Ok(db.prepare_cached(sql)?.query_row(values, decode).optional()?)
 }
 
 fn refresh(db: &Connection, queue: &Queue, c: &ConversationKey) -> StoreResult<()> {
@@ -425,45 +405,45 @@ fn claim_head<T>(
     decode: fn(&Row<'_>) -> rusqlite::Result<T>,
 ) -> StoreResult<Option<T>> {
     let [org, number, contact] = key(c);
-    let row = db.prepare_cached(queue.claim_head)?.query_row(params![org, number, contact, now, lease], decode);
-    let row = row.optional()?;
+    let row = one(db, queue.claim_head, params![org, number, contact, now, lease], decode)?;
     if row.is_some() {
         refresh(db, queue, c)?;
     }
     Ok(row)
 }
 
-/// Applies a change (`sql`, see `queries::finish!`) to a claimed row if the claim still holds;
-/// the row's conversation.
+/// Applies a change (`sql`, see `queries::finish!`) at `at` to a claimed row if the claim
+/// still holds; the row's conversation.
 fn finish(
     db: &Connection,
     queue: &Queue,
     sql: &str,
-    org_id: &str,
+    org: &str,
     claim: Claim,
     at: Timestamp,
     text: Option<&str>,
 ) -> StoreResult<ConversationKey> {
-    let mut change = db.prepare_cached(sql)?;
-    let at = at.as_unix_millis();
+    let (id, attempt, at) = (claim.id, claim.attempt, at.as_unix_millis());
     let found = match text {
-        Some(text) => change.query_row(params![org_id, claim.id, claim.attempt, at, text], conversation),
-        None => change.query_row(params![org_id, claim.id, claim.attempt, at], conversation),
+        Some(text) => one(db, sql, params![org, id, attempt, at, text], conversation)?,
+        None => one(db, sql, params![org, id, attempt, at], conversation)?,
     };
-    match found.optional()? {
+    match found {
         Some(c) => refresh(db, queue, &c).map(|()| c),
-        None if db.prepare_cached(queue.exists)?.exists(params![org_id, claim.id])? => {
-            Err(StoreError::LeaseLost { what: queue.what, id: claim.id, attempt: claim.attempt })
+        None if db.prepare_cached(queue.exists)?.exists(params![org, id])? => {
+            Err(StoreError::LeaseLost { what: queue.what, id, attempt })
         }
-        None => Err(StoreError::NotFound { what: queue.what, id: claim.id.to_string() }),
+        None => Err(StoreError::NotFound { what: queue.what, id: id.to_string() }),
     }
 }
 
 fn insert_inbox(db: &Connection, e: &NewInboxEvent) -> StoreResult<InboxInsert> {
     let [org, number, contact] = key(&e.conversation);
-    let (payload, received, due) = (e.payload.to_string(), e.received_at.as_unix_millis(), e.due_at.as_unix_millis());
-    let values = params![org, number, contact, e.message_id, e.kind.as_str(), payload, received, due];
-    match db.prepare_cached(INSERT_INBOX)?.query_row(values, |row| row.get(0)).optional()? {
+    let (kind, payload, received, due) =
+        (e.kind.as_str(), e.payload.to_string(), e.received_at.as_unix_millis(), e.due_at.as_unix_millis());
+    match one(db, INSERT_INBOX, params![org, number, contact, e.message_id, kind, payload, received, due], |r| {
+        r.get(0)
+    })? {
         Some(id) => refresh(db, &INBOX, &e.conversation).map(|()| InboxInsert::Inserted(id)),
         None => Ok(InboxInsert::Duplicate(db.prepare_cached(INBOX_ID)?.query_row([org, &e.message_id], |r| r.get(0))?)),
     }
@@ -479,21 +459,11 @@ fn enqueue(
     let mut ids = Vec::with_capacity(messages.len());
     for m in messages {
         let [org, number, contact] = key(&m.conversation);
-        let until = lease(&m.conversation).map(Timestamp::as_unix_millis);
-        let payload = m.payload.to_string();
-        ids.push(insert.insert(params![
-            org,
-            number,
-            contact,
-            payload,
-            m.inbox_id,
-            m.due_at.as_unix_millis(),
-            until
-        ])?);
+        let (payload, due, until) =
+            (m.payload.to_string(), m.due_at.as_unix_millis(), lease(&m.conversation).map(Timestamp::as_unix_millis));
+        ids.push(insert.insert(params![org, number, contact, payload, m.inbox_id, due, until])?);
     }
-    for c in distinct(messages.iter().map(|m| &m.conversation)) {
-        refresh(db, &OUTBOX, c)?;
-    }
+    distinct(messages.iter().map(|m| &m.conversation)).into_iter().try_for_each(|c| refresh(db, &OUTBOX, c))?;
     Ok(ids)
 }
 
@@ -502,8 +472,8 @@ fn append_log(db: &Connection, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>>
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         let [org, number, contact] = key(&e.conversation);
-        let (text, json) = e.content.to_columns();
-        let (direction, at, metadata) = (e.direction.as_str(), e.at.as_unix_millis(), e.metadata.to_string());
+        let ((text, json), direction) = (e.content.to_columns(), e.direction.as_str());
+        let (at, metadata) = (e.at.as_unix_millis(), e.metadata.to_string());
         ids.push(insert.insert(params![
             org, number, contact, e.flow_id, direction, text, json, e.node_id, e.wamid, at, metadata
         ])?);
@@ -512,58 +482,22 @@ fn append_log(db: &Connection, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>>
 }
 
 fn save_session(db: &Connection, w: &SessionWrite) -> StoreResult<SavedSession> {
-    let k = &w.key;
-    let (org, number, contact) = (&k.org_id, &k.business_number_id, &k.contact_id);
-    let (node, wake_at) = state::meta(&w.session);
-    let (now, state) = (w.now.as_unix_millis(), state::encode(&w.session));
-    let (wake_at, closed_at) =
-        (wake_at.map(Timestamp::as_unix_millis), (w.status == SessionStatus::Closed).then_some(now));
-    let saved = |row: &Row<'_>| Ok(SavedSession { id: row.get(0)?, version: row.get(1)? });
-    let (status, flow) = (w.status.as_str(), &k.flow_id);
-    let saved = if w.expected_version == 0 {
-        db.prepare_cached(INSERT_SESSION)?.query_row(
-            params![
-                org,
-                number,
-                contact,
-                flow,
-                w.flow_version,
-                status,
-                STATE_SCHEMA_VERSION,
-                state,
-                node,
-                wake_at,
-                now,
-                closed_at,
-                w.cohort
-            ],
-            saved,
-        )
-    } else {
-        db.prepare_cached(UPDATE_SESSION)?.query_row(
-            params![
-                org,
-                number,
-                contact,
-                flow,
-                w.expected_version,
-                status,
-                STATE_SCHEMA_VERSION,
-                state,
-                node,
-                wake_at,
-                now,
-                closed_at,
-                w.flow_version
-            ],
-            saved,
-        )
+    let [org, number, contact, flow] = session_key(&w.key);
+    let ((node, wake), now, state) = (state::meta(&w.session), w.now.as_unix_millis(), state::encode(&w.session));
+    let (wake, closed, status) =
+        (wake.map(Timestamp::as_unix_millis), (w.status == SessionStatus::Closed).then_some(now), w.status.as_str());
+    // A new session records its cohort; a save of an existing one, the flow version it now runs on.
+    let (sql, fifth, last): (_, _, &dyn ToSql) = match w.expected_version {
+        0 => (INSERT_SESSION, w.flow_version, &w.cohort),
+        expected => (UPDATE_SESSION, expected, &w.flow_version),
     };
-    match saved.optional()? {
+    let values =
+        params![org, number, contact, flow, fifth, status, STATE_SCHEMA_VERSION, state, node, wake, now, closed, last];
+    match one(db, sql, values, |row| Ok(SavedSession { id: row.get(0)?, version: row.get(1)? }))? {
         Some(saved) => Ok(saved),
         None => {
-            let found = db.prepare_cached(SESSION_VERSION)?.query_row([org, number, contact, flow], |r| r.get(0));
-            Err(StoreError::Conflict { key: k.to_string(), expected: w.expected_version, found: found.optional()? })
+            let found = one(db, SESSION_VERSION, session_key(&w.key), |r| r.get(0))?;
+            Err(StoreError::Conflict { key: w.key.to_string(), expected: w.expected_version, found })
         }
     }
 }
@@ -582,20 +516,19 @@ fn commit(db: &Connection, commit: &Commit) -> StoreResult<CommitOutcome> {
     // Replies are claimed for the caller, as a claim would, where all of the unit's replies to
     // their conversation are due and none of its replies is unfinished before them.
     let mut claimed = Vec::new();
-    if commit.claim_replies_until.is_some() {
-        for c in distinct(commit.outbox.iter().map(|m| &m.conversation)) {
-            let due = commit.outbox.iter().filter(|m| &m.conversation == c).all(|m| m.due_at <= commit.now);
-            if due && !db.prepare_cached(OUTBOX_UNFINISHED)?.exists(key(c))? {
-                claimed.push(c);
-            }
+    let asked = if commit.claim_replies_until.is_some() { commit.outbox.as_slice() } else { &[] };
+    for c in distinct(asked.iter().map(|m| &m.conversation)) {
+        let due = commit.outbox.iter().filter(|m| &m.conversation == c).all(|m| m.due_at <= commit.now);
+        if due && !db.prepare_cached(OUTBOX_UNFINISHED)?.exists(key(c))? {
+            claimed.push(c);
         }
     }
     let lease = |c: &ConversationKey| commit.claim_replies_until.filter(|_| claimed.contains(&c));
     outcome.outbox_ids = enqueue(db, &commit.outbox, lease)?;
     for (reply, id) in commit.outbox.iter().zip(&outcome.outbox_ids) {
-        if let Some(until) = lease(&reply.conversation) {
-            outcome.claimed_replies.push(OutboxMessage::claimed_on_insert(*id, reply, until));
-        }
+        outcome
+            .claimed_replies
+            .extend(lease(&reply.conversation).map(|until| OutboxMessage::claimed_on_insert(*id, reply, until)));
     }
     for event in &commit.schedule {
         outcome.scheduled.push(insert_inbox(db, event)?);
@@ -615,17 +548,21 @@ fn opt_ts(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<Timestamp>> {
     Ok(row.get::<_, Option<i64>>(column)?.map(ts))
 }
 
+fn text(row: &Row<'_>, column: &str) -> rusqlite::Result<String> {
+    row.get(column)
+}
+
 fn json(row: &Row<'_>, column: &str) -> rusqlite::Result<serde_json::Value> {
-    let text: String = row.get(column)?;
+    let text = text(row, column)?;
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
+fn count(row: &Row<'_>, column: &str) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(column)?.max(0) as u64)
+}
+
 fn conversation(row: &Row<'_>) -> rusqlite::Result<ConversationKey> {
-    Ok(ConversationKey::new(
-        row.get::<_, String>("org_id")?,
-        row.get::<_, String>("business_number_id")?,
-        row.get::<_, String>("contact_id")?,
-    ))
+    Ok(ConversationKey::new(text(row, "org_id")?, text(row, "business_number_id")?, text(row, "contact_id")?))
 }
 
 fn inbox_event(row: &Row<'_>) -> rusqlite::Result<InboxEvent> {
@@ -633,11 +570,11 @@ fn inbox_event(row: &Row<'_>) -> rusqlite::Result<InboxEvent> {
         id: row.get("id")?,
         conversation: conversation(row)?,
         message_id: row.get("message_id")?,
-        kind: InboxKind::parse(&row.get::<_, String>("kind")?),
+        kind: InboxKind::parse(&text(row, "kind")?),
         payload: json(row, "payload")?,
         received_at: ts(row.get("received_at")?),
         due_at: ts(row.get("due_at")?),
-        status: QueueStatus::parse(&row.get::<_, String>("status")?),
+        status: QueueStatus::parse(&text(row, "status")?),
         attempts: row.get("attempts")?,
         lease_until: opt_ts(row, "lease_until")?,
         retry_at: opt_ts(row, "retry_at")?,
@@ -650,7 +587,7 @@ fn outbox_message(row: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
         id: row.get("id")?,
         conversation: conversation(row)?,
         payload: json(row, "payload")?,
-        status: QueueStatus::parse(&row.get::<_, String>("status")?),
+        status: QueueStatus::parse(&text(row, "status")?),
         attempts: row.get("attempts")?,
         due_at: ts(row.get("due_at")?),
         retry_at: opt_ts(row, "retry_at")?,
@@ -665,13 +602,12 @@ fn outbox_message(row: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
 }
 
 fn session_info(row: &Row<'_>) -> rusqlite::Result<SessionInfo> {
-    let c = conversation(row)?;
     Ok(SessionInfo {
         id: row.get("id")?,
-        key: c.session(row.get::<_, String>("flow_id")?),
+        key: conversation(row)?.session(text(row, "flow_id")?),
         flow_version: row.get("flow_version")?,
         version: row.get("version")?,
-        status: SessionStatus::parse(&row.get::<_, String>("status")?),
+        status: SessionStatus::parse(&text(row, "status")?),
         current_node: row.get("current_node")?,
         wake_at: opt_ts(row, "wake_at")?,
         created_at: ts(row.get("created_at")?),
@@ -682,15 +618,16 @@ fn session_info(row: &Row<'_>) -> rusqlite::Result<SessionInfo> {
 
 /// A session row with its state; a state that does not decode is this session's error only.
 fn stored_session(row: &Row<'_>) -> StoreResult<StoredSession> {
-    let info = session_info(row)?;
-    let session = state::decode(info.id, row.get("state_schema")?, &row.get::<_, String>("state")?)?;
-    let SessionInfo { id, key, flow_version, version, status, created_at, updated_at, closed_at, .. } = info;
+    let SessionInfo { id, key, flow_version, version, status, created_at, updated_at, closed_at, .. } =
+        session_info(row)?;
+    let session = state::decode(id, row.get("state_schema")?, &text(row, "state")?)?;
     Ok(StoredSession { id, key, flow_version, version, status, session, created_at, updated_at, closed_at })
 }
 
-fn newest_session(db: &Connection, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
-    let mut query = db.prepare_cached(CONVERSATION_SESSIONS)?;
-    let mut rows = query.query(key(c))?;
+/// The first session row `sql` answers, with its state.
+fn first_session(db: &Connection, sql: &str, values: impl Params) -> StoreResult<Option<StoredSession>> {
+    let mut query = db.prepare_cached(sql)?;
+    let mut rows = query.query(values)?;
     rows.next()?.map(stored_session).transpose()
 }
 
@@ -699,7 +636,7 @@ fn log_entry(row: &Row<'_>) -> rusqlite::Result<LogEntry> {
         id: row.get("id")?,
         conversation: conversation(row)?,
         flow_id: row.get("flow_id")?,
-        direction: Direction::parse(&row.get::<_, String>("direction")?),
+        direction: Direction::parse(&text(row, "direction")?),
         content: Content::from_columns(row.get("content_text")?, row.get("content_json")?),
         node_id: row.get("node_id")?,
         wamid: row.get("wamid")?,
@@ -718,15 +655,11 @@ fn stored_flow(row: &Row<'_>) -> rusqlite::Result<StoredFlow> {
     })
 }
 
-fn count(row: &Row<'_>, column: &str) -> rusqlite::Result<u64> {
-    Ok(row.get::<_, i64>(column)?.max(0) as u64)
-}
-
 #[async_trait]
 impl Organizations for SqliteStore {
     async fn register_organization(&self, org_id: &str) -> StoreResult<()> {
         let id = org_id.to_owned();
-        self.write(move |db| Ok(db.prepare_cached(REGISTER_ORG)?.execute([id]).map(drop)?)).await?;
+        self.writer.run(move |db| Ok(db.prepare_cached(REGISTER_ORG)?.execute([id]).map(drop)?)).await?;
         self.known_orgs.write().unwrap_or_else(PoisonError::into_inner).insert(org_id.to_owned());
         Ok(())
     }
@@ -743,71 +676,58 @@ impl Organizations for SqliteStore {
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn load_session(&self, k: &SessionKey) -> StoreResult<Option<StoredSession>> {
-        self.check_org(&k.org_id).await?;
         let k = k.clone();
-        self.read(move |db| {
-            let mut query = db.prepare_cached(LOAD_SESSION)?;
-            let mut rows = query.query([&k.org_id, &k.business_number_id, &k.contact_id, &k.flow_id])?;
-            rows.next()?.map(stored_session).transpose()
-        })
-        .await
+        self.on(self.reader(), &k.org_id.clone(), move |db, _| first_session(db, LOAD_SESSION, session_key(&k))).await
     }
 
     async fn active_session(&self, c: &ConversationKey) -> StoreResult<Option<StoredSession>> {
-        self.check_org(&c.org_id).await?;
         let c = c.clone();
-        self.read(move |db| newest_session(db, &c)).await
+        self.on(self.reader(), &c.org_id.clone(), move |db, _| first_session(db, CONVERSATION_SESSIONS, key(&c))).await
     }
 
     /// One read for the whole batch.
     async fn active_sessions(&self, conversations: &[ConversationKey]) -> StoreResult<Vec<Option<StoredSession>>> {
-        for org_id in distinct(conversations).iter().map(|c| &c.org_id).collect::<HashSet<_>>() {
-            self.check_org(org_id).await?;
-        }
+        self.check_orgs(conversations.iter()).await?;
         let conversations = conversations.to_vec();
-        self.read(move |db| conversations.iter().map(|c| newest_session(db, c)).collect()).await
+        self.reader()
+            .run(move |db| conversations.iter().map(|c| first_session(db, CONVERSATION_SESSIONS, key(c))).collect())
+            .await
     }
 
     async fn conversation_sessions(&self, c: &ConversationKey) -> StoreResult<Vec<SessionInfo>> {
-        self.check_org(&c.org_id).await?;
         let c = c.clone();
-        self.read(move |db| all(db, CONVERSATION_SESSIONS, key(&c), session_info)).await
+        self.on(self.reader(), &c.org_id.clone(), move |db, _| all(db, CONVERSATION_SESSIONS, key(&c), session_info))
+            .await
     }
 
     async fn save_session(&self, write: SessionWrite) -> StoreResult<SavedSession> {
-        self.check_org(&write.key.org_id).await?;
-        self.write(move |db| save_session(db, &write)).await
+        self.on(&self.writer, &write.key.org_id.clone(), move |db, _| save_session(db, &write)).await
     }
 
     async fn close_session(&self, k: &SessionKey, now: Timestamp) -> StoreResult<bool> {
-        self.check_org(&k.org_id).await?;
         let k = k.clone();
-        self.write(move |db| {
-            let values = params![k.org_id, k.business_number_id, k.contact_id, k.flow_id, now.as_unix_millis()];
-            Ok(db.prepare_cached(CLOSE_SESSION)?.execute(values)? > 0)
+        self.on(&self.writer, &k.org_id.clone(), move |db, _| {
+            let [org, number, contact, flow] = session_key(&k);
+            Ok(db.prepare_cached(CLOSE_SESSION)?.execute(params![org, number, contact, flow, now.as_unix_millis()])?
+                > 0)
         })
         .await
     }
 
     async fn list_active_sessions(&self, org_id: &str, page: Page) -> StoreResult<Vec<SessionInfo>> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| {
-            let values = params![org_id, page.limit_i64(), page.offset_i64()];
-            all(db, LIST_ACTIVE_SESSIONS, values, session_info)
+        self.on(self.reader(), org_id, move |db, org| {
+            all(db, LIST_ACTIVE_SESSIONS, params![org, page.limit_i64(), page.offset_i64()], session_info)
         })
         .await
     }
 
     async fn purge(&self, org_id: &str, now: Timestamp, policy: PurgePolicy) -> StoreResult<PurgeReport> {
-        self.check_org(org_id).await?;
         let now = now.as_unix_millis();
         let expired_before = now.saturating_sub(duration_ms(policy.session_ttl));
         let retained_after = now.saturating_sub(duration_ms(policy.retention));
-        let org_id = org_id.to_owned();
-        self.write(move |db| {
+        self.on(&self.writer, org_id, move |db, org| {
             let delete = |sql, before: i64| -> StoreResult<u64> {
-                Ok(db.prepare_cached(sql)?.execute(params![org_id, before])? as u64)
+                Ok(db.prepare_cached(sql)?.execute(params![org, before])? as u64)
             };
             let report = PurgeReport {
                 expired_sessions: delete(PURGE_EXPIRED, expired_before)?,
@@ -815,7 +735,7 @@ impl SessionStore for SqliteStore {
                 inbox_rows: delete(PURGE_INBOX, retained_after)?,
                 outbox_rows: delete(PURGE_OUTBOX, retained_after)?,
             };
-            db.prepare_cached(PURGE_CONVERSATIONS)?.execute([&org_id])?;
+            db.prepare_cached(PURGE_CONVERSATIONS)?.execute([org])?;
             Ok(report)
         })
         .await
@@ -825,76 +745,68 @@ impl SessionStore for SqliteStore {
 #[async_trait]
 impl MessageLog for SqliteStore {
     async fn append_log(&self, org_id: &str, entries: &[NewLogEntry]) -> StoreResult<Vec<i64>> {
-        self.check_org(org_id).await?;
         same_org(org_id, entries.iter().map(|e| &e.conversation))?;
         let entries = entries.to_vec();
-        self.write(move |db| append_log(db, &entries)).await
+        self.on(&self.writer, org_id, move |db, _| append_log(db, &entries)).await
     }
 
     async fn history(&self, c: &ConversationKey, page: Page) -> StoreResult<Vec<LogEntry>> {
-        self.check_org(&c.org_id).await?;
         let c = c.clone();
-        self.read(move |db| {
-            let values = params![c.org_id, c.business_number_id, c.contact_id, page.limit_i64(), page.offset_i64()];
-            all(db, HISTORY, values, log_entry)
+        self.on(self.reader(), &c.org_id.clone(), move |db, _| {
+            let [org, number, contact] = key(&c);
+            all(db, HISTORY, params![org, number, contact, page.limit_i64(), page.offset_i64()], log_entry)
         })
         .await
     }
 
     async fn inbound_counts(&self, windows: &[(ConversationKey, Timestamp)], at_most: u64) -> StoreResult<Vec<u64>> {
-        for org_id in windows.iter().map(|(c, _)| &c.org_id).collect::<HashSet<_>>() {
-            self.check_org(org_id).await?;
-        }
+        self.check_orgs(windows.iter().map(|(c, _)| c)).await?;
         let (windows, at_most) = (windows.to_vec(), i64::try_from(at_most).unwrap_or(i64::MAX));
-        self.read(move |db| {
-            let mut query = db.prepare_cached(INBOUND_COUNT)?;
-            let mut counts = Vec::with_capacity(windows.len());
-            for (c, since) in &windows {
-                let values = params![c.org_id, c.business_number_id, c.contact_id, since.as_unix_millis(), at_most];
-                counts.push(query.query_row(values, |row| count(row, "count(*)"))?);
-            }
-            Ok(counts)
-        })
-        .await
+        self.reader()
+            .run(move |db| {
+                let mut query = db.prepare_cached(INBOUND_COUNT)?;
+                let counted = |(c, since): &(ConversationKey, Timestamp)| {
+                    let [org, number, contact] = key(c);
+                    query.query_row(params![org, number, contact, since.as_unix_millis(), at_most], |row| {
+                        count(row, "count(*)")
+                    })
+                };
+                Ok(windows.iter().map(counted).collect::<rusqlite::Result<_>>()?)
+            })
+            .await
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| {
-            let summary = |row: &Row<'_>| {
-                Ok(ConversationSummary {
-                    conversation: conversation(row)?,
-                    message_count: count(row, "n")?,
-                    first_message_at: ts(row.get("first_at")?),
-                    last_message_at: ts(row.get("last_at")?),
-                })
-            };
-            let values = params![org_id, page.limit_i64(), page.offset_i64()];
-            all(db, LIST_CONVERSATIONS, values, summary)
+        let summary = |row: &Row<'_>| {
+            Ok(ConversationSummary {
+                conversation: conversation(row)?,
+                message_count: count(row, "n")?,
+                first_message_at: ts(row.get("first_at")?),
+                last_message_at: ts(row.get("last_at")?),
+            })
+        };
+        self.on(self.reader(), org_id, move |db, org| {
+            all(db, LIST_CONVERSATIONS, params![org, page.limit_i64(), page.offset_i64()], summary)
         })
         .await
     }
 
     async fn metrics(&self, org_id: &str, query: MetricsQuery) -> StoreResult<Metrics> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| {
-            let (from, to) = query.bounds();
+        let (from, to) = query.bounds();
+        self.on(self.reader(), org_id, move |db, org| {
             let mut tally = MetricsTally::default();
             let mut sessions = db.prepare_cached(METRICS_SESSIONS)?;
-            let mut rows = sessions.query(params![org_id, from, to, DAY_MS])?;
+            let mut rows = sessions.query(params![org, from, to, DAY_MS])?;
             while let Some(row) = rows.next()? {
-                let (flow, cohort): (String, Option<String>) = (row.get("flow_id")?, row.get("cohort")?);
-                let active = row.get::<_, String>("status")? == "active";
-                tally.sessions(&flow, cohort.as_deref(), row.get("day")?, active, count(row, "n")?);
+                let (flow, cohort, day): (String, Option<String>, i64) =
+                    (row.get("flow_id")?, row.get("cohort")?, row.get("day")?);
+                tally.sessions(&flow, cohort.as_deref(), day, text(row, "status")? == "active", count(row, "n")?);
             }
             let mut messages = db.prepare_cached(METRICS_MESSAGES)?;
-            let mut rows = messages.query(params![org_id, from, to, DAY_MS])?;
+            let mut rows = messages.query(params![org, from, to, DAY_MS])?;
             while let Some(row) = rows.next()? {
-                let (flow, inbound): (Option<String>, bool) =
-                    (row.get("flow_id")?, row.get::<_, String>("direction")? == "in");
-                tally.messages(flow.as_deref(), row.get("day")?, inbound, count(row, "n")?);
+                let (flow, day): (Option<String>, i64) = (row.get("flow_id")?, row.get("day")?);
+                tally.messages(flow.as_deref(), day, text(row, "direction")? == "in", count(row, "n")?);
             }
             Ok(tally.finish())
         })
@@ -905,8 +817,7 @@ impl MessageLog for SqliteStore {
 #[async_trait]
 impl Inbox for SqliteStore {
     async fn insert_inbox(&self, event: NewInboxEvent) -> StoreResult<InboxInsert> {
-        self.check_org(&event.conversation.org_id).await?;
-        self.write(move |db| insert_inbox(db, &event)).await
+        self.on(&self.writer, &event.conversation.org_id.clone(), move |db, _| insert_inbox(db, &event)).await
     }
 
     async fn claim_inbox(&self, request: &ClaimRequest) -> StoreResult<Vec<InboxEvent>> {
@@ -922,10 +833,10 @@ impl Inbox for SqliteStore {
         org_id: &str,
         claim: Claim,
         error: &str,
-        retry_at: Option<Timestamp>,
+        retry: Option<Timestamp>,
         now: Timestamp,
     ) -> StoreResult<()> {
-        match retry_at {
+        match retry {
             Some(at) => self.finish(&INBOX, INBOX_RETRY, org_id, claim, at, Some(error)).await,
             None => self.finish(&INBOX, INBOX_FAILED, org_id, claim, now, Some(error)).await,
         }
@@ -936,20 +847,16 @@ impl Inbox for SqliteStore {
     }
 
     async fn get_inbox(&self, org_id: &str, id: i64) -> StoreResult<Option<InboxEvent>> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| Ok(db.prepare_cached(GET_INBOX)?.query_row(params![org_id, id], inbox_event).optional()?))
-            .await
+        self.on(self.reader(), org_id, move |db, org| one(db, GET_INBOX, params![org, id], inbox_event)).await
     }
 }
 
 #[async_trait]
 impl Outbox for SqliteStore {
     async fn enqueue_outbox(&self, org_id: &str, messages: &[NewOutboxMessage]) -> StoreResult<Vec<i64>> {
-        self.check_org(org_id).await?;
         same_org(org_id, messages.iter().map(|m| &m.conversation))?;
         let messages = messages.to_vec();
-        self.write(move |db| enqueue(db, &messages, |_| None)).await
+        self.on(&self.writer, org_id, move |db, _| enqueue(db, &messages, |_| None)).await
     }
 
     async fn claim_outbox(&self, request: &ClaimRequest) -> StoreResult<Vec<OutboxMessage>> {
@@ -979,70 +886,58 @@ impl Outbox for SqliteStore {
         status: DeliveryStatus,
         at: Timestamp,
     ) -> StoreResult<bool> {
-        self.check_org(org_id).await?;
-        let (org_id, wamid) = (org_id.to_owned(), wamid.to_owned());
-        self.write(move |db| {
-            let values = params![org_id, wamid, status.as_str(), status.rank(), at.as_unix_millis()];
+        let wamid = wamid.to_owned();
+        self.on(&self.writer, org_id, move |db, org| {
+            let values = params![org, wamid, status.as_str(), status.rank(), at.as_unix_millis()];
             Ok(db.prepare_cached(RECORD_DELIVERY)?.execute(values)? > 0
-                || db.prepare_cached(OUTBOX_WAMID)?.exists([&org_id, &wamid])?)
+                || db.prepare_cached(OUTBOX_WAMID)?.exists([org, &wamid])?)
         })
         .await
     }
 
     async fn get_outbox(&self, org_id: &str, id: i64) -> StoreResult<Option<OutboxMessage>> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| {
-            Ok(db.prepare_cached(GET_OUTBOX)?.query_row(params![org_id, id], outbox_message).optional()?)
-        })
-        .await
+        self.on(self.reader(), org_id, move |db, org| one(db, GET_OUTBOX, params![org, id], outbox_message)).await
     }
 }
 
 #[async_trait]
 impl FlowStore for SqliteStore {
     async fn publish_flow(&self, org_id: &str, flow_id: &str, definition: &str, now: Timestamp) -> StoreResult<i64> {
-        self.check_org(org_id).await?;
-        let values = (org_id.to_owned(), flow_id.to_owned(), definition.to_owned(), now.as_unix_millis());
-        self.write(move |db| Ok(db.prepare_cached(PUBLISH_FLOW)?.query_row(values, |row| row.get(0))?)).await
+        let (flow, definition, now) = (flow_id.to_owned(), definition.to_owned(), now.as_unix_millis());
+        let published = move |db: &Connection, org: &str| {
+            Ok(db.prepare_cached(PUBLISH_FLOW)?.query_row(params![org, flow, definition, now], |row| row.get(0))?)
+        };
+        self.on(&self.writer, org_id, published).await
     }
 
     async fn get_flow(&self, org_id: &str, flow_id: &str, version: Option<i64>) -> StoreResult<Option<StoredFlow>> {
-        self.check_org(org_id).await?;
-        let (org_id, flow_id) = (org_id.to_owned(), flow_id.to_owned());
-        self.read(move |db| {
-            Ok(db.prepare_cached(GET_FLOW)?.query_row(params![org_id, flow_id, version], stored_flow).optional()?)
-        })
-        .await
+        let flow = flow_id.to_owned();
+        self.on(self.reader(), org_id, move |db, org| one(db, GET_FLOW, params![org, flow, version], stored_flow)).await
     }
 
     async fn list_flows(&self, org_id: &str) -> StoreResult<Vec<StoredFlow>> {
-        self.check_org(org_id).await?;
-        let org_id = org_id.to_owned();
-        self.read(move |db| all(db, LIST_FLOWS, [org_id], stored_flow)).await
+        self.on(self.reader(), org_id, move |db, org| all(db, LIST_FLOWS, [org], stored_flow)).await
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, unit: Commit) -> StoreResult<CommitOutcome> {
-        let org_id = unit.org_id.as_str();
-        self.check_org(org_id).await?;
-        let parts = unit.log.iter().map(|e| &e.conversation).chain(unit.outbox.iter().map(|m| &m.conversation));
+        let (log, outbox) = (unit.log.iter().map(|e| &e.conversation), unit.outbox.iter().map(|m| &m.conversation));
         let session = unit.session.as_ref().map(|w| w.key.conversation());
-        same_org(org_id, parts.chain(unit.schedule.iter().map(|s| &s.conversation)).chain(session.as_ref()))?;
-        self.write(move |db| commit(db, &unit)).await
+        same_org(&unit.org_id, log.chain(outbox).chain(unit.schedule.iter().map(|s| &s.conversation)).chain(&session))?;
+        self.on(&self.writer, &unit.org_id.clone(), move |db, _| commit(db, &unit)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.reader().run(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
 
     async fn close(&self) {
-        self.writer.close().await;
-        for lane in [&self.readers, &self.checkpoints].into_iter().flatten() {
-            lane.close().await;
-        }
+        [Some(&self.writer), self.readers.as_ref(), self.checkpoints.as_ref()]
+            .into_iter()
+            .flatten()
+            .for_each(Lane::close);
     }
 
     fn backend(&self) -> &'static str {

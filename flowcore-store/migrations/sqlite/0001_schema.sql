@@ -131,3 +131,5 @@ CREATE INDEX outbox_wamid ON outbox (org_id, wamid) WHERE wamid IS NOT NULL;
 -- What claims walk: only conversations with something unfinished, soonest first.
 CREATE INDEX conversations_inbox ON conversations (inbox_due) WHERE inbox_due IS NOT NULL;
 CREATE INDEX conversations_outbox ON conversations (outbox_due) WHERE outbox_due IS NOT NULL;
+
+PRAGMA user_version = 1;

@@ -1,8 +1,10 @@
 //! Every SQL statement of the SQLite backend. A conversation is always `?1` (organization),
 //! `?2` (business number) and `?3` (contact); rows are read with `*` and decoded by name.
 
-/// The schema, applied once to a new database (`PRAGMA user_version` records it).
+/// The schema, applied once to a new database; it records [`SCHEMA_VERSION`] as the
+/// database's `user_version`.
 pub(super) const SCHEMA: &str = include_str!("../../migrations/sqlite/0001_schema.sql");
+pub(super) const SCHEMA_VERSION: i64 = 1;
 
 /// What the inbox and the outbox share: both are queues claimed one conversation at a time.
 #[derive(Debug)]
