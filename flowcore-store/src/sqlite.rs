@@ -175,7 +175,7 @@ impl SqliteStore {
         self.writer
             .run(move |db| {
                 let mut claimed = Vec::new();
-                for c in all(db, queue.claimable, params![now, org_id, limit], conversation)? {
+                for c in all(db, &queue.claimable, params![now, org_id, limit], conversation)? {
                     claimed.extend(claim_head(db, queue, &c, now, lease, decode)?);
                 }
                 Ok(claimed)
@@ -204,7 +204,7 @@ impl SqliteStore {
         let org_id = org_id.map(str::to_owned);
         self.writer
             .run(move |db| {
-                let freed = all(db, queue.reclaim, params![now.as_unix_millis(), org_id], conversation)?;
+                let freed = all(db, &queue.reclaim, params![now.as_unix_millis(), org_id], conversation)?;
                 distinct(&freed).into_iter().try_for_each(|c| refresh(db, queue, c))?;
                 Ok(freed.len() as u64)
             })
@@ -218,9 +218,11 @@ type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> Answer + Send>;
 
 struct Answer {
     ok: bool,
-    /// Sends the result, or instead the error that kept the transaction from committing.
-    send: Box<dyn FnOnce(Option<&StoreError>) + Send>,
+    send: Reply,
 }
+
+/// Sends a job's result, or instead the error that kept its transaction from committing.
+type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// The queue of threads with connections of their own; they end once it is closed and they
 /// have run what it held.
@@ -289,7 +291,10 @@ fn write_loop(db: &Connection, jobs: &mpsc::Receiver<Job>) {
 }
 
 fn read_loop(db: &Connection, jobs: &Mutex<mpsc::Receiver<Job>>) {
-    while let Ok(job) = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+    loop {
+        // The lock is let go before the job runs, so that the other readers take the next ones.
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = job else { return };
         (job(Ok(db)).send)(None);
     }
 }
@@ -391,7 +396,7 @@ fn one<T>(
 }
 
 fn refresh(db: &Connection, queue: &Queue, c: &ConversationKey) -> StoreResult<()> {
-    db.prepare_cached(queue.refresh)?.execute(key(c))?;
+    db.prepare_cached(&queue.refresh)?.execute(key(c))?;
     Ok(())
 }
 
@@ -405,7 +410,7 @@ fn claim_head<T>(
     decode: fn(&Row<'_>) -> rusqlite::Result<T>,
 ) -> StoreResult<Option<T>> {
     let [org, number, contact] = key(c);
-    let row = one(db, queue.claim_head, params![org, number, contact, now, lease], decode)?;
+    let row = one(db, &queue.claim_head, params![org, number, contact, now, lease], decode)?;
     if row.is_some() {
         refresh(db, queue, c)?;
     }
@@ -430,7 +435,7 @@ fn finish(
     };
     match found {
         Some(c) => refresh(db, queue, &c).map(|()| c),
-        None if db.prepare_cached(queue.exists)?.exists(params![org, id])? => {
+        None if db.prepare_cached(&queue.exists)?.exists(params![org, id])? => {
             Err(StoreError::LeaseLost { what: queue.what, id, attempt })
         }
         None => Err(StoreError::NotFound { what: queue.what, id: id.to_string() }),
@@ -509,7 +514,7 @@ fn commit(db: &Connection, commit: &Commit) -> StoreResult<CommitOutcome> {
         outcome.session = Some(save_session(db, w)?);
     }
     let handled = match commit.inbox_done {
-        Some(claim) => Some(finish(db, &INBOX, INBOX_DONE, &commit.org_id, claim, commit.now, None)?),
+        Some(claim) => Some(finish(db, &INBOX, &INBOX.done, &commit.org_id, claim, commit.now, None)?),
         None => None,
     };
     outcome.log_ids = append_log(db, &commit.log)?;
@@ -825,7 +830,7 @@ impl Inbox for SqliteStore {
     }
 
     async fn complete_inbox(&self, org_id: &str, claim: Claim, now: Timestamp) -> StoreResult<()> {
-        self.finish(&INBOX, INBOX_DONE, org_id, claim, now, None).await
+        self.finish(&INBOX, &INBOX.done, org_id, claim, now, None).await
     }
 
     async fn fail_inbox(
@@ -837,8 +842,8 @@ impl Inbox for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<()> {
         match retry {
-            Some(at) => self.finish(&INBOX, INBOX_RETRY, org_id, claim, at, Some(error)).await,
-            None => self.finish(&INBOX, INBOX_FAILED, org_id, claim, now, Some(error)).await,
+            Some(at) => self.finish(&INBOX, &INBOX.retry, org_id, claim, at, Some(error)).await,
+            None => self.finish(&INBOX, &INBOX.failed, org_id, claim, now, Some(error)).await,
         }
     }
 
@@ -864,15 +869,15 @@ impl Outbox for SqliteStore {
     }
 
     async fn mark_sent(&self, org_id: &str, claim: Claim, wamid: &str, now: Timestamp) -> StoreResult<()> {
-        self.finish(&OUTBOX, OUTBOX_SENT, org_id, claim, now, Some(wamid)).await
+        self.finish(&OUTBOX, &OUTBOX.done, org_id, claim, now, Some(wamid)).await
     }
 
     async fn reschedule_outbox(&self, org_id: &str, claim: Claim, retry_at: Timestamp, error: &str) -> StoreResult<()> {
-        self.finish(&OUTBOX, OUTBOX_RETRY, org_id, claim, retry_at, Some(error)).await
+        self.finish(&OUTBOX, &OUTBOX.retry, org_id, claim, retry_at, Some(error)).await
     }
 
     async fn fail_outbox(&self, org_id: &str, claim: Claim, error: &str, now: Timestamp) -> StoreResult<()> {
-        self.finish(&OUTBOX, OUTBOX_FAILED, org_id, claim, now, Some(error)).await
+        self.finish(&OUTBOX, &OUTBOX.failed, org_id, claim, now, Some(error)).await
     }
 
     async fn reclaim_outbox(&self, org_id: Option<&str>, now: Timestamp) -> StoreResult<u64> {
@@ -942,5 +947,21 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings live on each connection: the writer's must have them.
+    #[test]
+    fn connections_keep_temporary_data_in_memory_and_flush_as_asked() {
+        for (synchronous_full, expected) in [(true, 2), (false, 1)] {
+            let db = connect("", &SqliteOptions { synchronous_full, ..SqliteOptions::default() }, true, false).unwrap();
+            let pragma = |name| db.pragma_query_value(None, name, |row| row.get::<_, i64>(0)).unwrap();
+            // synchronous 2 is FULL, 1 NORMAL; temp_store 2 is MEMORY.
+            assert_eq!((pragma("synchronous"), pragma("temp_store"), pragma("foreign_keys")), (expected, 2, 1));
+        }
     }
 }

@@ -1,138 +1,91 @@
 //! Every SQL statement of the SQLite backend. A conversation is always `?1` (organization),
 //! `?2` (business number) and `?3` (contact); rows are read with `*` and decoded by name.
 
+use std::sync::LazyLock;
+
 /// The schema, applied once to a new database; it records [`SCHEMA_VERSION`] as the
 /// database's `user_version`.
 pub(super) const SCHEMA: &str = include_str!("../../migrations/sqlite/0001_schema.sql");
 pub(super) const SCHEMA_VERSION: i64 = 1;
 
-/// What the inbox and the outbox share: both are queues claimed one conversation at a time.
+/// What the inbox and the outbox share: both are queues claimed a conversation at a time, so
+/// their statements are written once below, `$t` standing for the table.
 #[derive(Debug)]
 pub(super) struct Queue {
     /// The row kind, as errors name it.
     pub what: &'static str,
-    /// Recomputes the conversation's row (`inbox_due`/`inbox_lease` or the outbox's) from its
-    /// unfinished rows, creating it if needed.
-    pub refresh: &'static str,
+    /// Recomputes the conversation's row from its unfinished rows (creating it if needed).
+    pub refresh: String,
     /// Conversations whose head is claimable at `?1` (organization `?2` or any), soonest
     /// first, at most `?3`.
-    pub claimable: &'static str,
+    pub claimable: String,
     /// Claims the conversation's head until `?5` if it is claimable at `?4`.
-    pub claim_head: &'static str,
+    pub claim_head: String,
+    /// Changes to claim `?2` (attempt `?3`) of organization `?1` at `?4` (text `?5`) while it
+    /// holds, answering the row's conversation: finished (with the wamid `?5` for a reply),
+    /// back to pending until `?4`, failed for good.
+    pub done: String,
+    pub retry: String,
+    pub failed: String,
     /// Whether row `?2` of organization `?1` exists.
-    pub exists: &'static str,
+    pub exists: String,
     /// Returns claims whose lease ended before `?1` (organization `?2` or any) to pending.
-    pub reclaim: &'static str,
+    pub reclaim: String,
 }
 
-/// `$held` is the extra condition a conversation's inbox head waits for.
-macro_rules! queue {
-    ($table:literal, $what:literal, $due:literal, $lease:literal, $held:literal) => {
+pub(super) static INBOX: LazyLock<Queue> = LazyLock::new(|| {
+    // A conversation's next event also waits while one of its replies is out with a sender.
+    let held = "AND coalesce(outbox_lease < ?1, true)";
+    Queue::new("inbox", "inbox event", "status = 'done', lease_until = NULL, finished_at = ?4", held)
+});
+
+pub(super) static OUTBOX: LazyLock<Queue> = LazyLock::new(|| {
+    let sent = "status = 'done', lease_until = NULL, finished_at = ?4, sent_at = ?4, wamid = ?5, delivery = 'sent',
+                delivery_rank = 1, delivery_at = ?4";
+    Queue::new("outbox", "outbox message", sent, "")
+});
+
+impl Queue {
+    fn new(table: &str, what: &'static str, done: &str, held: &str) -> Queue {
+        let sql = |template: &str| template.replace("$held", held).replace("$t", table);
+        let change = |set: &str| sql(&CHANGE.replace("$set", set));
         Queue {
-            what: $what,
-            refresh: concat!(
-                "INSERT INTO conversations (org_id, business_number_id, contact_id, ",
-                $due,
-                ", ",
-                $lease,
-                ")
-                 VALUES (?1, ?2, ?3,
-                   (SELECT max(due_at, coalesce(retry_at, due_at)) FROM ",
-                $table,
-                "
-                    WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-                      AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1),
-                   (SELECT max(lease_until) FROM ",
-                $table,
-                "
-                    WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-                      AND status IN ('pending', 'claimed') AND status = 'claimed'))
-                 ON CONFLICT DO UPDATE SET ",
-                $due,
-                " = excluded.",
-                $due,
-                ", ",
-                $lease,
-                " = excluded.",
-                $lease
-            ),
-            claimable: concat!(
-                "SELECT org_id, business_number_id, contact_id FROM conversations
-                 WHERE ",
-                $due,
-                " <= ?1 AND (?2 IS NULL OR org_id = ?2) AND coalesce(",
-                $lease,
-                " < ?1, true)",
-                $held,
-                "
-                 ORDER BY ",
-                $due,
-                " LIMIT ?3"
-            ),
-            claim_head: concat!(
-                "UPDATE ",
-                $table,
-                " SET status = 'claimed', attempts = attempts + 1, lease_until = ?5
-                 WHERE id = (SELECT id FROM ",
-                $table,
-                "
-                             WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-                               AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1)
-                   AND EXISTS (SELECT 1 FROM conversations
-                               WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-                                 AND ",
-                $due,
-                " <= ?4 AND coalesce(",
-                $lease,
-                " < ?4, true))
-                 RETURNING *"
-            ),
-            exists: concat!("SELECT 1 FROM ", $table, " WHERE org_id = ?1 AND id = ?2"),
-            reclaim: concat!(
-                "UPDATE ",
-                $table,
-                " SET status = 'pending', lease_until = NULL
-                 WHERE status = 'claimed' AND lease_until < ?1 AND (?2 IS NULL OR org_id = ?2)
-                 RETURNING org_id, business_number_id, contact_id"
-            ),
+            what,
+            refresh: sql(REFRESH),
+            claimable: sql(CLAIMABLE),
+            claim_head: sql(CLAIM_HEAD),
+            done: change(done),
+            retry: change("status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5"),
+            failed: change("status = 'failed', lease_until = NULL, finished_at = ?4, last_error = ?5"),
+            exists: sql("SELECT 1 FROM $t WHERE org_id = ?1 AND id = ?2"),
+            reclaim: sql(RECLAIM),
         }
-    };
+    }
 }
 
-/// A conversation's inbox also waits while one of its replies is out with a sender.
-pub(super) static INBOX: Queue =
-    queue!("inbox", "inbox event", "inbox_due", "inbox_lease", " AND coalesce(outbox_lease < ?1, true)");
-pub(super) static OUTBOX: Queue = queue!("outbox", "outbox message", "outbox_due", "outbox_lease", "");
-
-/// A change to claim `?2` (attempt `?3`) of organization `?1` at time `?4` (and text `?5`),
-/// answering the row's conversation when the claim still held.
-macro_rules! finish {
-    ($table:literal, $set:literal) => {
-        concat!(
-            "UPDATE ",
-            $table,
-            " SET ",
-            $set,
-            " WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3
-             RETURNING org_id, business_number_id, contact_id"
-        )
-    };
-}
-
-pub(super) const INBOX_DONE: &str = finish!("inbox", "status = 'done', lease_until = NULL, finished_at = ?4");
-pub(super) const INBOX_RETRY: &str =
-    finish!("inbox", "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5");
-pub(super) const INBOX_FAILED: &str =
-    finish!("inbox", "status = 'failed', lease_until = NULL, finished_at = ?4, last_error = ?5");
-pub(super) const OUTBOX_SENT: &str = finish!(
-    "outbox",
-    "status = 'done', lease_until = NULL, finished_at = ?4, sent_at = ?4, wamid = ?5,
-     delivery = 'sent', delivery_rank = 1, delivery_at = ?4"
-);
-pub(super) const OUTBOX_RETRY: &str =
-    finish!("outbox", "status = 'pending', lease_until = NULL, retry_at = ?4, last_error = ?5");
-pub(super) const OUTBOX_FAILED: &str =
-    finish!("outbox", "status = 'failed', lease_until = NULL, finished_at = ?4, last_error = ?5");
+/// `$t_due` is when the head may run (its due or retry time), `$t_lease` the latest lease of
+/// the claimed rows. (`status IN (…)` lets SQLite use the partial index of unfinished rows.)
+const REFRESH: &str = "INSERT INTO conversations (org_id, business_number_id, contact_id, $t_due, $t_lease)
+     VALUES (?1, ?2, ?3,
+       (SELECT max(due_at, coalesce(retry_at, due_at)) FROM $t WHERE org_id = ?1 AND business_number_id = ?2
+          AND contact_id = ?3 AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1),
+       (SELECT max(lease_until) FROM $t WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
+          AND status IN ('pending', 'claimed') AND status = 'claimed'))
+     ON CONFLICT DO UPDATE SET $t_due = excluded.$t_due, $t_lease = excluded.$t_lease";
+const CLAIMABLE: &str = "SELECT org_id, business_number_id, contact_id FROM conversations
+     WHERE $t_due <= ?1 AND (?2 IS NULL OR org_id = ?2) AND coalesce($t_lease < ?1, true) $held
+     ORDER BY $t_due LIMIT ?3";
+const CLAIM_HEAD: &str = "UPDATE $t SET status = 'claimed', attempts = attempts + 1, lease_until = ?5
+     WHERE id = (SELECT id FROM $t WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
+                   AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1)
+       AND EXISTS (SELECT 1 FROM conversations WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
+                     AND $t_due <= ?4 AND coalesce($t_lease < ?4, true))
+     RETURNING *";
+const CHANGE: &str = "UPDATE $t SET $set WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3
+     RETURNING org_id, business_number_id, contact_id";
+const RECLAIM: &str = "UPDATE $t SET status = 'pending', lease_until = NULL
+     WHERE status = 'claimed' AND lease_until < ?1 AND (?2 IS NULL OR org_id = ?2)
+     RETURNING org_id, business_number_id, contact_id";
 
 pub(super) const INSERT_INBOX: &str =
     "INSERT INTO inbox (org_id, business_number_id, contact_id, message_id, kind, payload, received_at, due_at)
