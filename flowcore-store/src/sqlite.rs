@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowcore::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Params, Row, ToSql, TransactionBehavior};
+use rusqlite::TransactionBehavior;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Params, Result as SqlResult, Row, ToSql};
 use tokio::sync::oneshot;
 
 use crate::error::{StoreError, StoreResult};
@@ -165,7 +166,7 @@ impl SqliteStore {
         &self,
         queue: &'static Queue,
         request: &ClaimRequest,
-        decode: fn(&Row<'_>) -> rusqlite::Result<T>,
+        decode: fn(&Row) -> SqlResult<T>,
     ) -> StoreResult<Vec<T>> {
         if let Some(org) = &request.org_id {
             self.check_org(org).await?;
@@ -373,15 +374,15 @@ fn same_org<'a>(org_id: &str, mut keys: impl Iterator<Item = &'a ConversationKey
     }
 }
 
-/// Every row `sql` answers for `values`.
+/// Every row `sql` answers for `values`, decoded by `row`.
 fn all<T>(
     db: &Connection,
     sql: &str,
     values: impl Params,
-    decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    row: impl FnMut(&Row) -> SqlResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut query = db.prepare_cached(sql)?;
-    let rows = query.query_map(values, decode)?.collect::<rusqlite::Result<_>>()?;
+    let rows = query.query_map(values, row)?.collect::<SqlResult<_>>()?;
     Ok(rows)
 }
 
@@ -390,9 +391,9 @@ fn one<T>(
     db: &Connection,
     sql: &str,
     values: impl Params,
-    decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    row: impl FnOnce(&Row) -> SqlResult<T>,
 ) -> StoreResult<Option<T>> {
-    Ok(db.prepare_cached(sql)?.query_row(values, decode).optional()?)
+    Ok(db.prepare_cached(sql)?.query_row(values, row).optional()?)
 }
 
 fn refresh(db: &Connection, queue: &Queue, c: &ConversationKey) -> StoreResult<()> {
@@ -407,7 +408,7 @@ fn claim_head<T>(
     c: &ConversationKey,
     now: i64,
     lease: i64,
-    decode: fn(&Row<'_>) -> rusqlite::Result<T>,
+    decode: fn(&Row) -> SqlResult<T>,
 ) -> StoreResult<Option<T>> {
     let [org, number, contact] = key(c);
     let row = one(db, &queue.claim_head, params![org, number, contact, now, lease], decode)?;
@@ -549,28 +550,28 @@ fn ts(ms: i64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
 }
 
-fn opt_ts(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<Timestamp>> {
+fn opt_ts(row: &Row, column: &str) -> SqlResult<Option<Timestamp>> {
     Ok(row.get::<_, Option<i64>>(column)?.map(ts))
 }
 
-fn text(row: &Row<'_>, column: &str) -> rusqlite::Result<String> {
+fn text(row: &Row, column: &str) -> SqlResult<String> {
     row.get(column)
 }
 
-fn json(row: &Row<'_>, column: &str) -> rusqlite::Result<serde_json::Value> {
+fn json(row: &Row, column: &str) -> SqlResult<serde_json::Value> {
     let text = text(row, column)?;
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
-fn count(row: &Row<'_>, column: &str) -> rusqlite::Result<u64> {
+fn count(row: &Row, column: &str) -> SqlResult<u64> {
     Ok(row.get::<_, i64>(column)?.max(0) as u64)
 }
 
-fn conversation(row: &Row<'_>) -> rusqlite::Result<ConversationKey> {
+fn conversation(row: &Row) -> SqlResult<ConversationKey> {
     Ok(ConversationKey::new(text(row, "org_id")?, text(row, "business_number_id")?, text(row, "contact_id")?))
 }
 
-fn inbox_event(row: &Row<'_>) -> rusqlite::Result<InboxEvent> {
+fn inbox_event(row: &Row) -> SqlResult<InboxEvent> {
     Ok(InboxEvent {
         id: row.get("id")?,
         conversation: conversation(row)?,
@@ -587,7 +588,7 @@ fn inbox_event(row: &Row<'_>) -> rusqlite::Result<InboxEvent> {
     })
 }
 
-fn outbox_message(row: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
+fn outbox_message(row: &Row) -> SqlResult<OutboxMessage> {
     Ok(OutboxMessage {
         id: row.get("id")?,
         conversation: conversation(row)?,
@@ -606,7 +607,7 @@ fn outbox_message(row: &Row<'_>) -> rusqlite::Result<OutboxMessage> {
     })
 }
 
-fn session_info(row: &Row<'_>) -> rusqlite::Result<SessionInfo> {
+fn session_info(row: &Row) -> SqlResult<SessionInfo> {
     Ok(SessionInfo {
         id: row.get("id")?,
         key: conversation(row)?.session(text(row, "flow_id")?),
@@ -622,7 +623,7 @@ fn session_info(row: &Row<'_>) -> rusqlite::Result<SessionInfo> {
 }
 
 /// A session row with its state; a state that does not decode is this session's error only.
-fn stored_session(row: &Row<'_>) -> StoreResult<StoredSession> {
+fn stored_session(row: &Row) -> StoreResult<StoredSession> {
     let SessionInfo { id, key, flow_version, version, status, created_at, updated_at, closed_at, .. } =
         session_info(row)?;
     let session = state::decode(id, row.get("state_schema")?, &text(row, "state")?)?;
@@ -636,7 +637,7 @@ fn first_session(db: &Connection, sql: &str, values: impl Params) -> StoreResult
     rows.next()?.map(stored_session).transpose()
 }
 
-fn log_entry(row: &Row<'_>) -> rusqlite::Result<LogEntry> {
+fn log_entry(row: &Row) -> SqlResult<LogEntry> {
     Ok(LogEntry {
         id: row.get("id")?,
         conversation: conversation(row)?,
@@ -650,7 +651,7 @@ fn log_entry(row: &Row<'_>) -> rusqlite::Result<LogEntry> {
     })
 }
 
-fn stored_flow(row: &Row<'_>) -> rusqlite::Result<StoredFlow> {
+fn stored_flow(row: &Row) -> SqlResult<StoredFlow> {
     Ok(StoredFlow {
         org_id: row.get("org_id")?,
         flow_id: row.get("flow_id")?,
@@ -776,13 +777,13 @@ impl MessageLog for SqliteStore {
                         count(row, "count(*)")
                     })
                 };
-                Ok(windows.iter().map(counted).collect::<rusqlite::Result<_>>()?)
+                Ok(windows.iter().map(counted).collect::<SqlResult<_>>()?)
             })
             .await
     }
 
     async fn list_conversations(&self, org_id: &str, page: Page) -> StoreResult<Vec<ConversationSummary>> {
-        let summary = |row: &Row<'_>| {
+        let summary = |row: &Row| {
             Ok(ConversationSummary {
                 conversation: conversation(row)?,
                 message_count: count(row, "n")?,
