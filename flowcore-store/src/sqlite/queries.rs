@@ -83,8 +83,11 @@ const CLAIM_HEAD: &str = "UPDATE $t SET status = 'claimed', attempts = attempts 
      RETURNING *";
 const CHANGE: &str = "UPDATE $t SET $set WHERE org_id = ?1 AND id = ?2 AND status = 'claimed' AND attempts = ?3
      RETURNING org_id, business_number_id, contact_id";
+/// Walks only conversations with unfinished rows, not every row ever queued.
 const RECLAIM: &str = "UPDATE $t SET status = 'pending', lease_until = NULL
-     WHERE status = 'claimed' AND lease_until < ?1 AND (?2 IS NULL OR org_id = ?2)
+     WHERE status IN ('pending', 'claimed') AND status = 'claimed' AND lease_until < ?1
+       AND (org_id, business_number_id, contact_id) IN (SELECT org_id, business_number_id, contact_id
+             FROM conversations WHERE $t_due IS NOT NULL AND (?2 IS NULL OR org_id = ?2))
      RETURNING org_id, business_number_id, contact_id";
 
 pub(super) const INSERT_INBOX: &str =
