@@ -23,15 +23,15 @@
 //! | [`FlowStore`] | flow definitions by id and version (sessions keep the version they started on unless a save moves them) |
 //! | [`Store`] | all of the above plus the atomic unit of work [`Store::commit`]; use it as `Arc<dyn Store>` |
 //!
-//! All traits are `async_trait`, object-safe and runtime-agnostic in their signatures (the
-//! SQL backends run on tokio through sqlx).
+//! All traits are `async_trait`, object-safe and runtime-agnostic in their signatures
+//! (SQLite runs on threads of its own through rusqlite, PostgreSQL on tokio through sqlx).
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`MemoryStore`]: everything in one process's memory |
-//! | `sqlite` | no | [`SqliteStore`]: a file (WAL mode, busy timeout), migrations embedded and run on open |
+//! | `sqlite` | no | [`SqliteStore`]: a file (WAL mode, busy timeout), its schema embedded and applied on open |
 //! | `postgres` | no | [`PostgresStore`]: claims with `FOR UPDATE SKIP LOCKED`, so several processes share the inbox and outbox |
 //! | `testkit` | no | [`testkit`]: the conformance suite every backend — also a host's own — must pass |
 //! | `runtime` | no | [`runtime`]: the durable pipeline (workers, sender, janitor) over any [`Store`], for hosts that embed flowcore |
