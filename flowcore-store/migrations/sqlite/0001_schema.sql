@@ -127,6 +127,9 @@ CREATE INDEX outbox_open ON outbox (org_id, business_number_id, contact_id, due_
     WHERE status IN ('pending', 'claimed');
 CREATE INDEX outbox_finished ON outbox (org_id, finished_at) WHERE status IN ('done', 'failed');
 CREATE INDEX outbox_wamid ON outbox (org_id, wamid) WHERE wamid IS NOT NULL;
+-- A conversation's latest lease: one seek, even behind many replies piled up while Meta is down.
+CREATE INDEX inbox_claimed ON inbox (org_id, business_number_id, contact_id, lease_until) WHERE status = 'claimed';
+CREATE INDEX outbox_claimed ON outbox (org_id, business_number_id, contact_id, lease_until) WHERE status = 'claimed';
 
 -- What claims walk: only conversations with something unfinished, soonest first.
 CREATE INDEX conversations_inbox ON conversations (inbox_due) WHERE inbox_due IS NOT NULL;

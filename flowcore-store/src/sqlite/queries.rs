@@ -64,13 +64,13 @@ impl Queue {
 }
 
 /// `$t_due` is when the head may run (its due or retry time), `$t_lease` the latest lease of
-/// the claimed rows. (`status IN (…)` lets SQLite use the partial index of unfinished rows.)
+/// the claimed rows: each one seek, however many rows wait (the schema's partial indexes).
 const REFRESH: &str = "INSERT INTO conversations (org_id, business_number_id, contact_id, $t_due, $t_lease)
      VALUES (?1, ?2, ?3,
        (SELECT max(due_at, coalesce(retry_at, due_at)) FROM $t WHERE org_id = ?1 AND business_number_id = ?2
           AND contact_id = ?3 AND status IN ('pending', 'claimed') ORDER BY due_at, id LIMIT 1),
        (SELECT max(lease_until) FROM $t WHERE org_id = ?1 AND business_number_id = ?2 AND contact_id = ?3
-          AND status IN ('pending', 'claimed') AND status = 'claimed'))
+          AND status = 'claimed'))
      ON CONFLICT DO UPDATE SET $t_due = excluded.$t_due, $t_lease = excluded.$t_lease";
 const CLAIMABLE: &str = "SELECT org_id, business_number_id, contact_id FROM conversations
      WHERE $t_due <= ?1 AND (?2 IS NULL OR org_id = ?2) AND coalesce($t_lease < ?1, true) $held
