@@ -9,7 +9,6 @@ use flowcore_examples::server::env::EnvSettings;
 use flowcore_examples::server::run;
 use serde_json::json;
 use server_support::*;
-use sqlx::Connection;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -156,11 +155,11 @@ async fn an_idle_timeout_is_a_scheduled_wake_up_that_survives_kill_9() {
     wait_sent(&graph, 1, Duration::from_secs(15)).await;
     // Killed between Meta's answer and the record of it, the server would send the question
     // again after its lease (the at-least-once window): wait until the reply is recorded.
-    let read_only = format!("{}?mode=ro", env["DATABASE_URL"]);
+    let file = env["DATABASE_URL"].trim_start_matches("sqlite://").to_owned();
     eventually(Duration::from_secs(15), "the question recorded as sent", || async {
-        let mut db = sqlx::SqliteConnection::connect(&read_only).await.unwrap();
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'done'").fetch_one(&mut db).await.unwrap();
+        let db = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        let sent: i64 = db.query_row("SELECT count(*) FROM outbox WHERE status = 'done'", [], |r| r.get(0)).unwrap();
         sent == 1
     })
     .await;

@@ -104,7 +104,9 @@ pub(crate) fn copy_error(error: &StoreError) -> StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Queue {
     /// Runs on its own, before anything else waiting (rare writes that manage their own
-    /// transaction).
+    /// transaction). Only the old SQLite backend queued these; this module goes with the
+    /// PostgreSQL rewrite.
+    #[allow(dead_code)]
     Alone,
     /// Joins the next batch whatever its size: what a webhook's `200` waits for.
     Urgent,

@@ -22,14 +22,15 @@
 //! | [`FlowStore`] | flow definitions by id and version (sessions keep the version they started on unless a save moves them) |
 //! | [`Store`] | all of the above plus the atomic unit of work [`Store::commit`]; use it as `Arc<dyn Store>` |
 //!
-//! All traits are `async_trait` and object-safe (the SQL backends run on tokio through sqlx).
+//! All traits are `async_trait` and object-safe (SQLite runs on threads of its own through
+//! rusqlite, PostgreSQL on tokio through sqlx).
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`MemoryStore`]: everything in one process's memory |
-//! | `sqlite` | no | [`SqliteStore`]: a file (WAL mode, busy timeout), migrations embedded and run on open |
+//! | `sqlite` | no | [`SqliteStore`]: a file (WAL mode, busy timeout), its schema embedded and applied on open |
 //! | `postgres` | no | [`PostgresStore`]: claims with `FOR UPDATE SKIP LOCKED`, so several processes share the inbox and outbox |
 //! | `testkit` | no | [`testkit`]: the conformance suite every backend — also a host's own — must pass |
 //! | `runtime` | no | [`runtime`]: the durable pipeline (workers, sender, janitor) over any [`Store`], for hosts that embed flowcore |
@@ -96,7 +97,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod error;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(feature = "postgres")]
 mod group_commit;
 #[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres"))]
 mod metrics_tally;
@@ -112,13 +113,13 @@ mod memory;
 mod postgres;
 #[cfg(feature = "runtime")]
 pub mod runtime;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(feature = "postgres")]
 mod sql_rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+#[cfg(all(test, feature = "postgres"))]
 mod unit_fixtures;
 
 pub use error::{StoreError, StoreResult};

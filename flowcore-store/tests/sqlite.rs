@@ -49,36 +49,29 @@ async fn corrupt_state_is_a_typed_error_for_that_session_only() {
     let store = fresh(&dir, "corrupt.db").await;
     store.register_organization("acme").await.unwrap();
     let now = Timestamp::from_unix_seconds(1_700_000_000);
-    let good = SessionKey::new("acme", "b", "good", "f");
-    let bad = SessionKey::new("acme", "b", "bad", "f");
-    let future = SessionKey::new("acme", "b", "future", "f");
-    let engine_future = SessionKey::new("acme", "b", "engine-future", "f");
+    let [good, bad, future, engine_future] =
+        ["good", "bad", "future", "engine-future"].map(|contact| SessionKey::new("acme", "b", contact, "f"));
+    let new = |key: &SessionKey, tag| SessionWrite {
+        key: key.clone(),
+        expected_version: 0,
+        flow_version: 1,
+        cohort: None,
+        session: testkit::sample_state(tag),
+        status: SessionStatus::Active,
+        now,
+    };
     for key in [&good, &bad, &future, &engine_future] {
-        store
-            .save_session(SessionWrite {
-                key: key.clone(),
-                expected_version: 0,
-                flow_version: 1,
-                cohort: None,
-                session: testkit::sample_state("s"),
-                status: SessionStatus::Active,
-                now,
-            })
-            .await
-            .unwrap();
+        store.save_session(new(key, "s")).await.unwrap();
     }
-    sqlx::query("UPDATE sessions SET state = '{not json' WHERE contact_id = 'bad'")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE sessions SET state_schema = 99 WHERE contact_id = 'future'")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    sqlx::query(r#"UPDATE sessions SET state = '{"v":9,"f":"lead","s":"input"}' WHERE contact_id = 'engine-future'"#)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    // Damage the rows behind the store's back, through a connection of our own.
+    let db = rusqlite::Connection::open(dir.path().join("corrupt.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        r#"UPDATE sessions SET state = '{not json' WHERE contact_id = 'bad';
+           UPDATE sessions SET state_schema = 99 WHERE contact_id = 'future';
+           UPDATE sessions SET state = '{"v":9,"f":"lead","s":"input"}' WHERE contact_id = 'engine-future';"#,
+    )
+    .unwrap();
     let err = store.load_session(&engine_future).await.unwrap_err();
     assert!(matches!(err, StoreError::UnsupportedStateVersion { found: 9, supported: 1, .. }), "{err:?}");
     let err = store.load_session(&bad).await.unwrap_err();
@@ -91,16 +84,7 @@ async fn corrupt_state_is_a_typed_error_for_that_session_only() {
     assert!(store.load_session(&good).await.unwrap().is_some());
     assert_eq!(store.list_active_sessions("acme", Page::default()).await.unwrap().len(), 4);
     assert!(store.close_session(&bad, now).await.unwrap());
-    let w = SessionWrite {
-        key: bad.clone(),
-        expected_version: 0,
-        flow_version: 1,
-        cohort: None,
-        session: testkit::sample_state("new"),
-        status: SessionStatus::Active,
-        now,
-    };
-    store.save_session(w).await.unwrap();
+    store.save_session(new(&bad, "new")).await.unwrap();
     assert!(store.load_session(&bad).await.unwrap().is_some());
 }
 
