@@ -101,9 +101,8 @@ impl Flows {
     /// Publishes a flow when the store does not have this text of it yet, and caches it;
     /// the version that now runs.
     ///
-    /// When the stored latest differs from `text` but one of the 50 versions before it
-    /// equals it, the latest was published (through an API, say) after the text was
-    /// written, and stays the latest.
+    /// When the stored latest differs from `text` but an older version equals it, the latest
+    /// was published (through an API, say) after the text was written, and stays the latest.
     pub async fn install(
         &self,
         org: &str,
@@ -111,25 +110,23 @@ impl Flows {
         text: &str,
         compiled: CompiledFlow,
     ) -> Result<i64, StoreError> {
-        let Some(latest) = self.store.get_flow(org, flow_id, None).await? else {
-            return self.publish(org, flow_id, text, compiled).await;
-        };
-        if latest.definition == text {
-            self.cache(org, flow_id, latest.version, Arc::new(compiled), true);
-            return Ok(latest.version);
-        }
-        for version in (1.max(latest.version - 50)..latest.version).rev() {
-            if self.store.get_flow(org, flow_id, Some(version)).await?.is_some_and(|old| old.definition == text) {
+        let versions = self.store.list_flow_versions(org, flow_id).await?;
+        match versions.split_first() {
+            Some((latest, _)) if latest.definition == text => {
+                self.cache(org, flow_id, latest.version, Arc::new(compiled), true);
+                Ok(latest.version)
+            }
+            Some((latest, older)) if older.iter().any(|old| old.definition == text) => {
                 // Compile the newer latest now, so a broken one shows at once.
-                self.compiled(org, flow_id, latest.version, &latest.definition).map_err(|e| match e {
+                let flow = self.compiled(org, flow_id, latest.version, &latest.definition).map_err(|e| match e {
                     FlowLookupError::Store(s) => s,
                     other => StoreError::InvalidInput(other.to_string()),
                 })?;
-                self.lock().latest.insert((org.to_owned(), flow_id.to_owned()), (latest.version, self.clock.now()));
-                return Ok(latest.version);
+                self.cache(org, flow_id, latest.version, flow, true);
+                Ok(latest.version)
             }
+            _ => self.publish(org, flow_id, text, compiled).await,
         }
-        self.publish(org, flow_id, text, compiled).await
     }
 
     /// Publishes a new version and caches it.

@@ -19,46 +19,41 @@
 //!
 //! # Driving it
 //!
-//! 1. [`Runtime::builder`] → [`RuntimeBuilder::build`]; register the organizations
-//!    ([`RuntimeBuilder::organization`]) and install the flows ([`Runtime::flows`]).
-//! 2. [`Runtime::start`] spawns the workers, the sender and the janitor on the current tokio
-//!    runtime.
-//! 3. For each inbound message, [`Runtime::accept`]; answer the channel once it returned
-//!    `Ok` (the message is durable then). Delivery statuses go to [`Runtime::accept_status`].
-//! 4. [`RunningRuntime::shutdown`] stops claiming, lets claimed turns and sends finish
-//!    (within [`RuntimeOptions::shutdown_grace`]) and returns; unclaimed events stay in the
-//!    inbox for the next start. Close the store after it.
+//! [`Runtime::builder`] → [`RuntimeBuilder::build`] (it registers the organizations), install
+//! the flows ([`Runtime::flows`]), then [`Runtime::start`] the workers, the sender and the
+//! janitor on the current tokio runtime. Feed each inbound message to [`Runtime::accept`] and
+//! answer the channel once it returned `Ok`: the message is durable then. Delivery statuses
+//! go to [`Runtime::accept_status`]. [`RunningRuntime::shutdown`] stops claiming and lets
+//! claimed work finish; unclaimed events wait in the inbox for the next start.
 //!
 //! # The guarantees
 //!
-//! - **Nothing accepted is lost.** A turn's new session state, its log rows, its replies,
-//!   its wake-ups and the inbox row's completion are one [`Commit`](crate::Commit), guarded
-//!   by the session's version, and a turn commits exactly once. A crash before it leaves
-//!   the event claimed; its lease lapses and another worker runs it again.
+//! - **Nothing accepted is lost.** A turn's session state, log rows, replies, wake-ups and
+//!   the inbox row's completion are one [`Commit`](crate::Commit), written once and guarded
+//!   by the session's version. A crash before it leaves the event claimed; its lease lapses
+//!   and another worker runs it again.
 //! - **No reply goes out twice** that the channel's answer recorded: a reply is marked sent
-//!   with the channel's id, and a delivery that may or may not have gone out is retried
-//!   only as its [`DeliveryOutcome`] says.
-//! - **Handoff.** While a conversation's session is handed off to a human, inbound messages
-//!   are logged and the bot stays silent.
-//! - **Flow versions.** A new session starts on its flow's newest version and keeps it
-//!   until it ends, unless [`RuntimeOptions::move_to_latest`] names its flow (see
-//!   [`MoveToLatest`]).
+//!   with the channel's id, and retried only as its [`DeliveryOutcome`] says.
+//! - **Handoff.** While a session is handed off to a human, inbound messages are logged and
+//!   the bot stays silent.
+//! - **Flow versions.** A session keeps the flow version it started on, unless
+//!   [`MoveToLatest`] names its flow.
 //!
 //! # Ordering
 //!
 //! A conversation's events are handled one at a time, in `(due_at, id)` order, and **a
-//! turn's replies are handed to the sender before the conversation's next turn runs**.
-//! This is the one rule every part keeps, on every backend:
+//! turn's replies are handed to the sender before the conversation's next turn runs**, the
+//! same way on every backend:
 //!
-//! - the turn's commit writes its replies to the outbox in the same unit of work that
-//!   finishes its inbox row, so no next turn can see the row done without the replies;
+//! - the commit that finishes a turn's inbox row writes its replies, so no next turn can
+//!   see the row done without them;
 //! - the store does not hand out a conversation's next event while one of its replies is
 //!   claimed by a sender ([`Inbox::claim_inbox`](crate::Inbox::claim_inbox));
 //! - a worker that got the next event with its commit
 //!   ([`Commit::claim_next_until`](crate::Commit::claim_next_until)) waits for the sender to
 //!   finish the replies it claimed with that commit, for at most a quarter of the lease (a
 //!   reply stuck in a slow send is then left to the outbox);
-//! - the sender sends a conversation's replies in order, one at a time: once one is not
+//! - the sender sends a conversation's replies one at a time, in order: once one is not
 //!   sent, the rest of its turn go back to the outbox, behind it.
 //!
 //! # Example
@@ -314,61 +309,42 @@ impl Stats {
 }
 
 /// Builds a [`Runtime`].
-pub struct RuntimeBuilder {
-    store: Arc<dyn Store>,
-    delivery: Arc<dyn Delivery>,
-    chooser: Arc<dyn FlowChooser>,
-    effects: Arc<dyn EffectHandler>,
-    clock: Arc<dyn Clock>,
-    options: RuntimeOptions,
-    organizations: Vec<String>,
-}
+pub struct RuntimeBuilder(Shared);
 
 impl RuntimeBuilder {
     /// Performs effects with `effects` (default [`NoEffects`]).
-    pub fn effects(self, effects: Arc<dyn EffectHandler>) -> Self {
-        RuntimeBuilder { effects, ..self }
+    pub fn effects(mut self, effects: Arc<dyn EffectHandler>) -> Self {
+        self.0.effects = effects;
+        self
     }
 
     /// Reads the time from `clock` (default [`SystemClock`]).
-    pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
-        RuntimeBuilder { clock, ..self }
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.0.flows = Flows::new(self.0.store.clone(), clock.clone());
+        self.0.clock = clock;
+        self
     }
 
     /// Works with `options`.
-    pub fn options(self, options: RuntimeOptions) -> Self {
-        RuntimeBuilder { options, ..self }
+    pub fn options(mut self, options: RuntimeOptions) -> Self {
+        self.0.options = options;
+        self
     }
 
     /// Registers an organization in the store on [`build`](RuntimeBuilder::build); the
     /// janitor purges its expired sessions.
     pub fn organization(mut self, org_id: impl Into<String>) -> Self {
-        self.organizations.push(org_id.into());
+        self.0.organizations.push(org_id.into());
         self
     }
 
     /// Registers the organizations and builds the runtime (nothing runs until
     /// [`Runtime::start`]).
     pub async fn build(self) -> StoreResult<Runtime> {
-        for org in &self.organizations {
-            self.store.register_organization(org).await?;
+        for org in &self.0.organizations {
+            self.0.store.register_organization(org).await?;
         }
-        let (claimed_replies, handed_over) = mpsc::unbounded_channel();
-        Ok(Runtime(Arc::new(Shared {
-            flows: Flows::new(self.store.clone(), self.clock.clone()),
-            store: self.store,
-            delivery: self.delivery,
-            chooser: self.chooser,
-            effects: self.effects,
-            clock: self.clock,
-            options: self.options,
-            organizations: self.organizations,
-            inbox_ready: Notify::new(),
-            outbox_ready: Notify::new(),
-            claimed_replies,
-            handed_over: Mutex::new(Some(handed_over)),
-            stats: Stats::default(),
-        })))
+        Ok(Runtime(Arc::new(self.0)))
     }
 }
 
@@ -421,15 +397,23 @@ impl Runtime {
         delivery: Arc<dyn Delivery>,
         chooser: Arc<dyn FlowChooser>,
     ) -> RuntimeBuilder {
-        RuntimeBuilder {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (claimed_replies, handed_over) = mpsc::unbounded_channel();
+        RuntimeBuilder(Shared {
+            flows: Flows::new(store.clone(), clock.clone()),
             store,
             delivery,
             chooser,
             effects: Arc::new(NoEffects),
-            clock: Arc::new(SystemClock),
+            clock,
             options: RuntimeOptions::default(),
             organizations: Vec::new(),
-        }
+            inbox_ready: Notify::new(),
+            outbox_ready: Notify::new(),
+            claimed_replies,
+            handed_over: Mutex::new(Some(handed_over)),
+            stats: Stats::default(),
+        })
     }
 
     /// Spawns the workers, the sender and the janitor on the current tokio runtime.
@@ -476,11 +460,6 @@ impl Runtime {
         Ok(known)
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.0.store
-    }
-
     /// The compiled flows: install and publish flows here so the workers find them.
     pub fn flows(&self) -> &Flows {
         &self.0.flows
@@ -489,11 +468,6 @@ impl Runtime {
     /// The clock every part of the runtime reads.
     pub fn clock(&self) -> &dyn Clock {
         self.0.clock.as_ref()
-    }
-
-    /// The options.
-    pub fn options(&self) -> &RuntimeOptions {
-        &self.0.options
     }
 
     /// This runtime's counters.

@@ -250,6 +250,13 @@ impl Running {
         Ok(Running { flow_id, flow_version, cohort: None, expected_version: 0, flow, calls, session })
     }
 
+    /// The stored session, on the flow version it names.
+    async fn resume(rt: &Shared, stored: Option<StoredSession>) -> Result<Option<Running>, FlowLookupError> {
+        let Some(s) = stored else { return Ok(None) };
+        let running = Running::on(rt, &s.key.org_id, s.key.flow_id, Some(s.flow_version), |_| s.session).await?;
+        Ok(Some(Running { expected_version: s.version, ..running }))
+    }
+
     /// Feeds the engine one input, with the flows the session's flow calls.
     fn handle(&mut self, input: Input, now: Timestamp) -> Result<Turn, SessionError> {
         match &self.calls {
@@ -301,18 +308,10 @@ async fn turn(unit: &mut Unit<'_>, loaded: Loaded) -> Result<Option<Running>, Tu
     };
 
     // The conversation's current session, if any (it keeps its flow, version and cohort).
-    let stored = match loaded.session {
-        Prior::Carried(running) => Err(running),
-        Prior::Stored(stored) => Ok(stored.map(|s| *s)),
-        Prior::Unread => Ok(rt.store.active_session(conv).await?),
-    };
-    let running = match stored {
-        Err(running) => Some(*running),
-        Ok(None) => None,
-        Ok(Some(s)) => {
-            let running = Running::on(rt, org, s.key.flow_id, Some(s.flow_version), |_| s.session).await?;
-            Some(Running { expected_version: s.version, ..running })
-        }
+    let running = match loaded.session {
+        Prior::Carried(running) => Some(*running),
+        Prior::Stored(stored) => Running::resume(rt, stored.map(|s| *s)).await?,
+        Prior::Unread => Running::resume(rt, rt.store.active_session(conv).await?).await?,
     };
     let mut running = match running {
         Some(r) => Some(r.move_to_latest(rt, org).await),
