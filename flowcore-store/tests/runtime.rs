@@ -41,8 +41,7 @@ const HANDOFF: &str = r#"{"id": "human", "name": "Human", "nodes": [
   {"id": "h", "type": "handoff", "data": {"content": "Um atendente vai falar com você"}}],
   "edges": [{"id": "e1", "source": "s", "target": "h"}]}"#;
 
-/// Records every delivery (text, virtual time, attempt, outbox row); answers as scripted,
-/// then `Sent`.
+/// Records every delivery (text, virtual time, attempt, outbox row); answers as scripted, then `Sent`.
 struct Recorder {
     clock: VirtualClock,
     script: Mutex<VecDeque<DeliveryOutcome>>,
