@@ -13,6 +13,7 @@ use flowcore::{CompiledFlow, Flow, FlowSet, Timestamp};
 use serde_json::{json, Value};
 
 use super::host::Clock;
+use super::later;
 use crate::{Store, StoreError};
 
 /// How long the latest version number of a flow is trusted before re-reading it.
@@ -145,9 +146,8 @@ impl Flows {
     /// The latest version of a flow, compiled.
     pub async fn latest(&self, org: &str, flow_id: &str) -> Result<(i64, Arc<CompiledFlow>), FlowLookupError> {
         let now = self.clock.now();
-        let ttl = i64::try_from(LATEST_TTL.as_millis()).unwrap_or(i64::MAX);
         let cached = self.lock().latest.get(&(org.to_owned(), flow_id.to_owned())).copied();
-        if let Some((version, _)) = cached.filter(|(_, at)| now.millis_since(*at) < ttl) {
+        if let Some((version, _)) = cached.filter(|(_, at)| later(*at, LATEST_TTL) > now) {
             return Ok((version, self.get(org, flow_id, version).await?));
         }
         let stored = self.store.get_flow(org, flow_id, None).await?;

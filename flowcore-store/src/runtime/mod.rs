@@ -115,7 +115,10 @@ pub use host::{
     InboundPayload, NoEffects, OneFlow, OutboxPayload, Reply, SystemClock, VirtualClock, WakePayload,
 };
 
-use crate::{ConversationKey, DeliveryStatus, InboxInsert, NewInboxEvent, PurgePolicy, Store, StoreError, StoreResult};
+use crate::{
+    ConversationKey, DeliveryStatus, InboxEvent, InboxInsert, InboxKind, NewInboxEvent, PurgePolicy, Store, StoreError,
+    StoreResult,
+};
 use sender::HandedOver;
 
 /// How the runtime works; every field has a default.
@@ -220,6 +223,12 @@ impl RateLimit {
     pub fn window_start(&self, received_at: Timestamp) -> Timestamp {
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         Timestamp::from_unix_millis(received_at.as_unix_millis().saturating_sub(window))
+    }
+
+    /// The window `event` is judged in, when the limit judges it (a message, the limit on).
+    fn window_of(&self, event: &InboxEvent) -> Option<(ConversationKey, Timestamp)> {
+        let judged = self.limit > 0 && event.kind == InboxKind::Message;
+        judged.then(|| (event.conversation.clone(), self.window_start(event.received_at)))
     }
 
     /// Whether a message may run, given how many of the contact's messages already counted
@@ -373,13 +382,6 @@ struct Shared {
     stats: Stats,
 }
 
-impl Shared {
-    /// `now` plus the lease: when a claim taken now ends.
-    fn lease_from(&self, now: Timestamp) -> Timestamp {
-        later(now, self.options.lease)
-    }
-}
-
 /// `at` plus `wait`, saturating.
 fn later(at: Timestamp, wait: Duration) -> Timestamp {
     at.saturating_add_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
@@ -517,7 +519,6 @@ impl RunningRuntime {
 async fn janitor(rt: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let policy = PurgePolicy { session_ttl: rt.options.session_ttl, ..PurgePolicy::default() };
     let reclaim_every = rt.options.lease.clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let purge_every = i64::try_from(rt.options.purge_interval.as_millis()).unwrap_or(i64::MAX);
     let mut last_purge: Option<Timestamp> = None;
     loop {
         let now = rt.clock.now();
@@ -527,7 +528,7 @@ async fn janitor(rt: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = rt.store.reclaim_outbox(None, now).await {
             warn!(error = %e, "reclaiming outbox leases failed");
         }
-        if last_purge.is_none_or(|at| now.millis_since(at) >= purge_every) {
+        if last_purge.is_none_or(|at| later(at, rt.options.purge_interval) <= now) {
             last_purge = Some(now);
             for org in &rt.organizations {
                 match rt.store.purge(org, now, policy).await {

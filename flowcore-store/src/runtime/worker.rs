@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 use super::flows::FlowLookupError;
 use super::host::{input_text, EffectContext, FlowChoice, InboundPayload, OutboxPayload, WakePayload};
 use super::sender::HandedOver;
-use super::{redact_contact, Shared, Stats};
+use super::{later, redact_contact, Shared, Stats};
 use crate::{
     ClaimRequest, Commit, Content, ConversationKey, Direction, InboxEvent, InboxKind, NewInboxEvent, NewLogEntry,
     NewOutboxMessage, SessionStatus, SessionWrite, StoreError, StoredSession, RATE_LIMITED,
@@ -128,10 +128,11 @@ async fn read_together(rt: &Shared, claimed: &[InboxEvent]) -> Vec<Loaded> {
         debug!(error = %e, "reading the claimed conversations' sessions together failed; one by one");
         Vec::new()
     });
-    let windows: Vec<_> = claimed.iter().filter(|e| is_limited(rt, e)).map(|e| window(rt, e)).collect();
+    let limit = &rt.options.rate_limit;
+    let windows: Vec<_> = claimed.iter().filter_map(|e| limit.window_of(e)).collect();
     let counts = match windows.is_empty() {
         true => Vec::new(),
-        false => rt.store.inbound_counts(&windows, u64::from(rt.options.rate_limit.limit)).await.unwrap_or_else(|e| {
+        false => rt.store.inbound_counts(&windows, u64::from(limit.limit)).await.unwrap_or_else(|e| {
             debug!(error = %e, "counting the claimed conversations' messages together failed; one by one");
             Vec::new()
         }),
@@ -141,19 +142,9 @@ async fn read_together(rt: &Shared, claimed: &[InboxEvent]) -> Vec<Loaded> {
         .iter()
         .map(|e| Loaded {
             session: sessions.next().map_or(Prior::Unread, |s| Prior::Stored(s.map(Box::new))),
-            counted: if is_limited(rt, e) { counts.next() } else { None },
+            counted: limit.window_of(e).and_then(|_| counts.next()),
         })
         .collect()
-}
-
-/// Whether `event` is a message the rate limit judges.
-fn is_limited(rt: &Shared, event: &InboxEvent) -> bool {
-    rt.options.rate_limit.limit > 0 && event.kind == InboxKind::Message
-}
-
-/// The conversation and the start of the rate-limit window `event` is judged in.
-fn window(rt: &Shared, event: &InboxEvent) -> (ConversationKey, Timestamp) {
-    (event.conversation.clone(), rt.options.rate_limit.window_start(event.received_at))
 }
 
 /// Runs `event`'s turn and commits it, or fails or reschedules the event; `chain`: the
@@ -323,12 +314,11 @@ async fn turn(unit: &mut Unit<'_>, loaded: Loaded) -> Result<Option<Running>, Tu
         rt.store.close_session(&conv.session(&expired.flow_id), now).await?;
     }
 
-    if let Some(inbound) = inbound.as_ref().filter(|_| is_limited(rt, event)) {
+    if let (Some(inbound), Some(window)) = (&inbound, rt.options.rate_limit.window_of(event)) {
         let counted = match loaded.counted {
             Some(counted) => counted,
             None => {
-                let counts =
-                    rt.store.inbound_counts(&[window(rt, event)], u64::from(rt.options.rate_limit.limit)).await?;
+                let counts = rt.store.inbound_counts(&[window], u64::from(rt.options.rate_limit.limit)).await?;
                 counts.first().copied().unwrap_or(0)
             }
         };
@@ -473,7 +463,7 @@ impl Unit<'_> {
     /// the engine ran, carried into that next turn while it stays active.
     async fn commit(self, chain: bool, ran: Option<Running>) -> Result<Option<Next>, TurnError> {
         let Unit { rt, mut commit, .. } = self;
-        let (replies, lease_until) = (commit.outbox.len(), rt.lease_from(commit.now));
+        let (replies, lease_until) = (commit.outbox.len(), later(commit.now, rt.options.lease));
         commit.claim_replies_until = (replies > 0).then_some(lease_until);
         commit.claim_next_until = chain.then_some(lease_until);
         let active = commit.session.as_ref().is_some_and(|s| s.status == SessionStatus::Active);
