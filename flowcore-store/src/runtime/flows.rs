@@ -6,13 +6,14 @@
 //! [`LATEST_TTL`] so that instances sharing a database pick up each other's publishes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowcore::{CompiledFlow, Flow, FlowSet, Timestamp};
 use serde_json::{json, Value};
 
-use super::clock::Clock;
+use super::host::Clock;
+use super::later;
 use crate::{Store, StoreError};
 
 /// How long the latest version number of a flow is trusted before re-reading it.
@@ -57,16 +58,6 @@ pub fn declared_id(text: &str) -> Option<String> {
     serde_json::from_str::<Value>(text).ok()?.get("id")?.as_str().map(str::to_owned)
 }
 
-type VersionKey = (String, String, i64);
-
-/// Compiled flows, cached by version, read from the store on a miss.
-pub struct Flows {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    compiled: RwLock<HashMap<VersionKey, Arc<CompiledFlow>>>,
-    latest: RwLock<HashMap<(String, String), (i64, Timestamp)>>,
-}
-
 /// Why a flow could not be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,17 +80,30 @@ pub enum FlowLookupError {
     Store(#[from] StoreError),
 }
 
+/// Compiled flows, cached by version, read from the store on a miss.
+pub struct Flows {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    compiled: HashMap<(String, String, i64), Arc<CompiledFlow>>,
+    /// The latest version of each flow, and when it was read.
+    latest: HashMap<(String, String), (i64, Timestamp)>,
+}
+
 impl Flows {
     pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Flows {
-        Flows { store, clock, compiled: RwLock::default(), latest: RwLock::default() }
+        Flows { store, clock, cache: Mutex::default() }
     }
 
     /// Publishes a flow when the store does not have this text of it yet, and caches it;
     /// the version that now runs.
     ///
-    /// When the stored latest differs from `text` but an older version equals it, the
-    /// latest was published (through an API, say) after the text was written, and stays
-    /// the latest.
+    /// When the stored latest differs from `text` but an older version equals it, the latest
+    /// was published (through an API, say) after the text was written, and stays the latest.
     pub async fn install(
         &self,
         org: &str,
@@ -107,37 +111,23 @@ impl Flows {
         text: &str,
         compiled: CompiledFlow,
     ) -> Result<i64, StoreError> {
-        let store = self.store.as_ref();
-        let version = match store.get_flow(org, flow_id, None).await? {
-            Some(latest) if latest.definition == text => latest.version,
-            Some(latest) => {
-                if self.is_older_version(org, flow_id, text, latest.version).await? {
-                    // Compile the newer latest now, so a broken one shows at once.
-                    self.get(org, flow_id, latest.version).await.map_err(|e| match e {
-                        FlowLookupError::Store(s) => s,
-                        other => StoreError::InvalidInput(other.to_string()),
-                    })?;
-                    self.set_latest(org, flow_id, latest.version);
-                    return Ok(latest.version);
-                }
-                store.publish_flow(org, flow_id, text, self.clock.now()).await?
+        let versions = self.store.list_flow_versions(org, flow_id).await?;
+        match versions.split_first() {
+            Some((latest, _)) if latest.definition == text => {
+                self.cache(org, flow_id, latest.version, Arc::new(compiled), true);
+                Ok(latest.version)
             }
-            None => store.publish_flow(org, flow_id, text, self.clock.now()).await?,
-        };
-        self.cache_latest(org, flow_id, version, compiled);
-        Ok(version)
-    }
-
-    /// Whether one of the 50 versions before `latest` has exactly `text`.
-    async fn is_older_version(&self, org: &str, flow_id: &str, text: &str, latest: i64) -> Result<bool, StoreError> {
-        for version in (1.max(latest - 50)..latest).rev() {
-            if let Some(old) = self.store.get_flow(org, flow_id, Some(version)).await? {
-                if old.definition == text {
-                    return Ok(true);
-                }
+            Some((latest, older)) if older.iter().any(|old| old.definition == text) => {
+                // Compile the newer latest now, so a broken one shows at once.
+                let flow = self.compiled(org, flow_id, latest.version, &latest.definition).map_err(|e| match e {
+                    FlowLookupError::Store(s) => s,
+                    other => StoreError::InvalidInput(other.to_string()),
+                })?;
+                self.cache(org, flow_id, latest.version, flow, true);
+                Ok(latest.version)
             }
+            _ => self.publish(org, flow_id, text, compiled).await,
         }
-        Ok(false)
     }
 
     /// Publishes a new version and caches it.
@@ -149,46 +139,32 @@ impl Flows {
         compiled: CompiledFlow,
     ) -> Result<i64, StoreError> {
         let version = self.store.publish_flow(org, flow_id, text, self.clock.now()).await?;
-        self.cache_latest(org, flow_id, version, compiled);
+        self.cache(org, flow_id, version, Arc::new(compiled), true);
         Ok(version)
     }
 
     /// The latest version of a flow, compiled.
     pub async fn latest(&self, org: &str, flow_id: &str) -> Result<(i64, Arc<CompiledFlow>), FlowLookupError> {
-        let key = (org.to_owned(), flow_id.to_owned());
         let now = self.clock.now();
-        let ttl = i64::try_from(LATEST_TTL.as_millis()).unwrap_or(i64::MAX);
-        let cached = self.latest.read().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
-        let version = match cached {
-            Some((version, at)) if now.millis_since(at) < ttl => version,
-            _ => {
-                let stored = self
-                    .store
-                    .get_flow(org, flow_id, None)
-                    .await?
-                    .ok_or_else(|| FlowLookupError::NotFound(flow_id.to_owned()))?;
-                if !self.is_cached(org, flow_id, stored.version) {
-                    self.compile_stored(org, flow_id, stored.version, &stored.definition)?;
-                }
-                self.set_latest(org, flow_id, stored.version);
-                stored.version
-            }
-        };
-        Ok((version, self.get(org, flow_id, version).await?))
+        let cached = self.lock().latest.get(&(org.to_owned(), flow_id.to_owned())).copied();
+        if let Some((version, _)) = cached.filter(|(_, at)| later(*at, LATEST_TTL) > now) {
+            return Ok((version, self.get(org, flow_id, version).await?));
+        }
+        let stored = self.store.get_flow(org, flow_id, None).await?;
+        let stored = stored.ok_or_else(|| FlowLookupError::NotFound(flow_id.to_owned()))?;
+        let flow = self.compiled(org, flow_id, stored.version, &stored.definition)?;
+        self.lock().latest.insert((org.to_owned(), flow_id.to_owned()), (stored.version, now));
+        Ok((stored.version, flow))
     }
 
     /// One version of a flow, compiled (read from the store on a cache miss).
     pub async fn get(&self, org: &str, flow_id: &str, version: i64) -> Result<Arc<CompiledFlow>, FlowLookupError> {
-        let key = (org.to_owned(), flow_id.to_owned(), version);
-        if let Some(f) = self.compiled.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(f.clone());
+        if let Some(flow) = self.lock().compiled.get(&(org.to_owned(), flow_id.to_owned(), version)) {
+            return Ok(flow.clone());
         }
-        let stored = self
-            .store
-            .get_flow(org, flow_id, Some(version))
-            .await?
-            .ok_or_else(|| FlowLookupError::NotFound(format!("{flow_id} v{version}")))?;
-        self.compile_stored(org, flow_id, version, &stored.definition)
+        let stored = self.store.get_flow(org, flow_id, Some(version)).await?;
+        let stored = stored.ok_or_else(|| FlowLookupError::NotFound(format!("{flow_id} v{version}")))?;
+        self.compiled(org, flow_id, version, &stored.definition)
     }
 
     /// The flows a session on `flow` runs in when `flow` has `call_flow` nodes: `flow`
@@ -221,46 +197,38 @@ impl Flows {
         Ok(Some(set))
     }
 
-    /// Caches `compiled` as the latest version of its flow.
-    fn cache_latest(&self, org: &str, flow_id: &str, version: i64, compiled: CompiledFlow) {
-        self.insert(org, flow_id, version, Arc::new(compiled));
-        self.set_latest(org, flow_id, version);
-    }
-
-    fn is_cached(&self, org: &str, flow_id: &str, version: i64) -> bool {
-        let key = (org.to_owned(), flow_id.to_owned(), version);
-        self.compiled.read().unwrap_or_else(|p| p.into_inner()).contains_key(&key)
-    }
-
-    fn compile_stored(
+    /// The cached compilation of a stored version, else `text` compiled and cached.
+    fn compiled(
         &self,
         org: &str,
         flow_id: &str,
         version: i64,
         text: &str,
     ) -> Result<Arc<CompiledFlow>, FlowLookupError> {
-        let compiled = compile(text).map_err(|p| FlowLookupError::Broken {
+        if let Some(flow) = self.lock().compiled.get(&(org.to_owned(), flow_id.to_owned(), version)) {
+            return Ok(flow.clone());
+        }
+        let problems = |p: FlowProblems| FlowLookupError::Broken {
             flow: flow_id.to_owned(),
             version,
             problems: p.lines.join("; "),
-        })?;
-        let compiled = Arc::new(compiled);
-        self.insert(org, flow_id, version, compiled.clone());
-        Ok(compiled)
+        };
+        let flow = Arc::new(compile(text).map_err(problems)?);
+        self.cache(org, flow_id, version, flow.clone(), false);
+        Ok(flow)
     }
 
-    fn insert(&self, org: &str, flow_id: &str, version: i64, flow: Arc<CompiledFlow>) {
-        self.compiled
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((org.to_owned(), flow_id.to_owned(), version), flow);
-    }
-
-    fn set_latest(&self, org: &str, flow_id: &str, version: i64) {
+    /// Caches `flow` as `version`, and as the flow's latest when `latest`.
+    fn cache(&self, org: &str, flow_id: &str, version: i64, flow: Arc<CompiledFlow>, latest: bool) {
         let now = self.clock.now();
-        self.latest
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((org.to_owned(), flow_id.to_owned()), (version, now));
+        let mut cache = self.lock();
+        cache.compiled.insert((org.to_owned(), flow_id.to_owned(), version), flow);
+        if latest {
+            cache.latest.insert((org.to_owned(), flow_id.to_owned()), (version, now));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,13 +1,14 @@
-//! What the host plugs into the runtime: how replies leave ([`Delivery`]), which flow a new
-//! conversation runs ([`FlowChooser`]) and how effects are performed ([`EffectHandler`]).
+//! What the host plugs in — how replies leave ([`Delivery`]), which flow a new conversation
+//! runs ([`FlowChooser`]), how effects are performed ([`EffectHandler`]), where the time
+//! comes from ([`Clock`]) — and what the inbox and outbox rows carry.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use flowcore::{EffectKind, EffectOutcome, Message, Timestamp};
+use flowcore::{EffectKind, EffectOutcome, Input, Message, Timestamp};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::payload::InboundPayload;
 use crate::ConversationKey;
 
 /// One reply the sender hands to a [`Delivery`].
@@ -113,8 +114,7 @@ pub trait FlowChooser: Send + Sync + 'static {
 /// One flow for every conversation.
 ///
 /// ```
-/// use flowcore_store::runtime::OneFlow;
-/// let chooser = OneFlow::new("lead");
+/// let chooser = flowcore_store::runtime::OneFlow::new("lead");
 /// # let _ = chooser;
 /// ```
 #[derive(Clone, Debug)]
@@ -166,5 +166,135 @@ pub struct NoEffects;
 impl EffectHandler for NoEffects {
     async fn perform(&self, _ctx: &EffectContext, kind: &EffectKind) -> EffectOutcome {
         EffectOutcome::Failure(format!("effect {kind:?} is not supported by this host"))
+    }
+}
+
+/// The time as the runtime sees it. Every timestamp the runtime writes (receive times,
+/// leases, retries, wake-ups) comes from here; its waits use tokio's timer, so a test that
+/// pauses tokio's time and uses [`VirtualClock`] runs hours of timeouts in microseconds.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that starts at a chosen time and moves with tokio's timer: under
+/// `tokio::time::pause()` (or `#[tokio::test(start_paused = true)]`) it jumps straight to
+/// the next timer the runtime waits for.
+///
+/// ```
+/// use flowcore::Timestamp;
+/// use flowcore_store::runtime::{Clock, VirtualClock};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let clock = VirtualClock::starting_at(Timestamp::from_unix_seconds(1_700_000_000));
+/// tokio::time::sleep(std::time::Duration::from_secs(3600)).await; // instant: time is paused
+/// assert_eq!(clock.now(), Timestamp::from_unix_seconds(1_700_003_600));
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct VirtualClock {
+    start: Timestamp,
+    started: tokio::time::Instant,
+}
+
+impl VirtualClock {
+    /// A clock that reads `start` now. Call it inside a tokio runtime.
+    pub fn starting_at(start: Timestamp) -> VirtualClock {
+        VirtualClock { start, started: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Timestamp {
+        self.start.saturating_add_millis(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// What an inbox row of kind `message` carries: one inbound message, as the channel
+/// adapter read it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundPayload {
+    /// The engine input.
+    pub input: Input,
+    /// The channel's message id (Meta's `wamid`): the inbox's duplicate filter.
+    pub wamid: String,
+    /// When the contact sent it (the channel's clock).
+    pub sent_at: Timestamp,
+    /// The contact's profile name, if the channel sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    /// The message type as the channel named it (`text`, `interactive`, …).
+    pub kind: String,
+}
+
+impl InboundPayload {
+    /// A text message.
+    ///
+    /// ```
+    /// use flowcore::Timestamp;
+    /// use flowcore_store::runtime::InboundPayload;
+    /// let oi = InboundPayload::text("wamid.1", "oi", Timestamp::from_unix_seconds(1_700_000_000));
+    /// assert_eq!(oi.kind, "text");
+    /// ```
+    pub fn text(wamid: impl Into<String>, text: impl Into<String>, sent_at: Timestamp) -> InboundPayload {
+        let (input, wamid, kind) = (Input::text(text.into()), wamid.into(), "text".to_owned());
+        InboundPayload { input, wamid, sent_at, contact_name: None, kind }
+    }
+}
+
+/// What an inbox row of kind `wake_up` carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakePayload {
+    /// The flow of the session to wake.
+    pub flow_id: String,
+    /// The wake-up time the session asked for; a session that no longer asks for it (it
+    /// moved on) ignores the wake-up.
+    pub wake_at: Timestamp,
+}
+
+/// What an outbox row carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxPayload {
+    /// The message, rendered.
+    pub message: Message,
+    /// The flow node that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Sent by an operator rather than the flow.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// A readable one-line summary of an input, for the message log.
+///
+/// ```
+/// use flowcore::Input;
+/// use flowcore_store::runtime::input_text;
+/// assert_eq!(input_text(&Input::text("oi")), "oi");
+/// assert_eq!(input_text(&Input::Tick), "[timer]");
+/// ```
+pub fn input_text(input: &Input) -> String {
+    match input {
+        Input::Text { text } => text.clone(),
+        Input::Choice { id, title } => title.clone().unwrap_or_else(|| id.clone()),
+        Input::Media { kind, caption: Some(c), .. } => format!("[{}] {c}", kind.as_str()),
+        Input::Media { kind, caption: None, .. } => format!("[{}]", kind.as_str()),
+        Input::Location { name: Some(n), .. } => format!("[location] {n}"),
+        Input::Location { latitude, longitude, .. } => format!("[location] {latitude},{longitude}"),
+        Input::Contacts { .. } => "[contacts]".to_owned(),
+        Input::Unsupported { kind } => format!("[{kind}]"),
+        Input::EffectResult { .. } => "[effect result]".to_owned(),
+        Input::Tick => "[timer]".to_owned(),
+        _ => "[event]".to_owned(),
     }
 }

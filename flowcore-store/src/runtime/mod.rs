@@ -19,39 +19,42 @@
 //!
 //! # Driving it
 //!
-//! 1. [`Runtime::builder`] → [`RuntimeBuilder::build`]; register the organizations
-//!    ([`RuntimeBuilder::organization`]) and install the flows ([`Runtime::flows`]).
-//! 2. [`Runtime::start`] spawns the workers, the sender and the janitor on the current tokio
-//!    runtime.
-//! 3. For each inbound message, [`Runtime::accept`]; answer the channel once it returned
-//!    `Ok` (the message is durable then). Delivery statuses go to [`Runtime::accept_status`].
-//! 4. [`RunningRuntime::shutdown`] stops claiming, lets claimed turns and sends finish
-//!    (within [`RuntimeOptions::shutdown_grace`]) and returns; unclaimed events stay in the
-//!    inbox for the next start. Close the store after it.
+//! [`Runtime::builder`] → [`RuntimeBuilder::build`] (it registers the organizations), install
+//! the flows ([`Runtime::flows`]), then [`Runtime::start`] the workers, the sender and the
+//! janitor on the current tokio runtime. Feed each inbound message to [`Runtime::accept`] and
+//! answer the channel once it returned `Ok`: the message is durable then. Delivery statuses
+//! go to [`Runtime::accept_status`]. [`RunningRuntime::shutdown`] stops claiming and lets
+//! claimed work finish; unclaimed events wait in the inbox for the next start.
 //!
 //! # The guarantees
 //!
-//! - **Nothing accepted is lost.** A turn's new session state, its log rows, its replies,
-//!   its wake-ups and the inbox row's completion are one [`Commit`](crate::Commit), guarded
+//! - **Nothing accepted is lost.** A turn's session state, log rows, replies, wake-ups and
+//!   the inbox row's completion are one [`Commit`](crate::Commit), written once and guarded
 //!   by the session's version. A crash before it leaves the event claimed; its lease lapses
 //!   and another worker runs it again.
 //! - **No reply goes out twice** that the channel's answer recorded: a reply is marked sent
-//!   with the channel's id, and a delivery that may or may not have gone out is retried
-//!   only as its [`DeliveryOutcome`] says.
-//! - **Ordering.** A conversation's events are handled one at a time, in `(due_at, id)`
-//!   order, and **a turn's replies are handed to the sender before the conversation's next
-//!   turn runs**: the store does not hand out a conversation's next event while one of its
-//!   replies is claimed by a sender ([`Inbox::claim_inbox`](crate::Inbox::claim_inbox)), and
-//!   a worker that got the next event with its commit ([`Commit::claim_next_until`](crate::Commit::claim_next_until))
-//!   waits for the sender to finish the turn's replies first (at most a quarter of the
-//!   lease; a reply stuck in a slow send is then left to the outbox, where a conversation's
-//!   replies are sent in order).
-//! - **Handoff.** While a conversation's session is handed off to a human, inbound messages
-//!   are logged and the bot stays silent.
-//! - **Flow versions.** A new session starts on its flow's newest version and keeps that
-//!   version until it ends, unless [`RuntimeOptions::move_to_latest`] names its flow: it
-//!   then moves to the newest version at its next turn when its state fits there, and
-//!   otherwise stays (see [`MoveToLatest`]).
+//!   with the channel's id, and retried only as its [`DeliveryOutcome`] says.
+//! - **Handoff.** While a session is handed off to a human, inbound messages are logged and
+//!   the bot stays silent.
+//! - **Flow versions.** A session keeps the flow version it started on, unless
+//!   [`MoveToLatest`] names its flow.
+//!
+//! # Ordering
+//!
+//! A conversation's events are handled one at a time, in `(due_at, id)` order, and **a
+//! turn's replies are handed to the sender before the conversation's next turn runs**, the
+//! same way on every backend:
+//!
+//! - the commit that finishes a turn's inbox row writes its replies, so no next turn can
+//!   see the row done without them;
+//! - the store does not hand out a conversation's next event while one of its replies is
+//!   claimed by a sender ([`Inbox::claim_inbox`](crate::Inbox::claim_inbox));
+//! - a worker that got the next event with its commit
+//!   ([`Commit::claim_next_until`](crate::Commit::claim_next_until)) waits for the sender to
+//!   finish the replies it claimed with that commit, for at most a quarter of the lease (a
+//!   reply stuck in a slow send is then left to the outbox);
+//! - the sender sends a conversation's replies one at a time, in order: once one is not
+//!   sent, the rest of its turn go back to the outbox, behind it.
 //!
 //! # Example
 //!
@@ -92,34 +95,30 @@
 //! # }).unwrap();
 //! ```
 
-mod clock;
 mod flows;
 mod host;
-mod intake;
-mod janitor;
-mod payload;
-mod ratelimit;
 mod sender;
-mod stats;
 mod worker;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowcore::Timestamp;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
-pub use clock::{Clock, SystemClock, VirtualClock};
 pub use flows::{compile, declared_id, FlowLookupError, FlowProblems, Flows, LATEST_TTL};
 pub use host::{
-    Delivery, DeliveryOutcome, EffectContext, EffectHandler, FlowChoice, FlowChooser, NoEffects, OneFlow, Reply,
+    input_text, Clock, Delivery, DeliveryOutcome, EffectContext, EffectHandler, FlowChoice, FlowChooser,
+    InboundPayload, NoEffects, OneFlow, OutboxPayload, Reply, SystemClock, VirtualClock, WakePayload,
 };
-pub use payload::{input_text, InboundPayload, OutboxPayload, WakePayload};
-pub use ratelimit::RateLimit;
-pub use stats::Stats;
 
-use crate::{Store, StoreResult};
+use crate::{
+    ConversationKey, DeliveryStatus, InboxEvent, InboxInsert, InboxKind, NewInboxEvent, PurgePolicy, Store, StoreError,
+    StoreResult,
+};
 use sender::HandedOver;
 
 /// How the runtime works; every field has a default.
@@ -152,6 +151,91 @@ pub struct RuntimeOptions {
     /// Which flows' running sessions move to the flow's newest version (see
     /// [`MoveToLatest`]); by default every session keeps the version it started on.
     pub move_to_latest: MoveToLatest,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            workers: 32,
+            poll_interval: Duration::from_millis(200),
+            lease: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(300),
+            max_flow_iterations: 100,
+            session_ttl: Duration::from_secs(24 * 3600),
+            send_max_attempts: 8,
+            send_backoff: Duration::from_secs(1),
+            rate_limit: RateLimit::new(5, Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(20),
+            move_to_latest: MoveToLatest::None,
+        }
+    }
+}
+
+impl RuntimeOptions {
+    /// The wait before retrying a reply after its `attempt`-th failed attempt, when the
+    /// delivery named none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = flowcore_store::runtime::RuntimeOptions::default();
+    /// assert_eq!(options.backoff(1), Duration::from_secs(1));
+    /// assert_eq!(options.backoff(3), Duration::from_secs(4));
+    /// assert_eq!(options.backoff(30), Duration::from_secs(60));
+    /// ```
+    pub fn backoff(&self, attempt: i64) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        self.send_backoff.saturating_mul(1 << doublings).min(Duration::from_secs(60))
+    }
+}
+
+/// A per-contact limit on inbound messages per window.
+///
+/// A message runs through the flow only if fewer than `limit` of the contact's earlier
+/// messages were logged in the window before it was received (a backlog handled late is
+/// judged as the contact sent it); one over the limit is logged, marked
+/// [`RATE_LIMITED`](crate::RATE_LIMITED) so it does not count itself, and not run. The count
+/// comes from the store's log ([`inbound_counts`](crate::MessageLog::inbound_counts)): a
+/// conversation's turns commit one after the other, so every instance sees the same count.
+///
+/// ```
+/// use std::time::Duration;
+/// use flowcore::Timestamp;
+/// use flowcore_store::runtime::RateLimit;
+/// let limit = RateLimit::new(5, Duration::from_secs(60));
+/// assert!(limit.allows(4) && !limit.allows(5));
+/// let received = Timestamp::from_unix_seconds(1_700_000_100);
+/// assert_eq!(limit.window_start(received), Timestamp::from_unix_seconds(1_700_000_040));
+/// assert!(RateLimit::new(0, Duration::from_secs(60)).allows(u64::MAX), "0 disables it");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    limit: u32,
+    window: Duration,
+}
+
+impl RateLimit {
+    /// At most `limit` messages per `window` per contact; `limit == 0` disables the limit.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        RateLimit { limit, window }
+    }
+
+    /// The start of the window a message received at `received_at` is judged in.
+    pub fn window_start(&self, received_at: Timestamp) -> Timestamp {
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_unix_millis(received_at.as_unix_millis().saturating_sub(window))
+    }
+
+    /// The window `event` is judged in, when the limit judges it (a message, the limit on).
+    fn window_of(&self, event: &InboxEvent) -> Option<(ConversationKey, Timestamp)> {
+        let judged = self.limit > 0 && event.kind == InboxKind::Message;
+        judged.then(|| (event.conversation.clone(), self.window_start(event.received_at)))
+    }
+
+    /// Whether a message may run, given how many of the contact's messages already counted
+    /// in its window.
+    pub fn allows(&self, counted: u64) -> bool {
+        self.limit == 0 || counted < u64::from(self.limit)
+    }
 }
 
 /// Which running sessions move to their flow's newest version.
@@ -199,100 +283,77 @@ impl MoveToLatest {
     }
 }
 
-impl Default for RuntimeOptions {
-    fn default() -> Self {
-        RuntimeOptions {
-            workers: 32,
-            poll_interval: Duration::from_millis(200),
-            lease: Duration::from_secs(30),
-            purge_interval: Duration::from_secs(300),
-            max_flow_iterations: 100,
-            session_ttl: Duration::from_secs(24 * 3600),
-            send_max_attempts: 8,
-            send_backoff: Duration::from_secs(1),
-            rate_limit: RateLimit::new(5, Duration::from_secs(60)),
-            shutdown_grace: Duration::from_secs(20),
-            move_to_latest: MoveToLatest::None,
-        }
-    }
+/// What one runtime (this process only) did since it was built; read with [`Stats::get`].
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Inbound messages written to the inbox.
+    pub messages_accepted: AtomicU64,
+    /// Duplicate deliveries ignored.
+    pub duplicates: AtomicU64,
+    /// Delivery statuses recorded.
+    pub statuses: AtomicU64,
+    /// Messages logged but not run because of the rate limit.
+    pub rate_limited: AtomicU64,
+    /// Turns committed.
+    pub turns: AtomicU64,
+    /// Replies accepted by the delivery.
+    pub sent: AtomicU64,
+    /// Replies a turn claimed as it committed them, handed to the sender without a claim.
+    pub handed_over: AtomicU64,
+    /// Send attempts that will be retried.
+    pub send_retries: AtomicU64,
+    /// Replies failed for good.
+    pub send_failed: AtomicU64,
 }
 
-impl RuntimeOptions {
-    /// The wait before retrying a reply after its `attempt`-th failed attempt, when the
-    /// delivery named none.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let options = flowcore_store::runtime::RuntimeOptions::default();
-    /// assert_eq!(options.backoff(1), Duration::from_secs(1));
-    /// assert_eq!(options.backoff(3), Duration::from_secs(4));
-    /// assert_eq!(options.backoff(30), Duration::from_secs(60));
-    /// ```
-    pub fn backoff(&self, attempt: i64) -> Duration {
-        let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        self.send_backoff.saturating_mul(1 << doublings).min(Duration::from_secs(60))
+impl Stats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
 /// Builds a [`Runtime`].
-pub struct RuntimeBuilder {
-    store: Arc<dyn Store>,
-    delivery: Arc<dyn Delivery>,
-    chooser: Arc<dyn FlowChooser>,
-    effects: Arc<dyn EffectHandler>,
-    clock: Arc<dyn Clock>,
-    options: RuntimeOptions,
-    organizations: Vec<String>,
-}
+pub struct RuntimeBuilder(Shared);
 
 impl RuntimeBuilder {
     /// Performs effects with `effects` (default [`NoEffects`]).
     pub fn effects(mut self, effects: Arc<dyn EffectHandler>) -> Self {
-        self.effects = effects;
+        self.0.effects = effects;
         self
     }
 
     /// Reads the time from `clock` (default [`SystemClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.0.flows = Flows::new(self.0.store.clone(), clock.clone());
+        self.0.clock = clock;
         self
     }
 
     /// Works with `options`.
     pub fn options(mut self, options: RuntimeOptions) -> Self {
-        self.options = options;
+        self.0.options = options;
         self
     }
 
     /// Registers an organization in the store on [`build`](RuntimeBuilder::build); the
     /// janitor purges its expired sessions.
     pub fn organization(mut self, org_id: impl Into<String>) -> Self {
-        self.organizations.push(org_id.into());
+        self.0.organizations.push(org_id.into());
         self
     }
 
     /// Registers the organizations and builds the runtime (nothing runs until
     /// [`Runtime::start`]).
     pub async fn build(self) -> StoreResult<Runtime> {
-        for org in &self.organizations {
-            self.store.register_organization(org).await?;
+        for org in &self.0.organizations {
+            self.0.store.register_organization(org).await?;
         }
-        let (claimed_replies, handed_over) = mpsc::unbounded_channel();
-        Ok(Runtime(Arc::new(Shared {
-            flows: Flows::new(self.store.clone(), self.clock.clone()),
-            store: self.store,
-            delivery: self.delivery,
-            chooser: self.chooser,
-            effects: self.effects,
-            clock: self.clock,
-            options: self.options,
-            organizations: self.organizations,
-            inbox_ready: Notify::new(),
-            outbox_ready: Notify::new(),
-            claimed_replies,
-            handed_over: Mutex::new(Some(handed_over)),
-            stats: Stats::default(),
-        })))
+        Ok(Runtime(Arc::new(self.0)))
     }
 }
 
@@ -321,6 +382,11 @@ struct Shared {
     stats: Stats,
 }
 
+/// `at` plus `wait`, saturating.
+fn later(at: Timestamp, wait: Duration) -> Timestamp {
+    at.saturating_add_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// [`Runtime::start`] was called before on this runtime.
 #[derive(Debug, thiserror::Error)]
 #[error("the runtime was started already")]
@@ -333,15 +399,23 @@ impl Runtime {
         delivery: Arc<dyn Delivery>,
         chooser: Arc<dyn FlowChooser>,
     ) -> RuntimeBuilder {
-        RuntimeBuilder {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (claimed_replies, handed_over) = mpsc::unbounded_channel();
+        RuntimeBuilder(Shared {
+            flows: Flows::new(store.clone(), clock.clone()),
             store,
             delivery,
             chooser,
             effects: Arc::new(NoEffects),
-            clock: Arc::new(SystemClock),
+            clock,
             options: RuntimeOptions::default(),
             organizations: Vec::new(),
-        }
+            inbox_ready: Notify::new(),
+            outbox_ready: Notify::new(),
+            claimed_replies,
+            handed_over: Mutex::new(Some(handed_over)),
+            stats: Stats::default(),
+        })
     }
 
     /// Spawns the workers, the sender and the janitor on the current tokio runtime.
@@ -351,14 +425,41 @@ impl Runtime {
         let tasks = vec![
             tokio::spawn(worker::run(self.0.clone(), stop.clone())),
             tokio::spawn(sender::run(self.0.clone(), handed_over, stop.clone())),
-            tokio::spawn(janitor::run(self.0.clone(), stop)),
+            tokio::spawn(janitor(self.0.clone(), stop)),
         ];
         Ok(RunningRuntime { shutdown, tasks, grace: self.0.options.shutdown_grace })
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.0.store
+    /// Writes one inbound message to the inbox, keyed by its `wamid` (a repeat is reported
+    /// as a duplicate and written nowhere), and wakes a worker. Answer the channel (Meta's
+    /// `200`) only once every message of a delivery returned `Ok`: from then on nothing is
+    /// lost, whatever crashes.
+    pub async fn accept(&self, conversation: ConversationKey, message: &InboundPayload) -> StoreResult<InboxInsert> {
+        let payload = serde_json::to_value(message).map_err(|e| StoreError::InvalidInput(e.to_string()))?;
+        let row = NewInboxEvent::message(conversation, message.wamid.clone(), payload, self.0.clock.now());
+        let inserted = self.0.store.insert_inbox(row).await?;
+        if inserted.is_duplicate() {
+            Stats::add(&self.0.stats.duplicates, 1);
+            debug!(wamid = %message.wamid, "duplicate delivery ignored");
+        } else {
+            Stats::add(&self.0.stats.messages_accepted, 1);
+            self.0.inbox_ready.notify_one();
+        }
+        Ok(inserted)
+    }
+
+    /// Merges a delivery status the channel reported for one of the organization's replies
+    /// (a lower status never replaces a higher one); false when no reply has that id.
+    pub async fn accept_status(
+        &self,
+        org_id: &str,
+        message_id: &str,
+        status: DeliveryStatus,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let known = self.0.store.record_delivery(org_id, message_id, status, at).await?;
+        Stats::add(&self.0.stats.statuses, u64::from(known));
+        Ok(known)
     }
 
     /// The compiled flows: install and publish flows here so the workers find them.
@@ -369,11 +470,6 @@ impl Runtime {
     /// The clock every part of the runtime reads.
     pub fn clock(&self) -> &dyn Clock {
         self.0.clock.as_ref()
-    }
-
-    /// The options.
-    pub fn options(&self) -> &RuntimeOptions {
-        &self.0.options
     }
 
     /// This runtime's counters.
@@ -400,7 +496,7 @@ impl RunningRuntime {
     /// the grace period, after which they are aborted (their leases lapse and another
     /// worker takes them). The store stays open.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.signal_shutdown();
         let deadline = tokio::time::Instant::now() + self.grace;
         for task in self.tasks {
             let abort = task.abort_handle();
@@ -417,6 +513,40 @@ impl RunningRuntime {
     }
 }
 
+/// Housekeeping: the leases of a crashed process's claims return their rows to pending
+/// (often, so its work resumes soon), expired sessions and old finished rows are purged
+/// (every `purge_interval`).
+async fn janitor(rt: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let policy = PurgePolicy { session_ttl: rt.options.session_ttl, ..PurgePolicy::default() };
+    let reclaim_every = rt.options.lease.clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut last_purge: Option<Timestamp> = None;
+    loop {
+        let now = rt.clock.now();
+        if let Err(e) = rt.store.reclaim_inbox(None, now).await {
+            warn!(error = %e, "reclaiming inbox leases failed");
+        }
+        if let Err(e) = rt.store.reclaim_outbox(None, now).await {
+            warn!(error = %e, "reclaiming outbox leases failed");
+        }
+        if last_purge.is_none_or(|at| later(at, rt.options.purge_interval) <= now) {
+            last_purge = Some(now);
+            for org in &rt.organizations {
+                match rt.store.purge(org, now, policy).await {
+                    Ok(report) if report.expired_sessions > 0 => {
+                        info!(org = %org, expired = report.expired_sessions, "expired sessions purged")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(org = %org, error = %e, "purge failed"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(reclaim_every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+}
+
 /// A contact id for logs: enough to correlate lines, not enough to dial the number.
 ///
 /// ```
@@ -426,9 +556,8 @@ impl RunningRuntime {
 /// ```
 pub fn redact_contact(contact: &str) -> String {
     let chars: Vec<char> = contact.chars().collect();
-    if chars.len() <= 4 {
-        return "***".to_owned();
+    match chars.len() {
+        0..=4 => "***".to_owned(),
+        n => format!("***{}", chars[n - 4..].iter().collect::<String>()),
     }
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("***{tail}")
 }

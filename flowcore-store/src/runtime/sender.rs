@@ -1,6 +1,6 @@
-//! The outbox sender: claims due replies (one per conversation at a time, in order), hands
-//! them to the host's [`Delivery`], and marks them sent, reschedules them with exponential
-//! backoff, or fails them for good, as the delivery classified the attempt.
+//! The outbox sender: sends the replies turns handed over and the due replies it claims,
+//! and records each attempt as the host's [`Delivery`](super::Delivery) classified it: sent,
+//! rescheduled with backoff, or failed for good.
 
 use std::sync::Arc;
 
@@ -8,10 +8,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::host::{DeliveryOutcome, Reply};
-use super::payload::OutboxPayload;
-use super::stats::Stats;
-use super::Shared;
+use super::host::{DeliveryOutcome, OutboxPayload, Reply};
+use super::{later, Shared, Stats};
 use crate::{ClaimRequest, OutboxMessage, StoreError};
 
 /// A turn's replies, claimed as they were committed, handed to the sender.
@@ -28,18 +26,15 @@ pub(super) struct HandedOver {
 /// How many sends may be in flight at once (each to a different conversation).
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Runs the sender until `shutdown` turns true.
-///
-/// A pipeline rather than batches: whenever sends finish, more rows are claimed, so one
-/// slow send never holds up the others. Replies a turn claimed as it committed them arrive
-/// on `handed_over`, each turn's in the order they must go.
+/// Runs the sender until `shutdown` turns true: a pipeline rather than batches, so one slow
+/// send never holds up the others.
 pub(super) async fn run(
     rt: Arc<Shared>,
     mut handed_over: mpsc::UnboundedReceiver<HandedOver>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
-    let start_in_order = |tasks: &mut JoinSet<()>, handed: HandedOver| {
+    let start = |tasks: &mut JoinSet<()>, handed: HandedOver| {
         let rt = rt.clone();
         tasks.spawn(async move {
             send_in_order(&rt, handed.replies).await;
@@ -48,7 +43,7 @@ pub(super) async fn run(
     };
     // Whether a claim may find something: a turn left replies to one, a claim came back
     // full, or the poll interval passed (retries fall due, leases lapse). Most replies are
-    // handed over, and a claim that finds nothing still costs the database a round trip.
+    // handed over, and a claim that finds nothing still costs the store a round trip.
     let mut claim_wanted = true;
     let mut poll = tokio::time::interval(rt.options.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,37 +54,28 @@ pub(super) async fn run(
         }
         // Handed-over replies are claimed already: they start at once, whatever is in flight.
         while let Ok(handed) = handed_over.try_recv() {
-            start_in_order(&mut tasks, handed);
+            start(&mut tasks, handed);
         }
         let free = MAX_IN_FLIGHT.saturating_sub(tasks.len());
         // Claims scan the queue, so they are batched: with sends in flight, claim again
         // only once a quarter of the slots are free.
-        let batch = if !claim_wanted || free == 0 || (free < MAX_IN_FLIGHT / 4 && !tasks.is_empty()) {
-            Vec::new()
-        } else {
-            let limit = u32::try_from(free).unwrap_or(1);
-            let request = ClaimRequest::any(rt.clock.now(), rt.options.lease, limit);
+        let mut batch = Vec::new();
+        if claim_wanted && free > 0 && (free >= MAX_IN_FLIGHT / 4 || tasks.is_empty()) {
+            let request = ClaimRequest::any(rt.clock.now(), rt.options.lease, u32::try_from(free).unwrap_or(1));
             match rt.store.claim_outbox(&request).await {
-                Ok(b) => {
-                    claim_wanted = b.len() >= free;
-                    b
-                }
+                Ok(claimed) => (claim_wanted, batch) = (claimed.len() >= free, claimed),
                 Err(StoreError::Closed) => break,
-                Err(e) => {
-                    error!(error = %e, "claiming the outbox failed");
-                    Vec::new()
-                }
+                Err(e) => error!(error = %e, "claiming the outbox failed"),
             }
-        };
+        }
         if batch.is_empty() {
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                Some(handed) = handed_over.recv() => start_in_order(&mut tasks, handed),
+                Some(handed) = handed_over.recv() => start(&mut tasks, handed),
                 _ = rt.outbox_ready.notified() => claim_wanted = true,
                 _ = poll.tick() => claim_wanted = true,
                 _ = shutdown.changed() => {}
             }
-            continue;
         }
         for row in batch {
             let rt = rt.clone();
@@ -136,13 +122,12 @@ async fn release(rt: &Shared, replies: &[OutboxMessage], why: &str) {
 
 /// Sends one claimed reply and records how it went; true when it was sent and so recorded.
 async fn send_one(rt: &Shared, row: OutboxMessage) -> bool {
-    let org = row.conversation.org_id.clone();
-    let claim = row.claim();
+    let (org, claim) = (row.conversation.org_id.as_str(), row.claim());
     let payload = match serde_json::from_value::<OutboxPayload>(row.payload.clone()) {
         Ok(p) => p,
         Err(e) => {
             error!(outbox_id = row.id, error = %e, "unreadable outbox row; failed");
-            let _ = rt.store.fail_outbox(&org, claim, &format!("unreadable payload: {e}"), rt.clock.now()).await;
+            let _ = rt.store.fail_outbox(org, claim, &format!("unreadable payload: {e}"), rt.clock.now()).await;
             return false;
         }
     };
@@ -156,29 +141,27 @@ async fn send_one(rt: &Shared, row: OutboxMessage) -> bool {
     let outcome = rt.delivery.deliver(&reply).await;
     let now = rt.clock.now();
     let sent = matches!(outcome, DeliveryOutcome::Sent(_));
-    let max_attempts = i64::from(rt.options.send_max_attempts);
     let result = match outcome {
         DeliveryOutcome::Sent(wamid) => {
-            Stats::bump(&rt.stats.sent);
+            Stats::add(&rt.stats.sent, 1);
             debug!(outbox_id = row.id, "reply sent");
-            rt.store.mark_sent(&org, claim, &wamid, now).await
+            rt.store.mark_sent(org, claim, &wamid, now).await
         }
-        DeliveryOutcome::Retry { reason, after } if row.attempts < max_attempts => {
-            Stats::bump(&rt.stats.send_retries);
+        DeliveryOutcome::Retry { reason, after } if row.attempts < i64::from(rt.options.send_max_attempts) => {
+            Stats::add(&rt.stats.send_retries, 1);
             let wait = after.unwrap_or_else(|| rt.options.backoff(row.attempts));
             warn!(outbox_id = row.id, attempt = row.attempts, %reason, retry_in_ms = wait.as_millis() as u64, "send failed; will retry");
-            let at = now.saturating_add_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-            rt.store.reschedule_outbox(&org, claim, at, &reason).await
+            rt.store.reschedule_outbox(org, claim, later(now, wait), &reason).await
         }
         DeliveryOutcome::Retry { reason, .. } => {
-            Stats::bump(&rt.stats.send_failed);
+            Stats::add(&rt.stats.send_failed, 1);
             error!(outbox_id = row.id, attempts = row.attempts, %reason, "send failed too often; marked failed");
-            rt.store.fail_outbox(&org, claim, &format!("gave up after {} attempts: {reason}", row.attempts), now).await
+            rt.store.fail_outbox(org, claim, &format!("gave up after {} attempts: {reason}", row.attempts), now).await
         }
         DeliveryOutcome::Failed(reason) => {
-            Stats::bump(&rt.stats.send_failed);
+            Stats::add(&rt.stats.send_failed, 1);
             error!(outbox_id = row.id, %reason, "the reply was refused for good; marked failed, not retried");
-            rt.store.fail_outbox(&org, claim, &reason, now).await
+            rt.store.fail_outbox(org, claim, &reason, now).await
         }
     };
     match result {
