@@ -56,6 +56,8 @@ struct Columns<'a> {
 
 trait QueueRow: Clone {
     const WHAT: &'static str;
+    fn id(&self) -> i64;
+    fn org_id(&self) -> &str;
     fn columns(&mut self) -> Columns<'_>;
 }
 
@@ -63,6 +65,12 @@ macro_rules! queue_row {
     ($row:ty, $what:literal) => {
         impl QueueRow for $row {
             const WHAT: &'static str = $what;
+            fn id(&self) -> i64 {
+                self.id
+            }
+            fn org_id(&self) -> &str {
+                &self.conversation.org_id
+            }
             fn columns(&mut self) -> Columns<'_> {
                 Columns {
                     id: self.id,
@@ -280,9 +288,10 @@ fn claim<T: QueueRow>(rows: &mut [Queued<T>], request: &ClaimRequest, mut busy: 
 /// The row `claim` names: `NotFound` if the organization has none, `LeaseLost` if the claim ended.
 fn claimed<'a, T: QueueRow>(rows: &'a mut [Queued<T>], org_id: &str, claim: Claim) -> StoreResult<&'a mut Queued<T>> {
     let what = T::WHAT;
-    let ours = |q: &mut Queued<T>| q.row.columns().id == claim.id && q.row.columns().conversation.org_id == org_id;
-    let i = rows.iter_mut().position(ours).ok_or_else(|| StoreError::NotFound { what, id: claim.id.to_string() })?;
-    let q = &mut rows[i];
+    // Rows are kept in id order (ids grow with insertion, purges keep the order).
+    let found = rows.binary_search_by_key(&claim.id, |q| q.row.id()).ok();
+    let ours = found.filter(|&i| rows[i].row.org_id() == org_id);
+    let q = &mut rows[ours.ok_or_else(|| StoreError::NotFound { what, id: claim.id.to_string() })?];
     let c = q.row.columns();
     if *c.status != QueueStatus::Claimed || *c.attempts != claim.attempt {
         return Err(StoreError::LeaseLost { what, id: claim.id, attempt: claim.attempt });
