@@ -43,8 +43,7 @@ pub const DEFAULT_GRAPH_API_BASE: &str = "https://graph.facebook.com/v21.0";
 pub const DEMO_CONFIG_PATH: &str = "examples/config/demo.toml";
 
 /// Inbox workers by default. Turns wait on the store (and on effects), so one core keeps many
-/// in flight: the load bench ran at 1,400 msg/s with 4 and 2,483–3,185 with 32 (BENCHMARKS.md,
-/// session 16); 16 and 64 were slower than 32 on PostgreSQL.
+/// in flight; in the load bench both fewer and more workers than 32 were slower.
 pub const DEFAULT_WORKERS: usize = 32;
 
 /// How replies leave the server.
